@@ -1,0 +1,1128 @@
+"""The worker-side task state machine (sans-I/O).
+
+One entry point mutates state: :meth:`WorkerMachine.handle_events` takes a
+batch of events (``_worker_events``) and returns a batch of instructions.
+
+Task states
+-----------
+``waiting``   asked to compute; some dependency not in local memory yet
+``ready``     asked to compute; all dependencies here; waiting for a thread
+``executing`` running on a thread
+``cancelled`` still running on a thread, but freed by the scheduler: its result
+              is dropped and not reported (unless it is asked for again)
+``memory``    value in the runtime's data store
+``error``     running it raised (reported; kept until freed)
+``fetch``     needed here as a dependency; to be fetched from a peer
+``flight``    being fetched from one peer
+``missing``   needed as a dependency, no known holder left (reported)
+``released``  not tracked (tasks in this state are removed from ``tasks``)
+
+Lifetime rule: a task stays while the scheduler *holds* it here (asked to
+compute it and has not freed it, or knows its data is here) or while some task
+here still needs it as a dependency; a running task (executing/cancelled) stays
+until its thread finishes.  Memory is dropped (``ReleaseData``) only when both
+the scheduler's hold and the local need are gone.
+
+Queues are heaps of ``(priority, seq, task)`` with lazy deletion: an entry is
+valid iff the task is still in the matching state and ``task.queue_seq == seq``.
+"""
+
+from __future__ import annotations
+
+from heapq import heapify, heappop, heappush
+from typing import Final
+
+from sched_core._worker_events import (
+    AddReplicaMsg,
+    ComputeTaskEvent,
+    Execute,
+    ExecuteFailureEvent,
+    ExecuteSuccessEvent,
+    FreeKeysEvent,
+    GatherDep,
+    GatherDepBusyEvent,
+    GatherDepFailureEvent,
+    GatherDepMissingEvent,
+    GatherDepSuccessEvent,
+    MissingDep,
+    PauseEvent,
+    ReleaseData,
+    RemoveReplicasEvent,
+    RetryBusyWorkerEvent,
+    RetryBusyWorkerLater,
+    StealRequestEvent,
+    StealResponse,
+    TaskErredMsg,
+    TaskFinishedMsg,
+    UnpauseEvent,
+    UpdateWhoHasEvent,
+    WorkerEvent,
+    WorkerInstruction,
+)
+
+RELEASED: Final = 0
+WAITING: Final = 1
+READY: Final = 2
+EXECUTING: Final = 3
+CANCELLED: Final = 4
+MEMORY: Final = 5
+ERROR: Final = 6
+FETCH: Final = 7
+FLIGHT: Final = 8
+MISSING: Final = 9
+
+STATE_NAMES: Final = (
+    "released",
+    "waiting",
+    "ready",
+    "executing",
+    "cancelled",
+    "memory",
+    "error",
+    "fetch",
+    "flight",
+    "missing",
+)
+
+DEFAULT_NBYTES: Final = 1024
+"""Size assumed for a dependency whose size the scheduler did not give."""
+DEFAULT_TRANSFER_MESSAGE_BYTES: Final = 50_000_000
+DEFAULT_TRANSFER_PEERS: Final = 10
+
+
+class WorkerTask:
+    """One key known to this worker."""
+
+    key: str
+    state: int
+    priority: int
+    # The scheduler holds this task here (see module docstring).
+    held: bool
+    run_spec: object
+    resources: dict[str, float] | None
+    nbytes: int
+    # Links exist only while the dependent still needs its dependencies
+    # (waiting, ready, executing, cancelled).
+    dependencies: dict[str, WorkerTask]
+    dependents: dict[str, WorkerTask]
+    waiting_count: int
+    # Holders to fetch from (fetch/flight/missing only); never our own address.
+    who_has: list[str]
+    # The peer a flight task is coming from.
+    coming_from: str
+    # Validity stamp for heap entries.
+    queue_seq: int
+    # A compute request that arrived while the data was in flight.
+    pending: ComputeTaskEvent | None
+
+    def __init__(self, key: str, priority: int) -> None:
+        self.key = key
+        self.state = RELEASED
+        self.priority = priority
+        self.held = False
+        self.run_spec = None
+        self.resources = None
+        self.nbytes = 0
+        self.dependencies = {}
+        self.dependents = {}
+        self.waiting_count = 0
+        self.who_has = []
+        self.coming_from = ""
+        self.queue_seq = 0
+        self.pending = None
+
+    @property
+    def state_name(self) -> str:
+        return STATE_NAMES[self.state]
+
+    def __repr__(self) -> str:
+        return (
+            f"<WorkerTask {self.key!r} {STATE_NAMES[self.state]} prio={self.priority}"
+            f"{' held' if self.held else ''}>"
+        )
+
+
+class Transfer:
+    """One GatherDep request in flight to ``peer``."""
+
+    peer: str
+    keys: list[str]
+    total_nbytes: int
+
+    def __init__(self, peer: str, keys: list[str], total_nbytes: int) -> None:
+        self.peer = peer
+        self.keys = keys
+        self.total_nbytes = total_nbytes
+
+    def __repr__(self) -> str:
+        return (
+            f"<Transfer from {self.peer!r} keys={self.keys!r} "
+            f"nbytes={self.total_nbytes}>"
+        )
+
+
+HeapEntry = tuple[int, int, WorkerTask]
+
+
+class WorkerMachine:
+    """Task state of one worker.  Feed events, carry out the instructions.
+
+    ``address`` is this worker's own address (ignored when it appears in a
+    holder list).  ``nthreads``: tasks executing at once.  ``resources``: the
+    worker's abstract resources (tasks asking for resources run only when they
+    fit).  ``transfer_message_bytes``: byte budget of one GatherDep (a request
+    always carries at least one key).  ``transfer_peers``: most peers fetched
+    from at once.  ``keep_fetched``: keep fetched dependencies after use and
+    report them with AddReplicaMsg, to be freed by the scheduler (True), or drop
+    them silently as soon as nothing here needs them (False).
+
+    Plain int attributes the runtime may read at any time: ``nbytes_in_memory``,
+    ``bytes_in_flight``, ``n_executed``, ``n_failed``, ``n_transfers``,
+    ``n_fetched``, ``bytes_fetched``.
+    """
+
+    address: str
+    nthreads: int
+    total_resources: dict[str, float]
+    available_resources: dict[str, float]
+    transfer_message_bytes: int
+    transfer_peers: int
+    keep_fetched: bool
+
+    tasks: dict[str, WorkerTask]
+    ready: list[HeapEntry]
+    n_ready: int
+    constrained: list[HeapEntry]
+    n_constrained: int
+    running: dict[str, WorkerTask]
+    # peer -> heap of fetch tasks that peer holds; count of valid tasks per peer
+    data_needed: dict[str, list[HeapEntry]]
+    data_needed_count: dict[str, int]
+    n_fetch: int
+    # peer -> keys (fetch/flight/missing tasks) listing the peer as holder
+    has_what: dict[str, dict[str, None]]
+    in_flight: dict[str, Transfer]
+    busy: set[str]
+    paused: bool
+    # running keys whose store entry was overwritten by fetched data
+    stray: set[str]
+    seq: int
+
+    nbytes_in_memory: int
+    bytes_in_flight: int
+    n_executed: int
+    n_failed: int
+    n_transfers: int
+    n_fetched: int
+    bytes_fetched: int
+
+    def __init__(
+        self,
+        address: str,
+        nthreads: int = 1,
+        resources: dict[str, float] | None = None,
+        transfer_message_bytes: int = DEFAULT_TRANSFER_MESSAGE_BYTES,
+        transfer_peers: int = DEFAULT_TRANSFER_PEERS,
+        keep_fetched: bool = True,
+    ) -> None:
+        if nthreads < 1:
+            raise ValueError(f"nthreads must be >= 1, got {nthreads}")
+        if transfer_peers < 1:
+            raise ValueError(f"transfer_peers must be >= 1, got {transfer_peers}")
+        self.address = address
+        self.nthreads = nthreads
+        self.total_resources = dict(resources) if resources else {}
+        self.available_resources = dict(self.total_resources)
+        self.transfer_message_bytes = transfer_message_bytes
+        self.transfer_peers = transfer_peers
+        self.keep_fetched = keep_fetched
+        self.tasks = {}
+        self.ready = []
+        self.n_ready = 0
+        self.constrained = []
+        self.n_constrained = 0
+        self.running = {}
+        self.data_needed = {}
+        self.data_needed_count = {}
+        self.n_fetch = 0
+        self.has_what = {}
+        self.in_flight = {}
+        self.busy = set()
+        self.paused = False
+        self.stray = set()
+        self.seq = 0
+        self.nbytes_in_memory = 0
+        self.bytes_in_flight = 0
+        self.n_executed = 0
+        self.n_failed = 0
+        self.n_transfers = 0
+        self.n_fetched = 0
+        self.bytes_fetched = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"<WorkerMachine {self.address!r} tasks={len(self.tasks)} "
+            f"running={len(self.running)}/{self.nthreads} "
+            f"ready={self.n_ready + self.n_constrained} fetch={self.n_fetch} "
+            f"in_flight={len(self.in_flight)} memory={self.nbytes_in_memory}B"
+            f"{' paused' if self.paused else ''}>"
+        )
+
+    # ------------------------------------------------------------------
+    # Entry point
+    # ------------------------------------------------------------------
+
+    def handle_events(self, events: list[WorkerEvent]) -> list[WorkerInstruction]:
+        """Apply a batch of events; return the instructions to carry out."""
+        out: list[WorkerInstruction] = []
+        for ev in events:
+            self._handle(ev, out)
+        self._ensure_computing(out)
+        self._ensure_communicating(out)
+        return out
+
+    def handle_event(self, ev: WorkerEvent) -> list[WorkerInstruction]:
+        """Convenience: ``handle_events([ev])``."""
+        return self.handle_events([ev])
+
+    def state_of(self, key: str) -> str | None:
+        """State name of ``key``, or None if not tracked."""
+        ts = self.tasks.get(key)
+        return None if ts is None else STATE_NAMES[ts.state]
+
+    def _handle(self, ev: WorkerEvent, out: list[WorkerInstruction]) -> None:
+        # Most frequent first.
+        if isinstance(ev, ComputeTaskEvent):
+            self._on_compute(ev, out)
+        elif isinstance(ev, ExecuteSuccessEvent):
+            self._on_execute_success(ev, out)
+        elif isinstance(ev, FreeKeysEvent):
+            self._free_keys(ev.keys, out)
+        elif isinstance(ev, GatherDepSuccessEvent):
+            self._on_gather_success(ev, out)
+        elif isinstance(ev, ExecuteFailureEvent):
+            self._on_execute_failure(ev, out)
+        elif isinstance(ev, GatherDepMissingEvent):
+            self._on_gather_missing(ev.peer, ev.keys, out)
+        elif isinstance(ev, GatherDepFailureEvent):
+            self._on_gather_failure(ev, out)
+        elif isinstance(ev, GatherDepBusyEvent):
+            self._on_gather_busy(ev, out)
+        elif isinstance(ev, RetryBusyWorkerEvent):
+            self.busy.discard(ev.peer)
+        elif isinstance(ev, UpdateWhoHasEvent):
+            self._on_update_who_has(ev, out)
+        elif isinstance(ev, StealRequestEvent):
+            self._on_steal_request(ev, out)
+        elif isinstance(ev, RemoveReplicasEvent):
+            self._on_remove_replicas(ev, out)
+        elif isinstance(ev, PauseEvent):
+            self.paused = True
+        elif isinstance(ev, UnpauseEvent):
+            self.paused = False
+        else:
+            raise TypeError(f"unknown worker event {ev!r}")
+
+    # ------------------------------------------------------------------
+    # Compute requests
+    # ------------------------------------------------------------------
+
+    def _on_compute(self, ev: ComputeTaskEvent, out: list[WorkerInstruction]) -> None:
+        key = ev.key
+        ts = self.tasks.get(key)
+        if ts is None:
+            ts = WorkerTask(key, ev.priority)
+            self.tasks[key] = ts
+        else:
+            st = ts.state
+            if st == WAITING or st == READY or st == EXECUTING:
+                # Duplicate request; new holder info may still help.
+                ts.held = True
+                if st == WAITING:
+                    self._link_dependencies(ts, ev, out, False)
+                return
+            if st == CANCELLED:
+                ts.state = EXECUTING
+                ts.held = True
+                ts.run_spec = ev.run_spec
+                return
+            if st == MEMORY:
+                ts.held = True
+                out.append(TaskFinishedMsg(key, ts.nbytes, 0.0, 0.0))
+                return
+            if st == FLIGHT:
+                # The data may still arrive; compute only if it does not.
+                ts.held = True
+                ts.pending = ev
+                return
+            if st == FETCH:
+                self._leave_fetch(ts)
+            # fetch, missing, error: (re)compute it here
+            self._clear_who_has(ts)
+        self._setup_compute(ts, ev, out)
+
+    def _setup_compute(
+        self, ts: WorkerTask, ev: ComputeTaskEvent, out: list[WorkerInstruction]
+    ) -> None:
+        ts.run_spec = ev.run_spec
+        ts.priority = ev.priority
+        ts.held = True
+        ts.resources = ev.resources if ev.resources else None
+        ts.pending = None
+        ts.coming_from = ""
+        ts.waiting_count = 0
+        ts.state = WAITING
+        self._link_dependencies(ts, ev, out, True)
+        if ts.waiting_count == 0:
+            self._make_ready(ts)
+
+    def _link_dependencies(
+        self,
+        ts: WorkerTask,
+        ev: ComputeTaskEvent,
+        out: list[WorkerInstruction],
+        link: bool,
+    ) -> None:
+        """Create/update dependency tasks from ``ev.who_has``; link them if ``link``."""
+        tasks = self.tasks
+        key = ts.key
+        for dep_key, holders in ev.who_has.items():
+            if dep_key == key:
+                continue
+            dts = tasks.get(dep_key)
+            if dts is None:
+                if not link:
+                    continue
+                dts = WorkerTask(dep_key, ts.priority)
+                nb = ev.nbytes.get(dep_key)
+                dts.nbytes = DEFAULT_NBYTES if nb is None else nb
+                tasks[dep_key] = dts
+                for peer in holders:
+                    self._add_who_has(dts, peer)
+                if dts.who_has:
+                    self._enter_fetch(dts)
+                else:
+                    dts.state = MISSING
+                    out.append(MissingDep(dep_key, ""))
+            else:
+                st = dts.state
+                if st == FETCH or st == FLIGHT or st == MISSING:
+                    if st != FLIGHT:
+                        nb = ev.nbytes.get(dep_key)
+                        if nb is not None:
+                            dts.nbytes = nb
+                    for peer in holders:
+                        self._add_who_has(dts, peer)
+                    if ts.priority < dts.priority:
+                        dts.priority = ts.priority
+                        if st == FETCH:
+                            self._requeue_fetch(dts)
+                    if st == MISSING and dts.who_has:
+                        self._enter_fetch(dts)
+            if link:
+                ts.dependencies[dep_key] = dts
+                dts.dependents[key] = ts
+                if dts.state != MEMORY:
+                    ts.waiting_count += 1
+
+    # ------------------------------------------------------------------
+    # Ready queue and execution
+    # ------------------------------------------------------------------
+
+    def _make_ready(self, ts: WorkerTask) -> None:
+        ts.state = READY
+        self.seq += 1
+        ts.queue_seq = self.seq
+        if ts.resources is None:
+            heappush(self.ready, (ts.priority, self.seq, ts))
+            self.n_ready += 1
+        else:
+            heappush(self.constrained, (ts.priority, self.seq, ts))
+            self.n_constrained += 1
+
+    def _unqueue_ready(self, ts: WorkerTask) -> None:
+        """``ts`` leaves state ready other than by being popped (entry goes stale)."""
+        if ts.resources is None:
+            self.n_ready -= 1
+            if self.n_ready == 0:
+                self.ready.clear()
+        else:
+            self.n_constrained -= 1
+            if self.n_constrained == 0:
+                self.constrained.clear()
+
+    def _resources_fit(self, res: dict[str, float]) -> bool:
+        avail = self.available_resources
+        for name, amount in res.items():
+            if avail.get(name, 0.0) < amount:
+                return False
+        return True
+
+    def _pop_next_ready(self) -> WorkerTask | None:
+        ready = self.ready
+        best: WorkerTask | None = None
+        best_seq = 0
+        while ready:
+            _, seq, ts = ready[0]
+            if ts.state == READY and ts.queue_seq == seq:
+                best = ts
+                best_seq = seq
+                break
+            heappop(ready)
+        constrained = self.constrained
+        while constrained:
+            _, seq, cts = constrained[0]
+            if cts.state == READY and cts.queue_seq == seq:
+                res = cts.resources
+                if res is not None and self._resources_fit(res):
+                    if best is None or (cts.priority, seq) < (best.priority, best_seq):
+                        heappop(constrained)
+                        self.n_constrained -= 1
+                        avail = self.available_resources
+                        for name, amount in res.items():
+                            avail[name] = avail.get(name, 0.0) - amount
+                        return cts
+                break
+            heappop(constrained)
+        if best is not None:
+            heappop(ready)
+            self.n_ready -= 1
+        return best
+
+    def _ensure_computing(self, out: list[WorkerInstruction]) -> None:
+        if self.paused:
+            return
+        running = self.running
+        nthreads = self.nthreads
+        while len(running) < nthreads:
+            if self.n_ready == 0 and self.n_constrained == 0:
+                break
+            ts = self._pop_next_ready()
+            if ts is None:
+                break
+            ts.state = EXECUTING
+            running[ts.key] = ts
+            out.append(Execute(ts.key, ts.run_spec))
+
+    def _finish_running(self, ts: WorkerTask, out: list[WorkerInstruction]) -> None:
+        """Common part of execute success/failure: free the slot and the deps."""
+        del self.running[ts.key]
+        res = ts.resources
+        if res is not None:
+            avail = self.available_resources
+            for name, amount in res.items():
+                avail[name] = avail.get(name, 0.0) + amount
+        self._unlink_dependencies(ts, out)
+
+    def _on_execute_success(
+        self, ev: ExecuteSuccessEvent, out: list[WorkerInstruction]
+    ) -> None:
+        ts = self.running.get(ev.key)
+        if ts is None:
+            return  # not executing: stale or duplicate
+        self.n_executed += 1
+        if self.stray:
+            self.stray.discard(ts.key)
+        if ts.state == EXECUTING:
+            out.append(TaskFinishedMsg(ts.key, ev.nbytes, ev.start, ev.stop))
+            self._finish_running(ts, out)
+            self._put_in_memory(ts, ev.nbytes)
+            return
+        # cancelled: the result is not reported
+        self._finish_running(ts, out)
+        if ts.dependents:
+            self._put_in_memory(ts, ev.nbytes)
+        else:
+            ts.state = RELEASED  # let _forget skip the running guard
+            out.append(ReleaseData(ts.key))
+            self._forget(ts, out)
+
+    def _on_execute_failure(
+        self, ev: ExecuteFailureEvent, out: list[WorkerInstruction]
+    ) -> None:
+        ts = self.running.get(ev.key)
+        if ts is None:
+            return
+        self.n_executed += 1
+        self.n_failed += 1
+        if self.stray and ts.key in self.stray:
+            self.stray.discard(ts.key)
+            out.append(ReleaseData(ts.key))
+        self._finish_running(ts, out)
+        if ts.state == EXECUTING:
+            ts.state = ERROR
+            out.append(
+                TaskErredMsg(ts.key, ev.exception, ev.traceback, ev.start, ev.stop)
+            )
+            return
+        # cancelled
+        if ts.dependents:
+            self._need_data(ts, out)
+        else:
+            ts.state = RELEASED
+            self._forget(ts, out)
+
+    def _put_in_memory(self, ts: WorkerTask, nbytes: int) -> None:
+        ts.state = MEMORY
+        ts.nbytes = nbytes
+        self.nbytes_in_memory += nbytes
+        for dts in ts.dependents.values():
+            if dts.state == WAITING:
+                dts.waiting_count -= 1
+                if dts.waiting_count == 0:
+                    self._make_ready(dts)
+
+    def _need_data(self, ts: WorkerTask, out: list[WorkerInstruction]) -> None:
+        """``ts`` is no longer to be computed here but tasks here need its data."""
+        ts.run_spec = None
+        ts.resources = None
+        ts.pending = None
+        if ts.who_has:
+            self._enter_fetch(ts)
+        else:
+            ts.state = MISSING
+            out.append(MissingDep(ts.key, ""))
+
+    # ------------------------------------------------------------------
+    # Releasing
+    # ------------------------------------------------------------------
+
+    def _free_keys(self, keys: list[str], out: list[WorkerInstruction]) -> None:
+        tasks = self.tasks
+        todo: list[WorkerTask] = []
+        # Phase 1: drop the scheduler's hold on every key first, so that freeing
+        # a chain in any order does not demote its members one by one.
+        for key in keys:
+            ts = tasks.get(key)
+            if ts is None:
+                continue
+            ts.held = False
+            ts.pending = None
+            st = ts.state
+            if st == EXECUTING:
+                ts.state = CANCELLED
+            elif st != CANCELLED:
+                todo.append(ts)
+        # Phase 2: forget what nothing here needs (cascades to dependencies).
+        for ts in todo:
+            if ts.state != RELEASED and not ts.dependents:
+                self._forget(ts, out)
+        # Phase 3: what is still needed by local dependents stays, as data.
+        for ts in todo:
+            st = ts.state
+            if st == WAITING or st == READY or st == ERROR:
+                if st == READY:
+                    self._unqueue_ready(ts)
+                self._unlink_dependencies(ts, out)
+                ts.state = RELEASED
+                self._need_data(ts, out)
+            elif st == FLIGHT or st == FETCH or st == MISSING:
+                ts.run_spec = None
+
+    def _on_remove_replicas(
+        self, ev: RemoveReplicasEvent, out: list[WorkerInstruction]
+    ) -> None:
+        tasks = self.tasks
+        for key in ev.keys:
+            ts = tasks.get(key)
+            if ts is not None and ts.state == MEMORY:
+                ts.held = False
+                if not ts.dependents:
+                    self._forget(ts, out)
+
+    def _unlink_dependencies(
+        self, ts: WorkerTask, out: list[WorkerInstruction]
+    ) -> None:
+        deps = ts.dependencies
+        if not deps:
+            return
+        ts.dependencies = {}
+        ts.waiting_count = 0
+        key = ts.key
+        for dts in deps.values():
+            del dts.dependents[key]
+            if not dts.dependents and not dts.held:
+                st = dts.state
+                if st != EXECUTING and st != CANCELLED and st != RELEASED:
+                    self._forget(dts, out)
+
+    def _forget(self, root: WorkerTask, out: list[WorkerInstruction]) -> None:
+        """Remove ``root`` (unheld, no dependents) and whatever only it needed.
+
+        Iterative, so that long chains do not recurse deeply.
+        """
+        stack = [root]
+        tasks = self.tasks
+        while stack:
+            ts = stack.pop()
+            st = ts.state
+            if st == EXECUTING or st == CANCELLED:
+                continue  # a thread is still running it
+            if st == FETCH:
+                self._leave_fetch(ts)
+            elif st == READY:
+                self._unqueue_ready(ts)
+            elif st == MEMORY:
+                self.nbytes_in_memory -= ts.nbytes
+                out.append(ReleaseData(ts.key))
+            # flight: the transfer record keeps the key; its data is released
+            # when the answer arrives.
+            if ts.who_has:
+                self._clear_who_has(ts)
+            if tasks.get(ts.key) is ts:
+                del tasks[ts.key]
+            ts.state = RELEASED
+            ts.pending = None
+            ts.run_spec = None
+            deps = ts.dependencies
+            if deps:
+                ts.dependencies = {}
+                ts.waiting_count = 0
+                key = ts.key
+                for dts in deps.values():
+                    del dts.dependents[key]
+                    if not dts.dependents and not dts.held:
+                        dst = dts.state
+                        if dst != EXECUTING and dst != CANCELLED and dst != RELEASED:
+                            stack.append(dts)
+
+    # ------------------------------------------------------------------
+    # Holders and the fetch queues
+    # ------------------------------------------------------------------
+
+    def _add_who_has(self, ts: WorkerTask, peer: str) -> None:
+        if peer == self.address or peer in ts.who_has:
+            return
+        ts.who_has.append(peer)
+        hw = self.has_what.get(peer)
+        if hw is None:
+            hw = {}
+            self.has_what[peer] = hw
+        hw[ts.key] = None
+        if ts.state == FETCH:
+            self._push_needed(peer, (ts.priority, ts.queue_seq, ts))
+            self.data_needed_count[peer] += 1
+
+    def _remove_who_has(
+        self, ts: WorkerTask, peer: str, out: list[WorkerInstruction], report: bool
+    ) -> None:
+        """Forget ``peer`` as a holder of ``ts``; a fetch task left without
+        holders goes missing (reported with MissingDep if ``report``)."""
+        if peer not in ts.who_has:
+            return
+        ts.who_has.remove(peer)
+        hw = self.has_what[peer]
+        del hw[ts.key]
+        if not hw:
+            del self.has_what[peer]
+        if ts.state == FETCH:
+            self._dec_needed(peer)
+            if not ts.who_has:
+                self.n_fetch -= 1
+                ts.state = MISSING
+                if report:
+                    out.append(MissingDep(ts.key, ""))
+
+    def _clear_who_has(self, ts: WorkerTask) -> None:
+        """Drop all holders of a task that is not in state fetch."""
+        key = ts.key
+        has_what = self.has_what
+        for peer in ts.who_has:
+            hw = has_what[peer]
+            del hw[key]
+            if not hw:
+                del has_what[peer]
+        ts.who_has = []
+
+    def _push_needed(self, peer: str, entry: HeapEntry) -> None:
+        heap = self.data_needed.get(peer)
+        if heap is None:
+            self.data_needed[peer] = [entry]
+            self.data_needed_count[peer] = 0
+        else:
+            heappush(heap, entry)
+
+    def _dec_needed(self, peer: str) -> None:
+        c = self.data_needed_count[peer] - 1
+        if c == 0:
+            del self.data_needed_count[peer]
+            del self.data_needed[peer]
+        else:
+            self.data_needed_count[peer] = c
+
+    def _enter_fetch(self, ts: WorkerTask) -> None:
+        """Queue ``ts`` (with at least one holder) for fetching."""
+        ts.state = FETCH
+        self.seq += 1
+        ts.queue_seq = self.seq
+        self.n_fetch += 1
+        entry = (ts.priority, self.seq, ts)
+        for peer in ts.who_has:
+            self._push_needed(peer, entry)
+            self.data_needed_count[peer] += 1
+
+    def _requeue_fetch(self, ts: WorkerTask) -> None:
+        """Priority of a fetch task changed: push fresh entries."""
+        self.seq += 1
+        ts.queue_seq = self.seq
+        entry = (ts.priority, self.seq, ts)
+        for peer in ts.who_has:
+            self._push_needed(peer, entry)
+
+    def _leave_fetch(self, ts: WorkerTask) -> None:
+        self.n_fetch -= 1
+        for peer in ts.who_has:
+            self._dec_needed(peer)
+
+    def _clean_top(self, peer: str, heap: list[HeapEntry]) -> bool:
+        """Pop stale entries off ``peer``'s heap; True if a valid one remains."""
+        while heap:
+            _, seq, ts = heap[0]
+            if ts.state == FETCH and ts.queue_seq == seq and peer in ts.who_has:
+                return True
+            heappop(heap)
+        return False
+
+    def _ensure_communicating(self, out: list[WorkerInstruction]) -> None:
+        if self.paused or self.n_fetch == 0:
+            return
+        in_flight = self.in_flight
+        limit = self.transfer_peers
+        if len(in_flight) >= limit:
+            return
+        busy = self.busy
+        # One candidate per free peer, ranked by its most urgent key.
+        cands: list[tuple[int, int, str]] = []
+        for peer, heap in self.data_needed.items():
+            if peer in in_flight or peer in busy:
+                continue
+            if self._clean_top(peer, heap):
+                top = heap[0]
+                cands.append((top[0], top[1], peer))
+        heapify(cands)
+        while cands and len(in_flight) < limit:
+            prio, seq, peer = heappop(cands)
+            heap2 = self.data_needed.get(peer)
+            if heap2 is None or not self._clean_top(peer, heap2):
+                continue  # earlier transfers took all its keys
+            top = heap2[0]
+            if top[0] != prio or top[1] != seq:
+                heappush(cands, (top[0], top[1], peer))  # re-rank
+                continue
+            self._start_transfer(peer, heap2, out)
+
+    def _start_transfer(
+        self, peer: str, heap: list[HeapEntry], out: list[WorkerInstruction]
+    ) -> None:
+        keys: list[str] = []
+        total = 0
+        limit = self.transfer_message_bytes
+        while heap:
+            _, seq, ts = heap[0]
+            if not (ts.state == FETCH and ts.queue_seq == seq and peer in ts.who_has):
+                heappop(heap)
+                continue
+            if keys and total + ts.nbytes > limit:
+                break
+            heappop(heap)
+            self._leave_fetch(ts)
+            ts.state = FLIGHT
+            ts.coming_from = peer
+            keys.append(ts.key)
+            total += ts.nbytes
+        self.in_flight[peer] = Transfer(peer, keys, total)
+        self.bytes_in_flight += total
+        self.n_transfers += 1
+        out.append(GatherDep(peer, keys, total))
+
+    # ------------------------------------------------------------------
+    # Transfer answers
+    # ------------------------------------------------------------------
+
+    def _close_transfer(self, peer: str) -> Transfer | None:
+        tr = self.in_flight.pop(peer, None)
+        if tr is not None:
+            self.bytes_in_flight -= tr.total_nbytes
+        return tr
+
+    def _flight_failed(
+        self, ts: WorkerTask, out: list[WorkerInstruction], report: bool
+    ) -> None:
+        """A flight task's transfer ended without its data."""
+        ts.coming_from = ""
+        ev = ts.pending
+        if ev is not None:
+            # The scheduler asked us to compute it meanwhile: do so.
+            self._clear_who_has(ts)
+            self._setup_compute(ts, ev, out)
+        elif ts.who_has:
+            self._enter_fetch(ts)
+        else:
+            ts.state = MISSING
+            if report:
+                out.append(MissingDep(ts.key, ""))
+
+    def _on_gather_success(
+        self, ev: GatherDepSuccessEvent, out: list[WorkerInstruction]
+    ) -> None:
+        peer = ev.peer
+        tr = self._close_transfer(peer)
+        received = ev.nbytes
+        tasks = self.tasks
+        for key, nb in received.items():
+            ts = tasks.get(key)
+            if ts is None:
+                out.append(ReleaseData(key))
+                continue
+            st = ts.state
+            if st == FLIGHT or st == FETCH or st == MISSING:
+                self._fetched(ts, nb, out)
+            elif st == EXECUTING or st == CANCELLED:
+                # Its own result will overwrite the store entry, unless it fails.
+                self.stray.add(key)
+            elif st != MEMORY:
+                out.append(ReleaseData(key))  # waiting/ready/error: computed here
+        if tr is not None:
+            lacking: list[str] = []
+            for key in tr.keys:
+                if key not in received:
+                    lacking.append(key)
+            if lacking:
+                self._on_gather_missing_keys(peer, lacking, tr, out)
+
+    def _fetched(self, ts: WorkerTask, nbytes: int, out: list[WorkerInstruction]) -> None:
+        if ts.state == FETCH:
+            self._leave_fetch(ts)
+        self._clear_who_has(ts)
+        ts.coming_from = ""
+        self.n_fetched += 1
+        self.bytes_fetched += nbytes
+        self._put_in_memory(ts, nbytes)
+        if ts.pending is not None:
+            ts.pending = None
+            out.append(TaskFinishedMsg(ts.key, nbytes, 0.0, 0.0))
+        elif self.keep_fetched:
+            ts.held = True
+            out.append(AddReplicaMsg(ts.key, nbytes))
+        elif not ts.dependents:
+            self._forget(ts, out)
+
+    def _on_gather_missing(
+        self, peer: str, keys: list[str], out: list[WorkerInstruction]
+    ) -> None:
+        tr = self._close_transfer(peer)
+        self._on_gather_missing_keys(peer, keys, tr, out)
+
+    def _on_gather_missing_keys(
+        self,
+        peer: str,
+        keys: list[str],
+        tr: Transfer | None,
+        out: list[WorkerInstruction],
+    ) -> None:
+        tasks = self.tasks
+        for key in keys:
+            ts = tasks.get(key)
+            if ts is not None and peer in ts.who_has:
+                out.append(MissingDep(key, peer))
+                self._remove_who_has(ts, peer, out, False)
+        if tr is None:
+            return
+        lacking = set(keys)
+        for key in tr.keys:
+            ts = tasks.get(key)
+            if ts is not None and ts.state == FLIGHT and ts.coming_from == peer:
+                self._flight_failed(ts, out, key not in lacking)
+
+    def _on_gather_failure(
+        self, ev: GatherDepFailureEvent, out: list[WorkerInstruction]
+    ) -> None:
+        peer = ev.peer
+        tr = self._close_transfer(peer)
+        self.busy.discard(peer)
+        hw = self.has_what.get(peer)
+        tasks = self.tasks
+        if hw is not None:
+            for key in list(hw):
+                self._remove_who_has(tasks[key], peer, out, True)
+        if tr is None:
+            return
+        for key in tr.keys:
+            ts = tasks.get(key)
+            if ts is not None and ts.state == FLIGHT and ts.coming_from == peer:
+                self._flight_failed(ts, out, True)
+
+    def _on_gather_busy(
+        self, ev: GatherDepBusyEvent, out: list[WorkerInstruction]
+    ) -> None:
+        peer = ev.peer
+        tr = self._close_transfer(peer)
+        if tr is None:
+            return
+        self.busy.add(peer)
+        out.append(RetryBusyWorkerLater(peer))
+        tasks = self.tasks
+        for key in tr.keys:
+            ts = tasks.get(key)
+            if ts is not None and ts.state == FLIGHT and ts.coming_from == peer:
+                self._flight_failed(ts, out, True)
+
+    def _on_update_who_has(
+        self, ev: UpdateWhoHasEvent, out: list[WorkerInstruction]
+    ) -> None:
+        tasks = self.tasks
+        for key, holders in ev.who_has.items():
+            ts = tasks.get(key)
+            if ts is None:
+                continue
+            st = ts.state
+            if st != FETCH and st != FLIGHT and st != MISSING:
+                continue
+            # Add first, so that a fetch task does not go missing in between.
+            for peer in holders:
+                self._add_who_has(ts, peer)
+            if len(ts.who_has) > 0:
+                for peer in list(ts.who_has):
+                    if peer not in holders:
+                        self._remove_who_has(ts, peer, out, False)
+            if ts.state == MISSING and ts.who_has:
+                self._enter_fetch(ts)
+
+    # ------------------------------------------------------------------
+    # Stealing
+    # ------------------------------------------------------------------
+
+    def _on_steal_request(
+        self, ev: StealRequestEvent, out: list[WorkerInstruction]
+    ) -> None:
+        key = ev.key
+        ts = self.tasks.get(key)
+        if ts is None:
+            out.append(StealResponse(key, None))
+            return
+        st = ts.state
+        out.append(StealResponse(key, STATE_NAMES[st]))
+        if st == WAITING or st == READY:
+            self._free_keys([key], out)
+
+    # ------------------------------------------------------------------
+    # Invariants
+    # ------------------------------------------------------------------
+
+    def validate(self) -> None:
+        """Assert every internal invariant (for tests; O(size of state))."""
+        tasks = self.tasks
+        n_ready = 0
+        n_constrained = 0
+        n_fetch = 0
+        nbytes_mem = 0
+        needed: dict[str, int] = {}
+        has_what: dict[str, dict[str, None]] = {}
+        used: dict[str, float] = {}
+        for key, ts in tasks.items():
+            st = ts.state
+            name = STATE_NAMES[st]
+            assert ts.key == key, (key, ts)
+            assert st != RELEASED, ts
+            # links
+            for dk, dts in ts.dependencies.items():
+                assert dts.key == dk and tasks.get(dk) is dts, (ts, dts)
+                assert dts.dependents.get(key) is ts, (ts, dts)
+            for dk, dts in ts.dependents.items():
+                assert dts.key == dk and tasks.get(dk) is dts, (ts, dts)
+                assert dts.dependencies.get(key) is ts, (ts, dts)
+                assert dts.state in (WAITING, READY, EXECUTING, CANCELLED), (ts, dts)
+            if ts.dependencies:
+                assert st in (WAITING, READY, EXECUTING, CANCELLED), ts
+            missing_deps = 0
+            for dts in ts.dependencies.values():
+                if dts.state != MEMORY:
+                    missing_deps += 1
+            if st == WAITING:
+                assert ts.waiting_count == missing_deps > 0, (ts, missing_deps)
+            elif st in (READY, EXECUTING):
+                assert missing_deps == 0, ts
+            if st != WAITING:
+                assert ts.waiting_count == 0, ts
+            # hold
+            if st in (WAITING, READY, EXECUTING, ERROR):
+                assert ts.held, ts
+            if st == CANCELLED:
+                assert not ts.held, ts
+            if not ts.held:
+                assert ts.dependents or st == CANCELLED, f"{ts} should be released"
+            if st == FLIGHT:
+                assert ts.held == (ts.pending is not None), ts
+            else:
+                assert ts.pending is None, ts
+            if st in (FETCH, MISSING):
+                assert not ts.held, ts
+            # run_spec is kept only while it may run
+            if st in (FETCH, FLIGHT, MISSING):
+                assert ts.run_spec is None, ts
+            # holders
+            assert len(set(ts.who_has)) == len(ts.who_has), ts
+            assert self.address not in ts.who_has, ts
+            if ts.who_has:
+                assert st in (FETCH, FLIGHT, MISSING), ts
+            for peer in ts.who_has:
+                has_what.setdefault(peer, {})[key] = None
+            if st == FETCH:
+                assert ts.who_has, ts
+                n_fetch += 1
+                for peer in ts.who_has:
+                    needed[peer] = needed.get(peer, 0) + 1
+                    heap = self.data_needed[peer]
+                    assert (ts.priority, ts.queue_seq, ts) in heap, (ts, peer)
+            elif st == MISSING:
+                assert not ts.who_has, ts
+            elif st == FLIGHT:
+                tr = self.in_flight.get(ts.coming_from)
+                assert tr is not None and key in tr.keys, ts
+            else:
+                assert ts.coming_from == "", ts
+            # queues
+            if st == READY:
+                if ts.resources is None:
+                    n_ready += 1
+                    assert (ts.priority, ts.queue_seq, ts) in self.ready, ts
+                else:
+                    n_constrained += 1
+                    assert (ts.priority, ts.queue_seq, ts) in self.constrained, ts
+            if st in (EXECUTING, CANCELLED):
+                assert self.running.get(key) is ts, ts
+                if ts.resources is not None:
+                    for rn, amount in ts.resources.items():
+                        used[rn] = used.get(rn, 0.0) + amount
+            if st == MEMORY:
+                nbytes_mem += ts.nbytes
+            assert name in STATE_NAMES
+        assert n_ready == self.n_ready, (n_ready, self.n_ready)
+        assert n_constrained == self.n_constrained, (n_constrained, self.n_constrained)
+        if self.n_ready == 0:
+            assert not self.ready
+        if self.n_constrained == 0:
+            assert not self.constrained
+        for key, ts in self.running.items():
+            assert tasks.get(key) is ts and ts.state in (EXECUTING, CANCELLED), ts
+        assert len(self.running) <= self.nthreads
+        for rn, total in self.total_resources.items():
+            avail = self.available_resources.get(rn, 0.0)
+            assert abs(avail + used.get(rn, 0.0) - total) < 1e-9, (rn, avail, used)
+        assert n_fetch == self.n_fetch, (n_fetch, self.n_fetch)
+        assert needed == self.data_needed_count, (needed, self.data_needed_count)
+        assert set(self.data_needed) == set(needed)
+        assert has_what == self.has_what, (has_what, self.has_what)
+        assert nbytes_mem == self.nbytes_in_memory, (nbytes_mem, self.nbytes_in_memory)
+        assert len(self.in_flight) <= self.transfer_peers
+        inflight_bytes = 0
+        for peer, tr in self.in_flight.items():
+            assert tr.peer == peer
+            inflight_bytes += tr.total_nbytes
+        assert inflight_bytes == self.bytes_in_flight
+        for key in self.stray:
+            assert key in self.running, key
+        if not self.paused:
+            # Nothing runnable left idle.
+            if len(self.running) < self.nthreads and self.n_ready:
+                raise AssertionError("idle thread with ready tasks")
