@@ -1,0 +1,277 @@
+"""Events the scheduler core consumes.
+
+Each event is a plain native class holding already-decoded values.  The runtime
+translates wire messages into these and feeds them, in batches, to
+:meth:`sched_core.SchedulerState.handle_events`.  Payloads the scheduler must
+not look inside (a task's function and arguments, a remote exception) are typed
+``object`` and passed through untouched.
+"""
+
+from __future__ import annotations
+
+
+class SchedulerEvent:
+    """Base class of every event the scheduler core accepts."""
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__}>"
+
+
+class TaskSpec:
+    """One task of a submitted graph.
+
+    ``run_spec`` is opaque to the core (the runtime passes bytes); two specs for
+    the same key are the same definition when their ``run_spec`` values compare
+    equal and their dependencies are the same keys.  ``run_spec`` is ``None``
+    only for data that was scattered, never for a task.
+    """
+
+    key: str
+    dependencies: list[str]
+    run_spec: object
+    priority: int
+    retries: int
+    workers: list[str] | None
+    resources: dict[str, float] | None
+    allow_other_workers: bool
+
+    def __init__(
+        self,
+        key: str,
+        dependencies: list[str],
+        run_spec: object,
+        priority: int = 0,
+        retries: int = 0,
+        workers: list[str] | None = None,
+        resources: dict[str, float] | None = None,
+        allow_other_workers: bool = False,
+    ) -> None:
+        self.key = key
+        self.dependencies = dependencies
+        self.run_spec = run_spec
+        self.priority = priority
+        self.retries = retries
+        self.workers = workers
+        self.resources = resources
+        self.allow_other_workers = allow_other_workers
+
+    def __repr__(self) -> str:
+        return f"<TaskSpec {self.key!r} deps={len(self.dependencies)}>"
+
+
+class GraphSubmitted(SchedulerEvent):
+    """A client submits tasks and names the keys it wants (holds futures to).
+
+    The submission is validated as a whole: on any error nothing changes and
+    the client is told why.
+    """
+
+    client: str
+    tasks: list[TaskSpec]
+    wanted: list[str]
+
+    def __init__(self, client: str, tasks: list[TaskSpec], wanted: list[str]) -> None:
+        self.client = client
+        self.tasks = tasks
+        self.wanted = wanted
+
+    def __repr__(self) -> str:
+        return f"<GraphSubmitted client={self.client!r} tasks={len(self.tasks)} wanted={len(self.wanted)}>"
+
+
+class ClientAdded(SchedulerEvent):
+    client: str
+
+    def __init__(self, client: str) -> None:
+        self.client = client
+
+
+class ClientRemoved(SchedulerEvent):
+    """A client disconnected: everything it wanted is released."""
+
+    client: str
+
+    def __init__(self, client: str) -> None:
+        self.client = client
+
+
+class ClientWantsKeys(SchedulerEvent):
+    """A client takes a hold on keys the scheduler already knows."""
+
+    client: str
+    keys: list[str]
+
+    def __init__(self, client: str, keys: list[str]) -> None:
+        self.client = client
+        self.keys = keys
+
+
+class ClientReleasesKeys(SchedulerEvent):
+    """A client drops its hold on keys (its futures were garbage collected)."""
+
+    client: str
+    keys: list[str]
+
+    def __init__(self, client: str, keys: list[str]) -> None:
+        self.client = client
+        self.keys = keys
+
+
+class CancelKeys(SchedulerEvent):
+    """A client cancels keys: its hold is dropped and it is told they were cancelled.
+
+    With ``force`` every client's hold on those keys is dropped.
+    """
+
+    client: str
+    keys: list[str]
+    force: bool
+
+    def __init__(self, client: str, keys: list[str], force: bool = False) -> None:
+        self.client = client
+        self.keys = keys
+        self.force = force
+
+
+class KeysScattered(SchedulerEvent):
+    """A client placed data directly on workers; the client holds the keys."""
+
+    client: str
+    workers: list[str]
+    nbytes: dict[str, int]
+
+    def __init__(self, client: str, workers: list[str], nbytes: dict[str, int]) -> None:
+        self.client = client
+        self.workers = workers
+        self.nbytes = nbytes
+
+
+class WorkerAdded(SchedulerEvent):
+    address: str
+    nthreads: int
+    memory_limit: int
+    resources: dict[str, float]
+    name: str
+
+    def __init__(
+        self,
+        address: str,
+        nthreads: int,
+        memory_limit: int = 0,
+        resources: dict[str, float] | None = None,
+        name: str = "",
+    ) -> None:
+        self.address = address
+        self.nthreads = nthreads
+        self.memory_limit = memory_limit
+        self.resources = resources if resources is not None else {}
+        self.name = name if name else address
+
+    def __repr__(self) -> str:
+        return f"<WorkerAdded {self.address!r} nthreads={self.nthreads}>"
+
+
+class WorkerRemoved(SchedulerEvent):
+    """A worker is gone.
+
+    ``expected`` is true for a clean retirement; when false (lost connection,
+    missed heartbeats) the tasks it was running are suspected of killing it.
+    """
+
+    address: str
+    expected: bool
+
+    def __init__(self, address: str, expected: bool = False) -> None:
+        self.address = address
+        self.expected = expected
+
+
+class WorkerHeartbeat(SchedulerEvent):
+    """Periodic news from a worker; ``latency`` is its measured round trip in seconds."""
+
+    address: str
+    latency: float
+    memory: int
+
+    def __init__(self, address: str, latency: float, memory: int = 0) -> None:
+        self.address = address
+        self.latency = latency
+        self.memory = memory
+
+
+class TaskFinished(SchedulerEvent):
+    worker: str
+    key: str
+    nbytes: int
+    duration: float
+
+    def __init__(self, worker: str, key: str, nbytes: int, duration: float) -> None:
+        self.worker = worker
+        self.key = key
+        self.nbytes = nbytes
+        self.duration = duration
+
+    def __repr__(self) -> str:
+        return f"<TaskFinished {self.key!r} on {self.worker!r}>"
+
+
+class TaskErred(SchedulerEvent):
+    """A task raised; ``exception`` and ``traceback`` are opaque payloads."""
+
+    worker: str
+    key: str
+    exception: object
+    traceback: object
+
+    def __init__(self, worker: str, key: str, exception: object, traceback: object) -> None:
+        self.worker = worker
+        self.key = key
+        self.exception = exception
+        self.traceback = traceback
+
+    def __repr__(self) -> str:
+        return f"<TaskErred {self.key!r} on {self.worker!r}>"
+
+
+class ReplicasAdded(SchedulerEvent):
+    """A worker now also holds these keys (it fetched them as dependencies)."""
+
+    worker: str
+    keys: list[str]
+
+    def __init__(self, worker: str, keys: list[str]) -> None:
+        self.worker = worker
+        self.keys = keys
+
+
+class MissingData(SchedulerEvent):
+    """``worker`` could not get ``key`` from ``errant_worker``, which should have had it."""
+
+    worker: str
+    key: str
+    errant_worker: str
+
+    def __init__(self, worker: str, key: str, errant_worker: str) -> None:
+        self.worker = worker
+        self.key = key
+        self.errant_worker = errant_worker
+
+
+class StealResponse(SchedulerEvent):
+    """A worker's answer to a steal request: the task's state there, or None if unknown."""
+
+    worker: str
+    key: str
+    state: str | None
+
+    def __init__(self, worker: str, key: str, state: str | None) -> None:
+        self.worker = worker
+        self.key = key
+        self.state = state
+
+
+class Tick(SchedulerEvent):
+    """The runtime's periodic wake-up (a few times a second): balance load by stealing."""
+
+    def __init__(self) -> None:
+        pass

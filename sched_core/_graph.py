@@ -1,0 +1,198 @@
+"""Validating and ordering a submitted graph.
+
+A submission is checked as a whole before the scheduler's state changes:
+unknown dependencies, cycles and keys redefined differently are refused.  The
+same depth-first walk that finds cycles also gives the static priorities.
+
+Ordering: a post-order depth-first walk from the graph's outputs, outputs in
+submission order, dependencies in their listed order.  Every output's inputs are
+thus computed together and right before it, so a reduction consumes its inputs
+soon after they are made, keeping few intermediate results in memory (the goal
+of dask.order, in a much simpler form).  Independent tasks keep submission
+order.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from sched_core._events import TaskSpec
+from sched_core._model import TaskGroup, TaskState
+
+UNSEEN: Final = -1
+ON_STACK: Final = -2
+
+# A cycle or a list of missing keys is named in full up to this many keys.
+MAX_KEYS_IN_MESSAGE: Final = 20
+
+
+class GraphError:
+    """Why a submission was refused; see :class:`sched_core.ClientError`."""
+
+    kind: str
+    message: str
+    keys: list[str]
+
+    def __init__(self, kind: str, message: str, keys: list[str]) -> None:
+        self.kind = kind
+        self.message = message
+        self.keys = keys
+
+    def __repr__(self) -> str:
+        return f"<GraphError {self.kind}: {self.message}>"
+
+
+class NewTasks:
+    """The tasks a submission adds, in submission order, with their specs."""
+
+    tasks: list[TaskState]
+    specs: list[TaskSpec]
+
+    def __init__(self) -> None:
+        self.tasks = []
+        self.specs = []
+
+
+def parse_submission(
+    specs: list[TaskSpec], known: dict[str, TaskState], unregistered: TaskGroup
+) -> NewTasks | GraphError:
+    """Create the submission's new tasks, linked and ordered, without touching ``known``.
+
+    New tasks get ``unregistered`` as their group (the caller registers them)
+    and their order index as ``priority``.  Edges to already known tasks are
+    recorded in the new task's ``dependencies`` only.
+    """
+    new: dict[str, TaskState] = {}
+    result = NewTasks()
+    for spec in specs:
+        key = spec.key
+        existing = known.get(key)
+        if existing is None:
+            existing = new.get(key)
+            if existing is None:
+                ts = TaskState(key, spec.run_spec, unregistered, UNSEEN)
+                new[key] = ts
+                result.tasks.append(ts)
+                result.specs.append(spec)
+                continue
+            # A key listed twice in one submission must be defined the same way.
+            twin = result.specs[_index_of(result.tasks, existing)]
+            if twin.run_spec != spec.run_spec or twin.dependencies != spec.dependencies:
+                return _conflict(key)
+            continue
+        if not _same_definition(existing, spec):
+            return _conflict(key)
+
+    missing: list[str] = []
+    for i in range(len(result.tasks)):
+        ts = result.tasks[i]
+        dep_keys = result.specs[i].dependencies
+        if not dep_keys:
+            continue
+        deps: list[TaskState] = []
+        for dep_key in dep_keys:
+            dep = new.get(dep_key)
+            if dep is None:
+                dep = known.get(dep_key)
+                if dep is None:
+                    missing.append(dep_key)
+                    continue
+            else:
+                if dep.dependents is None:
+                    dep.dependents = []
+                dep.dependents.append(ts)
+                dep.n_dependents += 1
+            deps.append(dep)
+        ts.dependencies = deps
+    if missing:
+        shown = ", ".join(repr(k) for k in missing[:MAX_KEYS_IN_MESSAGE])
+        more = f" and {len(missing) - MAX_KEYS_IN_MESSAGE} more" if len(missing) > MAX_KEYS_IN_MESSAGE else ""
+        return GraphError(
+            "missing-dependency",
+            f"graph depends on keys that are neither in the graph nor known to the scheduler: {shown}{more}",
+            missing,
+        )
+
+    cycle = _order(result.tasks, unregistered)
+    if cycle is not None:
+        shown_keys = cycle if len(cycle) <= MAX_KEYS_IN_MESSAGE else cycle[:MAX_KEYS_IN_MESSAGE] + ["..."]
+        return GraphError(
+            "cycle",
+            "graph has a cycle: " + " -> ".join(shown_keys) + " (each depends on the next)",
+            cycle,
+        )
+    return result
+
+
+def _same_definition(ts: TaskState, spec: TaskSpec) -> bool:
+    if ts.run_spec is None or ts.run_spec != spec.run_spec:
+        return False
+    deps = ts.dependencies
+    if len(deps) != len(spec.dependencies):
+        return False
+    for i in range(len(deps)):
+        if deps[i].key != spec.dependencies[i]:
+            return False
+    return True
+
+
+def _conflict(key: str) -> GraphError:
+    return GraphError(
+        "conflicting-definition",
+        f"key {key!r} is already defined differently; a key names one computation, "
+        "so resubmitting it must use the same function, arguments and dependencies",
+        [key],
+    )
+
+
+def _index_of(tasks: list[TaskState], ts: TaskState) -> int:
+    # Only reached for keys listed twice in one submission, which is rare.
+    for i in range(len(tasks)):
+        if tasks[i] is ts:
+            return i
+    return -1
+
+
+def _order(tasks: list[TaskState], unregistered: TaskGroup) -> list[str] | None:
+    """Number new tasks in post-order from the outputs; return a cycle's keys if any."""
+    counter = 0
+    stack: list[TaskState] = []
+    positions: list[int] = []
+    # Outputs first (tasks nothing in this submission depends on), then anything
+    # left unvisited, which can only be in, or feed into, a cycle.
+    for pass_number in range(2):
+        for root in tasks:
+            if root.priority != UNSEEN:
+                continue
+            if pass_number == 0 and root.n_dependents > 0:
+                continue
+            if not root.dependencies:
+                root.priority = counter
+                counter += 1
+                continue
+            root.priority = ON_STACK
+            stack.append(root)
+            positions.append(0)
+            while stack:
+                top = stack[-1]
+                i = positions[-1]
+                deps = top.dependencies
+                if i < len(deps):
+                    positions[-1] = i + 1
+                    dep = deps[i]
+                    if dep.group is not unregistered:
+                        continue  # already known to the scheduler: not ours to order
+                    p = dep.priority
+                    if p == UNSEEN:
+                        dep.priority = ON_STACK
+                        stack.append(dep)
+                        positions.append(0)
+                    elif p == ON_STACK:
+                        start = _index_of(stack, dep)
+                        return [t.key for t in stack[start:]] + [dep.key]
+                else:
+                    top.priority = counter
+                    counter += 1
+                    stack.pop()
+                    positions.pop()
+    return None
