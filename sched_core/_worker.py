@@ -577,6 +577,8 @@ class WorkerMachine:
         ts.run_spec = None
         ts.resources = None
         ts.pending = None
+        if ts.nbytes == 0:
+            ts.nbytes = DEFAULT_NBYTES
         if ts.who_has:
             self._enter_fetch(ts)
         else:
