@@ -9,7 +9,17 @@ from __future__ import annotations
 
 from typing import Final
 
-from sched_core._states import N_STATES, RELEASED, state_name
+from sched_core._states import (
+    ERRED,
+    MEMORY,
+    N_STATES,
+    NO_WORKER,
+    PROCESSING,
+    QUEUED,
+    RELEASED,
+    WAITING,
+    state_name,
+)
 
 # Shared by every task without dependencies.  ``TaskState.dependencies`` is
 # never mutated after creation, so sharing one empty list saves an allocation
@@ -18,6 +28,79 @@ NO_DEPENDENCIES: Final[list[TaskState]] = []
 
 # Durations are smoothed with this weight for the newest sample.
 EMA_WEIGHT: Final = 0.2
+
+
+class StateCounts:
+    """How many tasks are in each state.
+
+    Plain int attributes rather than a ``list[int]``: compiled, they are stored
+    unboxed, so counting costs no allocation on the hot path.
+    """
+
+    released: int
+    waiting: int
+    queued: int
+    no_worker: int
+    processing: int
+    memory: int
+    erred: int
+    forgotten: int
+
+    def __init__(self) -> None:
+        self.released = 0
+        self.waiting = 0
+        self.queued = 0
+        self.no_worker = 0
+        self.processing = 0
+        self.memory = 0
+        self.erred = 0
+        self.forgotten = 0
+
+    def move(self, old: int, new: int) -> None:
+        self.add(old, -1)
+        self.add(new, 1)
+
+    def add(self, state: int, delta: int) -> None:
+        if state == PROCESSING:
+            self.processing += delta
+        elif state == MEMORY:
+            self.memory += delta
+        elif state == QUEUED:
+            self.queued += delta
+        elif state == RELEASED:
+            self.released += delta
+        elif state == WAITING:
+            self.waiting += delta
+        elif state == ERRED:
+            self.erred += delta
+        elif state == NO_WORKER:
+            self.no_worker += delta
+        else:
+            self.forgotten += delta
+
+    def get(self, state: int) -> int:
+        if state == PROCESSING:
+            return self.processing
+        if state == MEMORY:
+            return self.memory
+        if state == QUEUED:
+            return self.queued
+        if state == RELEASED:
+            return self.released
+        if state == WAITING:
+            return self.waiting
+        if state == ERRED:
+            return self.erred
+        if state == NO_WORKER:
+            return self.no_worker
+        return self.forgotten
+
+    def as_list(self) -> list[int]:
+        """Counts indexed by state number."""
+        return [self.get(state) for state in range(N_STATES)]
+
+    def __repr__(self) -> str:
+        return f"<StateCounts {self.as_list()}>"
 
 
 class TaskPrefix:
@@ -48,7 +131,7 @@ class TaskGroup:
 
     name: str
     prefix: TaskPrefix
-    counts: list[int]  # indexed by state
+    counts: StateCounts
     n_tasks: int  # alive (not forgotten) tasks
     dependencies: set[TaskGroup]
     nbytes_total: int
@@ -56,7 +139,7 @@ class TaskGroup:
     def __init__(self, name: str, prefix: TaskPrefix) -> None:
         self.name = name
         self.prefix = prefix
-        self.counts = [0] * N_STATES
+        self.counts = StateCounts()
         self.n_tasks = 0
         self.dependencies = set()
         self.nbytes_total = 0

@@ -167,10 +167,12 @@ class SchedulerState(TransitionEngine):
         for ts in new_tasks:
             self._register(ts)
 
+        tasks = self.tasks
         for key in event.wanted:
-            self._add_want(cs, self.tasks[key])
-        for key in event.wanted:
-            self._start_wanted(cs, self.tasks[key])
+            ts = tasks[key]
+            if ts.who_wants is None or cs not in ts.who_wants:
+                self._add_want(cs, ts)
+                self._start_wanted(cs, ts)
         for ts in new_tasks:
             if ts.state == RELEASED and ts.who_wants is None and ts.n_waiters == 0:
                 self._release_queue.append(ts)

@@ -33,13 +33,21 @@ from sched_core._instructions import (
     Instruction,
     SchedulerError,
 )
-from sched_core._model import ClientState, TaskGroup, TaskPrefix, TaskState, WorkerState, key_group, key_split
+from sched_core._model import (
+    ClientState,
+    StateCounts,
+    TaskGroup,
+    TaskPrefix,
+    TaskState,
+    WorkerState,
+    key_group,
+    key_split,
+)
 from sched_core._placement import best_worker, dependency_holders, queue_capacity
 from sched_core._states import (
     ERRED,
     FORGOTTEN,
     MEMORY,
-    N_STATES,
     NO_WORKER,
     PROCESSING,
     QUEUED,
@@ -72,7 +80,7 @@ class TransitionEngine:
     clients: dict[str, ClientState]
     total_nthreads: int
     generation: int
-    counts: list[int]
+    counts: StateCounts
     queue_heap: list[int]
     queued: dict[int, TaskState]
     unrunnable: dict[TaskState, None]
@@ -106,7 +114,7 @@ class TransitionEngine:
         self.clients = {}
         self.total_nthreads = 0
         self.generation = 0
-        self.counts = [0] * N_STATES
+        self.counts = StateCounts()
         self.queue_heap = []
         self.queued = {}
         self.unrunnable = {}
@@ -154,8 +162,8 @@ class TransitionEngine:
         """Make a new (released) task known; its group and dependencies are set."""
         group = ts.group
         group.n_tasks += 1
-        group.counts[RELEASED] += 1
-        self.counts[RELEASED] += 1
+        group.counts.released += 1
+        self.counts.released += 1
         self.tasks[ts.key] = ts
         n_waiting = 0
         for dep in ts.dependencies:
@@ -237,11 +245,8 @@ class TransitionEngine:
         if old == new:
             return
         ts.state = new
-        counts = ts.group.counts
-        counts[old] -= 1
-        counts[new] += 1
-        self.counts[old] -= 1
-        self.counts[new] += 1
+        ts.group.counts.move(old, new)
+        self.counts.move(old, new)
         if old == MEMORY or new == MEMORY:
             if ts.nbytes > 0:
                 ts.group.nbytes_total += ts.nbytes if new == MEMORY else -ts.nbytes
@@ -266,6 +271,11 @@ class TransitionEngine:
 
     def _compute(self, root: TaskState) -> None:
         """Make a released task, and whatever released dependencies it has, compute."""
+        if not root.dependencies and root.run_spec is not None:
+            if root.state == RELEASED:
+                self._set_state(root, WAITING)
+                self._ready(root)
+            return
         stack = [root]
         ready: list[TaskState] = []
         while stack:
@@ -583,9 +593,12 @@ class TransitionEngine:
         if ts.state == MEMORY:
             holders = ts.who_has
             if holders is not None:
-                for ws in list(holders):
+                for ws in holders:
                     self._free_on(ws, ts.key)
-                    self._remove_replica(ts, ws)
+                    del ws.has_what[ts]
+                    if ts.nbytes > 0:
+                        ws.nbytes -= ts.nbytes
+                ts.who_has = None
         else:
             self._unassign(ts)
         self._set_state(ts, RELEASED)

@@ -39,10 +39,10 @@ def validate_state(state: TransitionEngine) -> None:
         _validate_placement(state, ts)
         _validate_need(ts)
     for s in range(N_STATES):
-        if s != FORGOTTEN and counts[s] != state.counts[s]:
-            raise AssertionError(f"count of state {s} is {state.counts[s]}, actually {counts[s]}")
+        if s != FORGOTTEN and counts[s] != state.counts.get(s):
+            raise AssertionError(f"count of state {s} is {state.counts.get(s)}, actually {counts[s]}")
     for tg in state.groups.values():
-        alive = sum(tg.counts[s] for s in range(N_STATES) if s != FORGOTTEN)
+        alive = sum(tg.counts.get(s) for s in range(N_STATES) if s != FORGOTTEN)
         if alive != tg.n_tasks or tg.n_tasks <= 0:
             raise AssertionError(f"{tg!r}: counts {tg.counts} disagree with n_tasks={tg.n_tasks}")
     total_threads = 0
