@@ -478,6 +478,8 @@ class WorkerMachine:
                     if best is None or (cts.priority, seq) < (best.priority, best_seq):
                         heappop(constrained)
                         self.n_constrained -= 1
+                        if self.n_constrained == 0:
+                            constrained.clear()
                         avail = self.available_resources
                         for name, amount in res.items():
                             avail[name] = avail.get(name, 0.0) - amount
@@ -487,6 +489,8 @@ class WorkerMachine:
         if best is not None:
             heappop(ready)
             self.n_ready -= 1
+            if self.n_ready == 0:
+                ready.clear()
         return best
 
     def _ensure_computing(self, out: list[WorkerInstruction]) -> None:
