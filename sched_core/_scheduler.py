@@ -249,13 +249,13 @@ class SchedulerState(TransitionEngine):
                 ts.group = self._group_for(key)
                 self._register(ts)
             self._add_want(cs, ts)
-            if not holders:
-                self._data_lost_for_good(ts)
-                continue
             if ts.state == MEMORY:
                 for ws in holders:
                     self._add_replica(ts, ws)
                 self._report_done(ts)
+            elif not holders:
+                # Every worker the data was sent to has gone since.
+                self._data_lost_for_good(ts)
             else:
                 if ts.state == ERRED:
                     ts.exception = ts.traceback = ts.exception_blame = None
@@ -449,6 +449,7 @@ class SchedulerState(TransitionEngine):
                 self._stop_processing(dependent, ws)
                 self._free_on(ws, dependent.key)
                 self._ready(dependent)
+        self._fill(ws)
 
     # ------------------------------------------------------------------
     # Work stealing

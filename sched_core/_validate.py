@@ -62,6 +62,10 @@ def validate_state(state: TransitionEngine) -> None:
             raise AssertionError(f"{ws!r} holds {nbytes} bytes, thinks {ws.nbytes}")
     if len(state.worker_list) != len(state.workers) or total_threads != state.total_nthreads:
         raise AssertionError("worker list or thread count out of date")
+    if state.queued:
+        for ws in state.worker_list:
+            if len(ws.processing) < ws.capacity:
+                raise AssertionError(f"{ws!r} has room for {ws.capacity} tasks while tasks are queued")
     for priority, ts in state.queued.items():
         if ts.state != QUEUED or ts.priority != priority or state.tasks.get(ts.key) is not ts:
             _fail(ts, "in the queue but not queued")
