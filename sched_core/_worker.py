@@ -990,7 +990,7 @@ class WorkerMachine:
             if len(ts.who_has) > 0:
                 for peer in list(ts.who_has):
                     if peer not in holders:
-                        self._remove_who_has(ts, peer, out, False)
+                        self._remove_who_has(ts, peer, out, True)
             if ts.state == MISSING and ts.who_has:
                 self._enter_fetch(ts)
 

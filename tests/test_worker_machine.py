@@ -421,12 +421,13 @@ def test_update_who_has_replaces_holders() -> None:
     assert m.m.tasks["y"].who_has == ["p3"]
     out = m(GatherDepSuccessEvent("p1", {"x": 1}))
     assert GatherDep("p3", ["y"], 1024) in out
-    # an empty list makes a fetch task missing without a report
+    # an empty list makes a fetch task missing (reported once)
     m2 = M(transfer_peers=1)
     m2(compute("a", 1, {"x": ["p1"]}))
     m2(compute("b", 2, {"y": ["p2"]}))
-    assert m2(UpdateWhoHasEvent({"y": []})) == []
+    assert m2(UpdateWhoHasEvent({"y": []})) == [MissingDep("y", "")]
     assert m2.state("y") == "missing"
+    assert m2(UpdateWhoHasEvent({"y": []})) == []  # no ping-pong
 
 
 def test_dependency_shared_by_two_tasks_fetched_once() -> None:
