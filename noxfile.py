@@ -78,9 +78,9 @@ def bench(session: nox.Session) -> None:
         session.error(f"{script.relative_to(ROOT)} does not exist yet")
     session.install(".[bench]", env=COMPILED_ENV)
     _check_installed_mode(session, compiled=True)
-    compiled_python = _venv_python(Path(session.virtualenv.location))
+    compiled_python = _venv_python(Path(session.virtualenv.location).resolve())
 
-    interpreted_venv = Path(session.create_tmp()) / "bench-interp"
+    interpreted_venv = Path(session.create_tmp()).resolve() / "bench-interp"
     session.run("python", "-m", "venv", "--clear", str(interpreted_venv))
     interpreted_python = _venv_python(interpreted_venv)
     session.run(
