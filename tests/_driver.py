@@ -1,0 +1,525 @@
+"""A small simulated cluster around a ``SchedulerState``, shared by the scheduler tests.
+
+``Cluster`` feeds events to the scheduler core and plays the workers and the
+clients: it carries out every instruction the core returns, in order, on a
+model of each worker (what it runs, what data it holds) and records what each
+client was told.  After every ``handle_events`` it runs
+``sched_core.validate_state`` and checks the core against the model:
+
+* a ``ComputeTask`` goes only to a live worker, names exactly the task's
+  dependencies, and every dependency is, at that moment, held by one of the
+  workers listed in ``who_has`` (with the nbytes that worker reported);
+* a worker is never asked to compute a key it is already computing;
+* after each batch, every worker's data is exactly what the scheduler thinks it
+  holds (``has_what``) and it runs exactly what the scheduler thinks it
+  processes: a ``FreeKeys`` that came after a ``ComputeTask`` of the same key on
+  the same worker would show up here;
+* nothing is processing on, or held by, a removed worker;
+* every client notification names a key in the matching state.
+
+Messages from a worker are made when the driver delivers them (so they reflect
+the worker's state at that moment), except for deliberately stale ones: the
+results of a removed worker (``zombies``), delivered after its removal.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable, Sequence
+
+import sched_core
+from sched_core import (
+    ClientAdded,
+    ClientError,
+    ClientKeyErred,
+    ClientKeyLost,
+    ClientKeysCancelled,
+    ClientKeysInMemory,
+    ClientReleasesKeys,
+    ClientRemoved,
+    ComputeTask,
+    FreeKeys,
+    GraphSubmitted,
+    Instruction,
+    ReplicasAdded,
+    SchedulerEvent,
+    SchedulerState,
+    StealRequest,
+    StealResponse,
+    TaskErred,
+    TaskFinished,
+    TaskSpec,
+    WorkerAdded,
+    WorkerRemoved,
+)
+
+
+def spec(key: str, deps: Sequence[str] = (), **kwargs: object) -> TaskSpec:
+    """A TaskSpec with an opaque run_spec derived from the key."""
+    run_spec = kwargs.pop("run_spec", ("run", key))
+    return TaskSpec(key, list(deps), run_spec, **kwargs)  # type: ignore[arg-type]
+
+
+def graph(edges: dict[str, Sequence[str]], **kwargs: object) -> list[TaskSpec]:
+    """TaskSpecs from ``{key: [dependency keys]}``, in dict order."""
+    return [spec(k, d, **kwargs) for k, d in edges.items()]
+
+
+def of_type(out: Iterable[Instruction], cls: type) -> list:
+    return [i for i in out if isinstance(i, cls)]
+
+
+def computes(out: Iterable[Instruction]) -> list[ComputeTask]:
+    return of_type(out, ComputeTask)
+
+
+def computed_keys(out: Iterable[Instruction]) -> list[str]:
+    return [i.key for i in out if isinstance(i, ComputeTask)]
+
+
+def freed(out: Iterable[Instruction], worker: str | None = None) -> list[str]:
+    """Keys of every FreeKeys in ``out`` (to ``worker`` only, if given)."""
+    return [k for i in out if isinstance(i, FreeKeys) and (worker is None or i.worker == worker) for k in i.keys]
+
+
+class SimWorker:
+    """What one worker does and holds, as the driver models it."""
+
+    def __init__(self, address: str, nthreads: int) -> None:
+        self.address = address
+        self.nthreads = nthreads
+        self.running: dict[str, ComputeTask] = {}  # outstanding ComputeTasks
+        self.started: set[str] = set()  # running keys that began executing
+        self.data: dict[str, int] = {}  # key -> nbytes
+        self.steal_requests: list[str] = []  # keys, in arrival order
+
+    def __repr__(self) -> str:
+        return f"<SimWorker {self.address} running={len(self.running)} data={len(self.data)}>"
+
+
+class ClientLog:
+    """Everything the core told one client."""
+
+    def __init__(self, client: str) -> None:
+        self.client = client
+        self.messages: list[Instruction] = []
+        self.status: dict[str, str] = {}  # last word on each key
+        self.erred: dict[str, ClientKeyErred] = {}
+        self.errors: list[ClientError] = []
+        self.cancelled: list[str] = []
+        self.lost: list[str] = []
+
+    def in_memory(self) -> set[str]:
+        return {k for k, s in self.status.items() if s == "memory"}
+
+
+class DriverError(AssertionError):
+    pass
+
+
+class Cluster:
+    """A SchedulerState with simulated workers and clients around it."""
+
+    def __init__(self, check: bool = True, **kwargs: object) -> None:
+        self.state = SchedulerState(**kwargs)  # type: ignore[arg-type]
+        self.check = check
+        self.workers: dict[str, SimWorker] = {}
+        self.dead: dict[str, SimWorker] = {}
+        # (worker, key, nbytes) of tasks a removed worker was running: their
+        # results can still arrive, late.
+        self.zombies: list[tuple[str, str]] = []
+        self.deps: dict[str, list[str]] = {}
+        self.clients: dict[str, ClientLog] = {}
+        self.history: list[Instruction] = []
+        self.n_batches = 0
+        self.n_computes = 0
+        self._worker_counter = 0
+
+    # ------------------------------------------------------------------
+    # Feeding events
+
+    def handle(self, *events: SchedulerEvent) -> list[Instruction]:
+        return self.handle_list(list(events))
+
+    def handle_list(self, events: list[SchedulerEvent]) -> list[Instruction]:
+        state = self.state
+        for ev in events:
+            if isinstance(ev, GraphSubmitted):
+                for ts in ev.tasks:
+                    if ts.key not in state.tasks:
+                        self.deps[ts.key] = list(ts.dependencies)
+        alive_before = set(self.workers)
+        for ev in events:
+            if isinstance(ev, WorkerAdded):
+                old = self.workers.pop(ev.address, None)
+                if old is not None:
+                    # The same address again: the old process is gone.
+                    for key in old.running:
+                        self.zombies.append((ev.address, key))
+                self.dead.pop(ev.address, None)
+                if ev.nthreads >= 1:
+                    self.workers[ev.address] = SimWorker(ev.address, ev.nthreads)
+                elif old is not None:
+                    self.dead[ev.address] = old
+            elif isinstance(ev, WorkerRemoved):
+                sim = self.workers.pop(ev.address, None)
+                if sim is not None:
+                    self.dead[ev.address] = sim
+                    for key in sim.running:
+                        self.zombies.append((ev.address, key))
+                    sim.running = {}
+                    sim.data = {}
+        out = state.handle_events(events)
+        self.n_batches += 1
+        sched_core.validate_state(state)
+        self._apply(out, alive_before)
+        if self.check:
+            self.check_consistency()
+            if len(events) == 1:
+                self._check_client_messages(out)
+        return out
+
+    def _apply(self, out: list[Instruction], alive_before: set[str]) -> None:
+        self.history.extend(out)
+        for instr in out:
+            if isinstance(instr, ComputeTask):
+                self._on_compute(instr, alive_before)
+            elif isinstance(instr, FreeKeys):
+                sim = self.workers.get(instr.worker)
+                if sim is None:
+                    if self.check and instr.worker not in self.dead:
+                        raise DriverError(f"{instr!r} to a worker that never existed")
+                    continue
+                for key in instr.keys:
+                    sim.running.pop(key, None)
+                    sim.started.discard(key)
+                    sim.data.pop(key, None)
+            elif isinstance(instr, StealRequest):
+                sim = self.workers.get(instr.worker)
+                if sim is None:
+                    if self.check and instr.worker not in alive_before:
+                        raise DriverError(f"{instr!r} to a removed worker")
+                    continue
+                sim.steal_requests.append(instr.key)
+            elif isinstance(instr, sched_core.ClientInstruction):
+                self._on_client_message(instr)
+            else:
+                raise DriverError(f"unexpected instruction {instr!r}")
+
+    def _on_compute(self, instr: ComputeTask, alive_before: set[str]) -> None:
+        self.n_computes += 1
+        sim = self.workers.get(instr.worker)
+        if sim is None:
+            if self.check and instr.worker not in alive_before:
+                raise DriverError(f"{instr!r} sent to a removed or unknown worker")
+            return  # removed later in the same batch
+        if not self.check:
+            sim.running[instr.key] = instr
+            return
+        if instr.key in sim.running:
+            raise DriverError(f"{instr!r}: the worker is already computing {instr.key!r}")
+        expected_deps = self.deps.get(instr.key)
+        if expected_deps is not None and sorted(instr.who_has) != sorted(set(expected_deps)):
+            raise DriverError(f"{instr!r}: who_has names {sorted(instr.who_has)}, dependencies are {expected_deps}")
+        if sorted(instr.nbytes) != sorted(instr.who_has):
+            raise DriverError(f"{instr!r}: nbytes and who_has name different keys")
+        for dep, holders in instr.who_has.items():
+            ok = False
+            for address in holders:
+                holder = self.workers.get(address)
+                if holder is not None and dep in holder.data:
+                    if holder.data[dep] != instr.nbytes[dep]:
+                        raise DriverError(
+                            f"{instr!r}: nbytes[{dep!r}]={instr.nbytes[dep]}, the worker reported {holder.data[dep]}"
+                        )
+                    ok = True
+            if not ok:
+                raise DriverError(
+                    f"{instr!r} issued while dependency {dep!r} is held by none of {holders} "
+                    f"(live holders: {[w for w, s in self.workers.items() if dep in s.data]})"
+                )
+        sim.running[instr.key] = instr
+
+    def _on_client_message(self, instr: Instruction) -> None:
+        client = instr.client  # type: ignore[attr-defined]
+        log = self.log(client)
+        log.messages.append(instr)
+        if isinstance(instr, ClientKeysInMemory):
+            for key in instr.keys:
+                log.status[key] = "memory"
+        elif isinstance(instr, ClientKeyErred):
+            log.status[instr.key] = "erred"
+            log.erred[instr.key] = instr
+        elif isinstance(instr, ClientKeyLost):
+            log.status[instr.key] = "lost"
+            log.lost.append(instr.key)
+        elif isinstance(instr, ClientKeysCancelled):
+            for key in instr.keys:
+                log.status[key] = "cancelled"
+            log.cancelled.extend(instr.keys)
+        elif isinstance(instr, ClientError):
+            log.errors.append(instr)
+
+    def _check_client_messages(self, out: list[Instruction]) -> None:
+        """After a one-event batch, each notification matches the key's state."""
+        tasks = self.state.tasks
+        for instr in out:
+            if isinstance(instr, ClientKeysInMemory):
+                if len(set(instr.keys)) != len(instr.keys):
+                    raise DriverError(f"{instr!r} names a key twice: {instr.keys}")
+                for key in instr.keys:
+                    ts = tasks.get(key)
+                    if ts is None or ts.state_name != "memory":
+                        raise DriverError(f"{instr.client} told {key!r} is in memory; it is {ts!r}")
+                    if ts.who_wants is None or instr.client not in [c.client_id for c in ts.who_wants]:
+                        raise DriverError(f"{instr.client} told about {key!r}, which it does not hold")
+            elif isinstance(instr, ClientKeyErred):
+                ts = tasks.get(instr.key)
+                if ts is None or ts.state_name != "erred":
+                    raise DriverError(f"{instr!r} but the key is {ts!r}")
+                if ts.who_wants is None or instr.client not in [c.client_id for c in ts.who_wants]:
+                    raise DriverError(f"{instr!r}: the client does not hold the key")
+
+    def log(self, client: str) -> ClientLog:
+        log = self.clients.get(client)
+        if log is None:
+            log = self.clients[client] = ClientLog(client)
+        return log
+
+    # ------------------------------------------------------------------
+    # Consistency of the model with the core
+
+    def check_consistency(self) -> None:
+        state = self.state
+        if set(state.workers) != set(self.workers):
+            raise DriverError(f"scheduler knows workers {sorted(state.workers)}, alive are {sorted(self.workers)}")
+        for address, ws in state.workers.items():
+            sim = self.workers[address]
+            held = {ts.key for ts in ws.has_what}
+            if held != set(sim.data):
+                raise DriverError(
+                    f"{address}: scheduler thinks it holds {sorted(held - set(sim.data))[:10]} it does not, "
+                    f"and not {sorted(set(sim.data) - held)[:10]} which it does"
+                )
+            processing = {ts.key for ts in ws.processing}
+            if processing != set(sim.running):
+                raise DriverError(
+                    f"{address}: scheduler thinks it processes {sorted(processing - set(sim.running))[:10]} "
+                    f"it does not, and not {sorted(set(sim.running) - processing)[:10]} which it does"
+                )
+            for ts in ws.has_what:
+                if sim.data[ts.key] != ts.nbytes:
+                    raise DriverError(f"{ts!r}: nbytes {ts.nbytes}, the worker reported {sim.data[ts.key]}")
+
+    # ------------------------------------------------------------------
+    # Conveniences: workers
+
+    def add_worker(self, address: str | None = None, nthreads: int = 1, **kwargs: object) -> list[Instruction]:
+        if address is None:
+            address = self.new_address()
+        return self.handle(WorkerAdded(address, nthreads, **kwargs))  # type: ignore[arg-type]
+
+    def new_address(self) -> str:
+        while True:
+            self._worker_counter += 1
+            address = f"w{self._worker_counter}"
+            if address not in self.workers and address not in self.dead:
+                return address
+
+    def remove_worker(self, address: str, expected: bool = False) -> list[Instruction]:
+        return self.handle(WorkerRemoved(address, expected))
+
+    # ------------------------------------------------------------------
+    # Conveniences: clients
+
+    def submit(
+        self, client: str, tasks: list[TaskSpec] | dict[str, Sequence[str]], wanted: Sequence[str] | None = None
+    ) -> list[Instruction]:
+        if isinstance(tasks, dict):
+            tasks = graph(tasks)
+        if wanted is None:
+            wanted = [t.key for t in tasks]
+        return self.handle(GraphSubmitted(client, tasks, list(wanted)))
+
+    def release(self, client: str, keys: Sequence[str]) -> list[Instruction]:
+        return self.handle(ClientReleasesKeys(client, list(keys)))
+
+    def add_client(self, client: str) -> list[Instruction]:
+        return self.handle(ClientAdded(client))
+
+    def remove_client(self, client: str) -> list[Instruction]:
+        return self.handle(ClientRemoved(client))
+
+    # ------------------------------------------------------------------
+    # Conveniences: workers doing work
+
+    def running_on(self, key: str) -> list[str]:
+        return [a for a, sim in self.workers.items() if key in sim.running]
+
+    def holders(self, key: str) -> list[str]:
+        return [a for a, sim in self.workers.items() if key in sim.data]
+
+    def _worker_for(self, key: str, worker: str | None) -> str:
+        if worker is not None:
+            return worker
+        where = self.running_on(key)
+        if len(where) != 1:
+            raise DriverError(f"{key!r} is running on {where}, not on exactly one worker")
+        return where[0]
+
+    def finished_event(
+        self, key: str, worker: str | None = None, nbytes: int = 100, duration: float = 0.1, fetch: bool = True
+    ) -> list[SchedulerEvent]:
+        """The worker's side of finishing ``key``: update the model, make the messages.
+
+        With ``fetch`` the worker first copies the dependencies it lacked from
+        their holders and reports the new replicas.
+        """
+        address = self._worker_for(key, worker)
+        sim = self.workers.get(address)
+        events: list[SchedulerEvent] = []
+        if sim is not None:
+            instr = sim.running.pop(key, None)
+            sim.started.discard(key)
+            if instr is not None:
+                fetched = []
+                for dep, holders in instr.who_has.items():
+                    for h in holders:
+                        holder = self.workers.get(h)
+                        if holder is not None and dep in holder.data:
+                            if fetch and dep not in sim.data:
+                                sim.data[dep] = holder.data[dep]
+                                fetched.append(dep)
+                            break
+                    else:
+                        if self.check:
+                            raise DriverError(f"{key!r} finishes on {address} but its dependency {dep!r} is gone")
+                if fetched:
+                    events.append(ReplicasAdded(address, fetched))
+            sim.data[key] = nbytes
+        events.append(TaskFinished(address, key, nbytes, duration))
+        return events
+
+    def erred_event(self, key: str, worker: str | None = None, exception: object = None) -> TaskErred:
+        address = self._worker_for(key, worker)
+        sim = self.workers.get(address)
+        if sim is not None:
+            sim.running.pop(key, None)
+            sim.started.discard(key)
+        return TaskErred(address, key, exception if exception is not None else f"boom-{key}", f"tb-{key}")
+
+    def finish(
+        self, key: str, worker: str | None = None, nbytes: int = 100, duration: float = 0.1, fetch: bool = True
+    ) -> list[Instruction]:
+        return self.handle_list(self.finished_event(key, worker, nbytes, duration, fetch))
+
+    def err(self, key: str, worker: str | None = None, exception: object = None) -> list[Instruction]:
+        return self.handle(self.erred_event(key, worker, exception))
+
+    def steal_responses(self, start: Iterable[str] = ()) -> list[SchedulerEvent]:
+        """Answer every pending steal request as a worker would.
+
+        Keys in ``start`` begin executing first (they answer "executing").
+        """
+        events: list[SchedulerEvent] = []
+        for key in start:
+            for sim in self.workers.values():
+                if key in sim.running:
+                    sim.started.add(key)
+        for address, sim in self.workers.items():
+            for key in sim.steal_requests:
+                if key not in sim.running:
+                    events.append(StealResponse(address, key, "memory" if key in sim.data else None))
+                elif key in sim.started:
+                    events.append(StealResponse(address, key, "executing"))
+                else:
+                    del sim.running[key]
+                    events.append(StealResponse(address, key, "ready"))
+            sim.steal_requests = []
+        return events
+
+    def outstanding(self) -> list[tuple[str, str]]:
+        """(worker, key) of every ComputeTask not yet answered, in a stable order."""
+        return [(a, k) for a, sim in self.workers.items() for k in sim.running]
+
+    def run(
+        self,
+        rng: random.Random | None = None,
+        fail: Iterable[str] = (),
+        nbytes: int = 100,
+        duration: float = 0.1,
+        max_rounds: int = 100_000,
+    ) -> int:
+        """Finish (or, for keys in ``fail``, err) outstanding work until there is none.
+
+        Without ``rng`` each round finishes everything outstanding in one
+        batch; with it, a random nonempty subset in random order.  Returns the
+        number of rounds.
+        """
+        fail = set(fail)
+        rounds = 0
+        while True:
+            work = self.outstanding()
+            steals = self.steal_responses()
+            if steals:
+                self.handle_list(steals)
+                continue
+            if not work:
+                return rounds
+            rounds += 1
+            if rounds > max_rounds:
+                raise DriverError("no quiescence")
+            if rng is not None:
+                rng.shuffle(work)
+                work = work[: rng.randint(1, len(work))]
+            events: list[SchedulerEvent] = []
+            for address, key in work:
+                if key in fail:
+                    events.append(self.erred_event(key, address))
+                else:
+                    events.extend(self.finished_event(key, address, nbytes, duration))
+            self.handle_list(events)
+
+    # ------------------------------------------------------------------
+    # Reading the state
+
+    def state_of(self, key: str) -> str | None:
+        return self.state.task_state(key)
+
+    def states(self) -> dict[str, str]:
+        return {k: ts.state_name for k, ts in self.state.tasks.items()}
+
+    def snapshot(self) -> dict[str, tuple]:
+        """Everything about each task that a refused request must not change."""
+        return {
+            k: (
+                ts.state_name,
+                ts.priority,
+                [d.key for d in ts.dependencies],
+                ts.n_dependents,
+                ts.n_waiting,
+                ts.n_waiters,
+                sorted(c.client_id for c in ts.who_wants or []),
+                sorted(w.address for w in ts.who_has or []),
+                ts.processing_on.address if ts.processing_on is not None else None,
+            )
+            for k, ts in self.state.tasks.items()
+        } | {"<groups>": tuple(sorted((n, g.n_tasks) for n, g in self.state.groups.items()))}
+
+    def assert_empty(self) -> None:
+        """Nothing is left: no task, group, queue entry, or worker assignment."""
+        state = self.state
+        assert state.tasks == {}, list(state.tasks.values())[:10]
+        assert state.groups == {}, list(state.groups.values())[:10]
+        assert state.queued == {}
+        assert state.unrunnable == {}
+        for ws in state.workers.values():
+            assert ws.processing == {}, ws
+            assert ws.has_what == {}, ws
+            assert ws.nbytes == 0, ws
+            assert ws.occupancy == 0.0, ws
+        for cs in state.clients.values():
+            assert cs.wants == {}, cs
+        assert state.counts.as_list()[:7] == [0] * 7, state.counts
+        for sim in self.workers.values():
+            assert sim.running == {} and sim.data == {}, sim
