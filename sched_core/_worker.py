@@ -123,10 +123,12 @@ class WorkerTask:
         self.run_spec = None
         self.resources = None
         self.nbytes = 0
-        self.dependencies = {}
-        self.dependents = {}
+        # Shared, never-mutated empty containers until first use: most tasks
+        # never get dependencies, dependents or holders (fewer allocations).
+        self.dependencies = NO_TASKS
+        self.dependents = NO_TASKS
         self.waiting_count = 0
-        self.who_has = []
+        self.who_has = NO_PEERS
         self.coming_from = ""
         self.queue_seq = 0
         self.pending = None
@@ -140,6 +142,10 @@ class WorkerTask:
             f"<WorkerTask {self.key!r} {STATE_NAMES[self.state]} prio={self.priority}"
             f"{' held' if self.held else ''}>"
         )
+
+
+NO_TASKS: Final[dict[str, WorkerTask]] = {}
+NO_PEERS: Final[list[str]] = []
 
 
 class Transfer:
@@ -420,7 +426,11 @@ class WorkerMachine:
                     if st == MISSING and dts.who_has:
                         self._enter_fetch(dts)
             if link:
+                if not ts.dependencies:
+                    ts.dependencies = {}
                 ts.dependencies[dep_key] = dts
+                if not dts.dependents:
+                    dts.dependents = {}
                 dts.dependents[key] = ts
                 if dts.state != MEMORY:
                     ts.waiting_count += 1
@@ -642,7 +652,7 @@ class WorkerMachine:
         deps = ts.dependencies
         if not deps:
             return
-        ts.dependencies = {}
+        ts.dependencies = NO_TASKS
         ts.waiting_count = 0
         key = ts.key
         for dts in deps.values():
@@ -657,13 +667,17 @@ class WorkerMachine:
 
         Iterative, so that long chains do not recurse deeply.
         """
-        stack = [root]
+        stack: list[WorkerTask] | None = None
         tasks = self.tasks
-        while stack:
-            ts = stack.pop()
+        ts = root
+        while True:
             st = ts.state
             if st == EXECUTING or st == CANCELLED:
-                continue  # a thread is still running it
+                # a thread is still running it (never reached: callers check)
+                if not stack:
+                    return
+                ts = stack.pop()
+                continue
             if st == FETCH:
                 self._leave_fetch(ts)
             elif st == READY:
@@ -682,7 +696,7 @@ class WorkerMachine:
             ts.run_spec = None
             deps = ts.dependencies
             if deps:
-                ts.dependencies = {}
+                ts.dependencies = NO_TASKS
                 ts.waiting_count = 0
                 key = ts.key
                 for dts in deps.values():
@@ -690,7 +704,13 @@ class WorkerMachine:
                     if not dts.dependents and not dts.held:
                         dst = dts.state
                         if dst != EXECUTING and dst != CANCELLED and dst != RELEASED:
-                            stack.append(dts)
+                            if stack is None:
+                                stack = [dts]
+                            else:
+                                stack.append(dts)
+            if not stack:
+                return
+            ts = stack.pop()
 
     # ------------------------------------------------------------------
     # Holders and the fetch queues
@@ -699,7 +719,10 @@ class WorkerMachine:
     def _add_who_has(self, ts: WorkerTask, peer: str) -> None:
         if peer == self.address or peer in ts.who_has:
             return
-        ts.who_has.append(peer)
+        if ts.who_has:
+            ts.who_has.append(peer)
+        else:
+            ts.who_has = [peer]
         hw = self.has_what.get(peer)
         if hw is None:
             hw = {}
@@ -738,7 +761,7 @@ class WorkerMachine:
             del hw[key]
             if not hw:
                 del has_what[peer]
-        ts.who_has = []
+        ts.who_has = NO_PEERS
 
     def _push_needed(self, peer: str, entry: HeapEntry) -> None:
         heap = self.data_needed.get(peer)
@@ -1017,6 +1040,7 @@ class WorkerMachine:
 
     def validate(self) -> None:
         """Assert every internal invariant (for tests; O(size of state))."""
+        assert not NO_TASKS and not NO_PEERS, "shared empty containers mutated"
         tasks = self.tasks
         n_ready = 0
         n_constrained = 0
