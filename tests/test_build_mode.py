@@ -82,10 +82,20 @@ def test_no_stale_build() -> None:
 
 
 def _run_dsched(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    # cwd is a scratch directory so that `-m` cannot pick up a source checkout.
+    """Run ``python -m dsched`` on the same dsched and sched_core this process imported.
+
+    cwd is a scratch directory, so `-m` cannot pick up whatever checkout the
+    tests were started from; the directory holding the imported packages goes
+    on PYTHONPATH instead (site-packages for an install, the checkout when the
+    tests run from one).
+    """
+    env = dict(os.environ)
+    roots = [str(Path(module.__file__ or "").resolve().parent.parent) for module in (dsched, sched_core)]
+    env["PYTHONPATH"] = os.pathsep.join([*dict.fromkeys(roots), *filter(None, [env.get("PYTHONPATH")])])
     return subprocess.run(
         [sys.executable, "-m", "dsched", *args],
         cwd=cwd,
+        env=env,
         capture_output=True,
         text=True,
         timeout=120,
