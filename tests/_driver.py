@@ -353,6 +353,13 @@ class Cluster:
     # ------------------------------------------------------------------
     # Conveniences: workers doing work
 
+    def replicate(self, key: str, worker: str) -> list[Instruction]:
+        """``worker`` copies ``key`` from a holder and tells the scheduler."""
+        holders = self.holders(key)
+        assert holders, f"nobody holds {key!r}"
+        self.workers[worker].data[key] = self.workers[holders[0]].data[key]
+        return self.handle(ReplicasAdded(worker, [key]))
+
     def running_on(self, key: str) -> list[str]:
         return [a for a, sim in self.workers.items() if key in sim.running]
 
