@@ -23,8 +23,12 @@ here still needs it as a dependency; a running task (executing/cancelled) stays
 until its thread finishes.  Memory is dropped (``ReleaseData``) only when both
 the scheduler's hold and the local need are gone.
 
-Queues are heaps of ``(priority, seq, task)`` with lazy deletion: an entry is
-valid iff the task is still in the matching state and ``task.queue_seq == seq``.
+Queues use lazy deletion.  The ready queues are heaps of int sort keys
+``(priority << 40) + seq`` (cheap to compare, no tuple per entry) beside a dict
+from live sort key to task: a heap entry is valid iff it is still in the dict.
+The per-peer fetch queues are heaps of ``(priority, seq, task)``: an entry is
+valid iff the task is still in state fetch, lists the peer, and
+``task.queue_seq == seq``.
 """
 
 from __future__ import annotations
@@ -88,6 +92,8 @@ DEFAULT_NBYTES: Final = 1024
 """Size assumed for a dependency whose size the scheduler did not give."""
 DEFAULT_TRANSFER_MESSAGE_BYTES: Final = 50_000_000
 DEFAULT_TRANSFER_PEERS: Final = 10
+SEQ_BITS: Final = 40
+SEQ_MASK: Final = (1 << 40) - 1
 
 
 class WorkerTask:
@@ -110,8 +116,9 @@ class WorkerTask:
     who_has: list[str]
     # The peer a flight task is coming from.
     coming_from: str
-    # Validity stamp for heap entries.
+    # Validity stamp for fetch heap entries; sort key in the ready queues.
     queue_seq: int
+    queue_key: int
     # A compute request that arrived while the data was in flight.
     pending: ComputeTaskEvent | None
 
@@ -131,6 +138,7 @@ class WorkerTask:
         self.who_has = NO_PEERS
         self.coming_from = ""
         self.queue_seq = 0
+        self.queue_key = 0
         self.pending = None
 
     @property
@@ -196,10 +204,12 @@ class WorkerMachine:
     keep_fetched: bool
 
     tasks: dict[str, WorkerTask]
-    ready: list[HeapEntry]
-    n_ready: int
-    constrained: list[HeapEntry]
-    n_constrained: int
+    # ready tasks without / with resource requirements: heap of sort keys,
+    # and the live sort keys -> task
+    ready: list[int]
+    ready_tasks: dict[int, WorkerTask]
+    constrained: list[int]
+    constrained_tasks: dict[int, WorkerTask]
     running: dict[str, WorkerTask]
     # peer -> heap of fetch tasks that peer holds; count of valid tasks per peer
     data_needed: dict[str, list[HeapEntry]]
@@ -244,9 +254,9 @@ class WorkerMachine:
         self.keep_fetched = keep_fetched
         self.tasks = {}
         self.ready = []
-        self.n_ready = 0
+        self.ready_tasks = {}
         self.constrained = []
-        self.n_constrained = 0
+        self.constrained_tasks = {}
         self.running = {}
         self.data_needed = {}
         self.data_needed_count = {}
@@ -264,6 +274,16 @@ class WorkerMachine:
         self.n_transfers = 0
         self.n_fetched = 0
         self.bytes_fetched = 0
+
+    @property
+    def n_ready(self) -> int:
+        """Ready tasks without resource requirements."""
+        return len(self.ready_tasks)
+
+    @property
+    def n_constrained(self) -> int:
+        """Ready tasks with resource requirements."""
+        return len(self.constrained_tasks)
 
     def __repr__(self) -> str:
         return (
@@ -442,23 +462,24 @@ class WorkerMachine:
     def _make_ready(self, ts: WorkerTask) -> None:
         ts.state = READY
         self.seq += 1
-        ts.queue_seq = self.seq
+        qk = (ts.priority << SEQ_BITS) + (self.seq & SEQ_MASK)
+        ts.queue_key = qk
         if ts.resources is None:
-            heappush(self.ready, (ts.priority, self.seq, ts))
-            self.n_ready += 1
+            heappush(self.ready, qk)
+            self.ready_tasks[qk] = ts
         else:
-            heappush(self.constrained, (ts.priority, self.seq, ts))
-            self.n_constrained += 1
+            heappush(self.constrained, qk)
+            self.constrained_tasks[qk] = ts
 
     def _unqueue_ready(self, ts: WorkerTask) -> None:
         """``ts`` leaves state ready other than by being popped (entry goes stale)."""
         if ts.resources is None:
-            self.n_ready -= 1
-            if self.n_ready == 0:
+            del self.ready_tasks[ts.queue_key]
+            if not self.ready_tasks:
                 self.ready.clear()
         else:
-            self.n_constrained -= 1
-            if self.n_constrained == 0:
+            del self.constrained_tasks[ts.queue_key]
+            if not self.constrained_tasks:
                 self.constrained.clear()
 
     def _resources_fit(self, res: dict[str, float]) -> bool:
@@ -470,36 +491,41 @@ class WorkerMachine:
 
     def _pop_next_ready(self) -> WorkerTask | None:
         ready = self.ready
+        ready_tasks = self.ready_tasks
         best: WorkerTask | None = None
-        best_seq = 0
+        best_key = 0
         while ready:
-            _, seq, ts = ready[0]
-            if ts.state == READY and ts.queue_seq == seq:
-                best = ts
-                best_seq = seq
+            qk = ready[0]
+            t = ready_tasks.get(qk)
+            if t is not None:
+                best = t
+                best_key = qk
                 break
             heappop(ready)
         constrained = self.constrained
+        ctasks = self.constrained_tasks
         while constrained:
-            _, seq, cts = constrained[0]
-            if cts.state == READY and cts.queue_seq == seq:
-                res = cts.resources
-                if res is not None and self._resources_fit(res):
-                    if best is None or (cts.priority, seq) < (best.priority, best_seq):
-                        heappop(constrained)
-                        self.n_constrained -= 1
-                        if self.n_constrained == 0:
-                            constrained.clear()
-                        avail = self.available_resources
-                        for name, amount in res.items():
-                            avail[name] = avail.get(name, 0.0) - amount
-                        return cts
-                break
-            heappop(constrained)
+            qk = constrained[0]
+            cts = ctasks.get(qk)
+            if cts is None:
+                heappop(constrained)
+                continue
+            res = cts.resources
+            if res is not None and self._resources_fit(res):
+                if best is None or qk < best_key:
+                    heappop(constrained)
+                    del ctasks[qk]
+                    if not ctasks:
+                        constrained.clear()
+                    avail = self.available_resources
+                    for name, amount in res.items():
+                        avail[name] = avail.get(name, 0.0) - amount
+                    return cts
+            break
         if best is not None:
             heappop(ready)
-            self.n_ready -= 1
-            if self.n_ready == 0:
+            del ready_tasks[best_key]
+            if not ready_tasks:
                 ready.clear()
         return best
 
@@ -509,7 +535,7 @@ class WorkerMachine:
         running = self.running
         nthreads = self.nthreads
         while len(running) < nthreads:
-            if self.n_ready == 0 and self.n_constrained == 0:
+            if not self.ready_tasks and not self.constrained_tasks:
                 break
             ts = self._pop_next_ready()
             if ts is None:
@@ -1044,6 +1070,8 @@ class WorkerMachine:
         tasks = self.tasks
         n_ready = 0
         n_constrained = 0
+        ready_keys = set(self.ready)
+        constrained_keys = set(self.constrained)
         n_fetch = 0
         nbytes_mem = 0
         needed: dict[str, int] = {}
@@ -1113,12 +1141,15 @@ class WorkerMachine:
                 assert ts.coming_from == "", ts
             # queues
             if st == READY:
+                qk = ts.queue_key
+                assert qk >> SEQ_BITS == ts.priority, ts
                 if ts.resources is None:
                     n_ready += 1
-                    assert (ts.priority, ts.queue_seq, ts) in self.ready, ts
+                    assert self.ready_tasks.get(qk) is ts and qk in ready_keys, ts
                 else:
                     n_constrained += 1
-                    assert (ts.priority, ts.queue_seq, ts) in self.constrained, ts
+                    assert self.constrained_tasks.get(qk) is ts, ts
+                    assert qk in constrained_keys, ts
             if st in (EXECUTING, CANCELLED):
                 assert self.running.get(key) is ts, ts
                 if ts.resources is not None:
@@ -1127,11 +1158,11 @@ class WorkerMachine:
             if st == MEMORY:
                 nbytes_mem += ts.nbytes
             assert name in STATE_NAMES
-        assert n_ready == self.n_ready, (n_ready, self.n_ready)
-        assert n_constrained == self.n_constrained, (n_constrained, self.n_constrained)
-        if self.n_ready == 0:
+        assert n_ready == len(self.ready_tasks), (n_ready, self.ready_tasks)
+        assert n_constrained == len(self.constrained_tasks), self.constrained_tasks
+        if not self.ready_tasks:
             assert not self.ready
-        if self.n_constrained == 0:
+        if not self.constrained_tasks:
             assert not self.constrained
         for key, ts in self.running.items():
             assert tasks.get(key) is ts and ts.state in (EXECUTING, CANCELLED), ts

@@ -121,6 +121,20 @@ def test_priority_order() -> None:
     assert order == ["y", "z", "x"]
 
 
+def test_negative_and_huge_priorities() -> None:
+    m = M()
+    prios = {"a": 0, "b": 2**70, "c": -(2**65), "d": -1, "e": 2**40 + 3, "f": 5}
+    out = m(compute("first", -(2**80)), *(compute(k, p) for k, p in prios.items()))
+    assert execs(out) == ["first"]
+    order = []
+    running = "first"
+    for _ in range(len(prios)):
+        got = execs(m(ok(running)))
+        order.extend(got)
+        running = got[0]
+    assert order == sorted(prios, key=prios.__getitem__)
+
+
 def test_failure_reports_erred_and_continues() -> None:
     m = M()
     m(compute("a", 1), compute("b", 2))
