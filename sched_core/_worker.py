@@ -14,7 +14,8 @@ Task states
 ``error``     running it raised (reported; kept until freed)
 ``fetch``     needed here as a dependency; to be fetched from a peer
 ``flight``    being fetched from one peer
-``missing``   needed as a dependency, no known holder left (reported)
+``missing``   needed as a dependency, no known holder left (every transition
+              into missing is reported once with MissingDep)
 ``released``  not tracked (tasks in this state are removed from ``tasks``)
 
 Lifetime rule: a task stays while the scheduler *holds* it here (asked to
@@ -299,7 +300,13 @@ class WorkerMachine:
     # ------------------------------------------------------------------
 
     def handle_events(self, events: list[WorkerEvent]) -> list[WorkerInstruction]:
-        """Apply a batch of events; return the instructions to carry out."""
+        """Apply a batch of events; return the instructions to carry out.
+
+        Events are applied in order; new Execute and GatherDep instructions are
+        chosen once, at the end of the batch, so a batch of compute requests is
+        started in priority order.  Deterministic: the same events give the
+        same instructions (no dependence on hashing or time).
+        """
         out: list[WorkerInstruction] = []
         for ev in events:
             self._handle(ev, out)
@@ -888,7 +895,7 @@ class WorkerMachine:
         self.in_flight[peer] = Transfer(peer, keys, total)
         self.bytes_in_flight += total
         self.n_transfers += 1
-        out.append(GatherDep(peer, keys, total))
+        out.append(GatherDep(peer, list(keys), total))
 
     # ------------------------------------------------------------------
     # Transfer answers

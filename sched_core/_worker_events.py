@@ -474,9 +474,12 @@ class MissingDep(WorkerInstruction):
 
     ``errant_worker`` is a peer that answered it does not hold ``key`` (the
     scheduler should drop it from its holder records), or ``""`` when the worker
-    merely ran out of holders to try.  Either way the scheduler should answer
-    with an UpdateWhoHasEvent for ``key`` (possibly after recomputing it), or
-    free the tasks here that need it.
+    ran out of holders to try (the key went to state ``missing``; that is
+    reported once per transition, however it happened).  The worker waits: the
+    scheduler should answer with an UpdateWhoHasEvent listing holders of
+    ``key`` (possibly after recomputing it), or free the tasks here that need
+    it.  An UpdateWhoHasEvent with an empty list for a key that is already
+    missing here is not reported again (no ping-pong).
     """
 
     key: str

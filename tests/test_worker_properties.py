@@ -481,7 +481,7 @@ class WorkerMachineTest(RuleBasedStateMachine):
 
 
 WorkerMachineTest.TestCase.settings = settings(
-    max_examples=150, stateful_step_count=40, deadline=None
+    max_examples=300, stateful_step_count=50, deadline=None
 )
 TestWorkerMachineStateful = WorkerMachineTest.TestCase
 
@@ -532,7 +532,7 @@ def random_walk(seed: int, steps: int) -> Sim:
     return sim
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1))
 def test_random_walk(seed: int) -> None:
     random_walk(seed, 300)
@@ -544,3 +544,46 @@ def test_random_walks_make_progress() -> None:
     for seed in range(20):
         total += random_walk(seed, 200).n_reports
     assert total > 100
+
+
+_REPLAY = """
+import random, sys
+sys.path.insert(0, {tests!r})
+import test_worker_properties as T
+logs = []
+orig = T.Sim.process
+def process(self, out):
+    logs.append(repr(out))
+    orig(self, out)
+T.Sim.process = process
+T.random_walk({seed}, 300)
+print(hash("x"), len(logs), __import__("zlib").crc32("\\n".join(logs).encode()))
+"""
+
+
+def test_deterministic_across_hash_seeds() -> None:
+    """The same events give the same instructions whatever the hash seed."""
+    import os
+    import subprocess
+    import sys
+
+    import sched_core
+
+    tests_dir = os.path.dirname(os.path.abspath(__file__))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(sched_core.__file__)))
+    results = []
+    for hashseed in ("1", "2"):
+        env = dict(os.environ, PYTHONHASHSEED=hashseed)
+        env["PYTHONPATH"] = os.pathsep.join([root, env.get("PYTHONPATH", "")])
+        code = _REPLAY.format(tests=tests_dir, seed=12345)
+        res = subprocess.run(
+            [sys.executable, "-c", code],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=tests_dir,
+        )
+        results.append(res.stdout.split())
+    assert results[0][0] != results[1][0]  # the hash seeds did differ
+    assert results[0][1:] == results[1][1:]
