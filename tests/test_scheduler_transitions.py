@@ -891,3 +891,44 @@ def test_same_events_same_instructions() -> None:
         return [repr(i) + repr(getattr(i, "keys", None)) for i in c.history]
 
     assert run() == run()
+
+
+# ----------------------------------------------------------------------
+# A finish that crossed a FreeKeys on the wire
+#
+# A worker finishes x and reports it while the scheduler, at the same time,
+# tells it to forget x.  The worker drops x on the FreeKeys, so when its
+# report arrives it no longer holds x: the report must not make the
+# scheduler believe it does.
+
+
+def released_then_moved() -> Cluster:
+    """x ran on a, was released (FreeKeys to a), then resubmitted to run on b."""
+    c = cluster(("a", 1), ("b", 1))
+    c.submit("c1", [spec("x")], ["x"])
+    assert c.running_on("x") == ["a"]
+    out = c.release("c1", ["x"])
+    assert freed(out, "a") == ["x"]
+    out = c.submit("c1", [spec("x", workers=["b"])], ["x"])
+    assert [(i.worker, i.key) for i in computes(out)] == [("b", "x")]
+    return c
+
+
+def test_finish_crossing_a_free_does_not_steal_the_task() -> None:
+    c = released_then_moved()
+    c.check = False  # look at the state directly
+    c.handle(TaskFinished("a", "x", 100, 0.1))  # sent by a before it saw the FreeKeys
+    ts = c.state.tasks["x"]
+    assert ts.who_has is None or "a" not in [ws.address for ws in ts.who_has]
+    assert ts.state_name == "processing"
+    assert ts.processing_on is not None and ts.processing_on.address == "b"
+
+
+def test_finish_crossing_a_free_does_not_add_a_replica() -> None:
+    c = released_then_moved()
+    c.finish("x", "b")
+    c.check = False
+    c.handle(TaskFinished("a", "x", 100, 0.1))
+    ts = c.state.tasks["x"]
+    assert [ws.address for ws in ts.who_has] == ["b"]
+    assert c.state.workers["a"].has_what == {}
