@@ -183,7 +183,7 @@ class SchedulerState(TransitionEngine):
         if state == RELEASED:
             self._compute(ts)
         elif state == MEMORY:
-            self._report_done(ts)
+            self._report_done_to(cs, ts.key)
         elif state == ERRED:
             blame = ts.exception_blame
             self._flush_done(cs)
@@ -241,7 +241,11 @@ class SchedulerState(TransitionEngine):
 
     def _on_scattered(self, event: KeysScattered) -> None:
         cs = self._client(event.client)
-        holders = [ws for ws in (self.workers.get(a) for a in event.workers) if ws is not None]
+        holders: list[WorkerState] = []
+        for address in event.workers:
+            ws = self.workers.get(address)
+            if ws is not None:
+                holders.append(ws)
         for key, nbytes in event.nbytes.items():
             ts = self.tasks.get(key)
             if ts is None:
@@ -252,10 +256,13 @@ class SchedulerState(TransitionEngine):
             if ts.state == MEMORY:
                 for ws in holders:
                     self._add_replica(ts, ws)
-                self._report_done(ts)
+                self._report_done_to(cs, ts.key)
             elif not holders:
                 # Every worker the data was sent to has gone since.
-                self._data_lost_for_good(ts)
+                if ts.run_spec is None:
+                    self._data_lost_for_good(ts)
+                else:
+                    self._start_wanted(cs, ts)
             else:
                 if ts.state == ERRED:
                     ts.exception = ts.traceback = ts.exception_blame = None

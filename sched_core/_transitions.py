@@ -215,11 +215,14 @@ class TransitionEngine:
         if wants is None:
             return
         for cs in wants:
-            keys = self._pending_done.get(cs)
-            if keys is None:
-                self._pending_done[cs] = [ts.key]
-            else:
-                keys.append(ts.key)
+            self._report_done_to(cs, ts.key)
+
+    def _report_done_to(self, cs: ClientState, key: str) -> None:
+        keys = self._pending_done.get(cs)
+        if keys is None:
+            self._pending_done[cs] = [key]
+        else:
+            keys.append(key)
 
     def _flush_done(self, cs: ClientState) -> None:
         keys = self._pending_done.pop(cs, None)
