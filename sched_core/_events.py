@@ -200,34 +200,49 @@ class WorkerHeartbeat(SchedulerEvent):
 
 
 class TaskFinished(SchedulerEvent):
+    """A worker finished a task.
+
+    ``run_id`` echoes the :class:`ComputeTask` that started this run, so a
+    report that crossed a "free" or a reassignment on the wire is recognised
+    as stale.  The runtime always sets it; -1 (unknown) accepts the report
+    only from the worker the task is currently assigned to.
+    """
+
     worker: str
     key: str
     nbytes: int
     duration: float
+    run_id: int
 
-    def __init__(self, worker: str, key: str, nbytes: int, duration: float) -> None:
+    def __init__(self, worker: str, key: str, nbytes: int, duration: float, run_id: int = -1) -> None:
         self.worker = worker
         self.key = key
         self.nbytes = nbytes
         self.duration = duration
+        self.run_id = run_id
 
     def __repr__(self) -> str:
         return f"<TaskFinished {self.key!r} on {self.worker!r}>"
 
 
 class TaskErred(SchedulerEvent):
-    """A task raised; ``exception`` and ``traceback`` are opaque payloads."""
+    """A task raised; ``exception`` and ``traceback`` are opaque payloads.
+
+    ``run_id`` is as for :class:`TaskFinished`.
+    """
 
     worker: str
     key: str
     exception: object
     traceback: object
+    run_id: int
 
-    def __init__(self, worker: str, key: str, exception: object, traceback: object) -> None:
+    def __init__(self, worker: str, key: str, exception: object, traceback: object, run_id: int = -1) -> None:
         self.worker = worker
         self.key = key
         self.exception = exception
         self.traceback = traceback
+        self.run_id = run_id
 
     def __repr__(self) -> str:
         return f"<TaskErred {self.key!r} on {self.worker!r}>"

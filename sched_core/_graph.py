@@ -54,35 +54,71 @@ class NewTasks:
 
 
 def parse_submission(
-    specs: list[TaskSpec], known: dict[str, TaskState], unregistered: TaskGroup
+    specs: list[TaskSpec], wanted: list[str], tasks: dict[str, TaskState], unregistered: TaskGroup
 ) -> NewTasks | GraphError:
-    """Create the submission's new tasks, linked and ordered, without touching ``known``.
+    """Create the submission's new tasks, linked and ordered.
 
-    New tasks get ``unregistered`` as their group (the caller registers them)
-    and their order index as ``priority``.  Edges to already known tasks are
-    recorded in the new task's ``dependencies`` only.
+    New tasks are inserted into ``tasks`` straight away (one dict operation per
+    key instead of a second dict of new keys); if the submission is refused
+    they are removed again, so on error ``tasks`` is as it was.  New tasks get
+    ``unregistered`` as their group (the caller registers them) and their order
+    index as ``priority``.  Edges to already known tasks are recorded in the
+    new task's ``dependencies`` only.
     """
-    new: dict[str, TaskState] = {}
     result = NewTasks()
+    error = _create_tasks(specs, tasks, unregistered, result)
+    if error is None:
+        error = _link_dependencies(tasks, unregistered, result)
+    if error is None:
+        for key in wanted:
+            if key not in tasks:
+                error = GraphError(
+                    "unknown-key",
+                    f"wanted key {key!r} is neither in the graph nor known to the scheduler",
+                    [key],
+                )
+                break
+    if error is None:
+        for ts in result.tasks:
+            ts.priority = UNSEEN
+        cycle = _order(result.tasks, unregistered)
+        if cycle is not None:
+            shown_keys = cycle if len(cycle) <= MAX_KEYS_IN_MESSAGE else cycle[:MAX_KEYS_IN_MESSAGE] + ["..."]
+            error = GraphError(
+                "cycle",
+                "graph has a cycle: " + " -> ".join(shown_keys) + " (each depends on the next)",
+                cycle,
+            )
+    if error is not None:
+        for ts in result.tasks:
+            del tasks[ts.key]
+        return error
+    return result
+
+
+def _create_tasks(
+    specs: list[TaskSpec], tasks: dict[str, TaskState], unregistered: TaskGroup, result: NewTasks
+) -> GraphError | None:
     for spec in specs:
         key = spec.key
-        existing = known.get(key)
+        existing = tasks.get(key)
         if existing is None:
-            existing = new.get(key)
-            if existing is None:
-                ts = TaskState(key, spec.run_spec, unregistered, UNSEEN)
-                new[key] = ts
-                result.tasks.append(ts)
-                result.specs.append(spec)
-                continue
+            # Until ordering, a new task's priority is its index in result.tasks.
+            ts = TaskState(key, spec.run_spec, unregistered, len(result.tasks))
+            tasks[key] = ts
+            result.tasks.append(ts)
+            result.specs.append(spec)
+        elif existing.group is unregistered:
             # A key listed twice in one submission must be defined the same way.
-            twin = result.specs[_index_of(result.tasks, existing)]
+            twin = result.specs[existing.priority]
             if twin.run_spec != spec.run_spec or twin.dependencies != spec.dependencies:
                 return _conflict(key)
-            continue
-        if not _same_definition(existing, spec):
+        elif not _same_definition(existing, spec):
             return _conflict(key)
+    return None
 
+
+def _link_dependencies(tasks: dict[str, TaskState], unregistered: TaskGroup, result: NewTasks) -> GraphError | None:
     missing: list[str] = []
     for i in range(len(result.tasks)):
         ts = result.tasks[i]
@@ -91,37 +127,26 @@ def parse_submission(
             continue
         deps: list[TaskState] = []
         for dep_key in dep_keys:
-            dep = new.get(dep_key)
+            dep = tasks.get(dep_key)
             if dep is None:
-                dep = known.get(dep_key)
-                if dep is None:
-                    missing.append(dep_key)
-                    continue
-            else:
+                missing.append(dep_key)
+                continue
+            if dep.group is unregistered:
                 if dep.dependents is None:
                     dep.dependents = []
                 dep.dependents.append(ts)
                 dep.n_dependents += 1
             deps.append(dep)
         ts.dependencies = deps
-    if missing:
-        shown = ", ".join(repr(k) for k in missing[:MAX_KEYS_IN_MESSAGE])
-        more = f" and {len(missing) - MAX_KEYS_IN_MESSAGE} more" if len(missing) > MAX_KEYS_IN_MESSAGE else ""
-        return GraphError(
-            "missing-dependency",
-            f"graph depends on keys that are neither in the graph nor known to the scheduler: {shown}{more}",
-            missing,
-        )
-
-    cycle = _order(result.tasks, unregistered)
-    if cycle is not None:
-        shown_keys = cycle if len(cycle) <= MAX_KEYS_IN_MESSAGE else cycle[:MAX_KEYS_IN_MESSAGE] + ["..."]
-        return GraphError(
-            "cycle",
-            "graph has a cycle: " + " -> ".join(shown_keys) + " (each depends on the next)",
-            cycle,
-        )
-    return result
+    if not missing:
+        return None
+    shown = ", ".join(repr(k) for k in missing[:MAX_KEYS_IN_MESSAGE])
+    more = f" and {len(missing) - MAX_KEYS_IN_MESSAGE} more" if len(missing) > MAX_KEYS_IN_MESSAGE else ""
+    return GraphError(
+        "missing-dependency",
+        f"graph depends on keys that are neither in the graph nor known to the scheduler: {shown}{more}",
+        missing,
+    )
 
 
 def _same_definition(ts: TaskState, spec: TaskSpec) -> bool:

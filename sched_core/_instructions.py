@@ -31,7 +31,11 @@ class ClientInstruction(Instruction):
 
 
 class ComputeTask(WorkerInstruction):
-    """Run ``key`` on ``worker``; ``who_has`` says where each dependency lives."""
+    """Run ``key`` on ``worker``; ``who_has`` says where each dependency lives.
+
+    ``run_id`` identifies this assignment; the worker's report of the result
+    must carry it back (see :class:`TaskFinished`).
+    """
 
     key: str
     run_spec: object
@@ -39,6 +43,7 @@ class ComputeTask(WorkerInstruction):
     who_has: dict[str, list[str]]
     nbytes: dict[str, int]
     resources: dict[str, float] | None
+    run_id: int
 
     def __init__(
         self,
@@ -49,6 +54,7 @@ class ComputeTask(WorkerInstruction):
         who_has: dict[str, list[str]],
         nbytes: dict[str, int],
         resources: dict[str, float] | None,
+        run_id: int,
     ) -> None:
         self.worker = worker
         self.key = key
@@ -57,6 +63,7 @@ class ComputeTask(WorkerInstruction):
         self.who_has = who_has
         self.nbytes = nbytes
         self.resources = resources
+        self.run_id = run_id
 
     def __repr__(self) -> str:
         return f"<ComputeTask {self.key!r} on {self.worker!r}>"

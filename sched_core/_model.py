@@ -241,6 +241,7 @@ class TaskState:
     who_wants: list[ClientState] | None
     who_has: list[WorkerState] | None
     processing_on: WorkerState | None
+    run_id: int  # of the latest ComputeTask sent for it
     expected_duration: float
     nbytes: int
     retries: int
@@ -267,6 +268,7 @@ class TaskState:
         self.who_wants = None
         self.who_has = None
         self.processing_on = None
+        self.run_id = 0
         self.expected_duration = 0.0
         self.nbytes = -1
         self.retries = 0

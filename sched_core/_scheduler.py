@@ -116,25 +116,10 @@ class SchedulerState(TransitionEngine):
 
     def _on_graph_submitted(self, event: GraphSubmitted) -> None:
         cs = self._client(event.client)
-        parsed = parse_submission(event.tasks, self.tasks, self._unregistered)
+        parsed = parse_submission(event.tasks, event.wanted, self.tasks, self._unregistered)
         if isinstance(parsed, GraphError):
             self._out.append(ClientError(cs.client_id, parsed.kind, parsed.message, parsed.keys))
             return
-        new_keys: set[str] | None = None
-        for key in event.wanted:
-            if key not in self.tasks:
-                if new_keys is None:
-                    new_keys = {ts.key for ts in parsed.tasks}
-                if key not in new_keys:
-                    self._out.append(
-                        ClientError(
-                            cs.client_id,
-                            "unknown-key",
-                            f"wanted key {key!r} is neither in the graph nor known to the scheduler",
-                            [key],
-                        )
-                    )
-                    return
 
         self.generation += 1
         base = self.generation << GENERATION_SHIFT
@@ -251,6 +236,7 @@ class SchedulerState(TransitionEngine):
             if ts is None:
                 ts = TaskState(key, None, self._unregistered, 0)
                 ts.group = self._group_for(key)
+                self.tasks[key] = ts
                 self._register(ts)
             self._add_want(cs, ts)
             if ts.state == MEMORY:
@@ -367,28 +353,28 @@ class SchedulerState(TransitionEngine):
             return
         ts = self.tasks.get(event.key)
         if ts is None:
+            # Nobody wants it any more; it is assigned nowhere, so freeing is safe.
             self.n_stale_messages += 1
             self._free_on(ws, event.key)
             return
-        state = ts.state
-        if state == PROCESSING:
-            runner = ts.processing_on
-            if runner is not None:
-                self._stop_processing(ts, runner)
-                if runner is not ws:
-                    # It was moved (stolen) but the first worker got there first.
-                    self._free_on(runner, ts.key)
-                    self._fill(runner)
-            self._learn_duration(ts, ws, event.duration, event.nbytes)
-            self.n_tasks_finished += 1
-            self._to_memory(ts, ws, event.nbytes)
-            self._fill(ws)
-        elif state == MEMORY:
-            if ts.who_has is None or ws not in ts.who_has:
-                self._add_replica(ts, ws)
-        else:
+        if not self._is_current_run(ts, ws, event.run_id):
+            # It crossed a "free" or a reassignment on the wire.  Unless the
+            # key is (again) assigned to or held by this worker, make sure the
+            # worker drops the result; a "free" is harmless if it already has.
             self.n_stale_messages += 1
-            self._free_on(ws, ts.key)
+            if ts.processing_on is not ws and (ts.who_has is None or ws not in ts.who_has):
+                self._free_on(ws, ts.key)
+            return
+        self._stop_processing(ts, ws)
+        self._learn_duration(ts, ws, event.duration, event.nbytes)
+        self.n_tasks_finished += 1
+        self._to_memory(ts, ws, event.nbytes)
+        self._fill(ws)
+
+    def _is_current_run(self, ts: TaskState, ws: WorkerState, run_id: int) -> bool:
+        if ts.state != PROCESSING or ts.processing_on is not ws:
+            return False
+        return run_id < 0 or run_id == ts.run_id
 
     def _learn_duration(self, ts: TaskState, ws: WorkerState, duration: float, nbytes: int) -> None:
         if duration < 0.0:
@@ -407,7 +393,7 @@ class SchedulerState(TransitionEngine):
     def _on_task_erred(self, event: TaskErred) -> None:
         ws = self.workers.get(event.worker)
         ts = self.tasks.get(event.key)
-        if ws is None or ts is None or ts.state != PROCESSING or ts.processing_on is not ws:
+        if ws is None or ts is None or not self._is_current_run(ts, ws, event.run_id):
             self.n_stale_messages += 1
             return
         self._stop_processing(ts, ws)

@@ -102,6 +102,7 @@ class TransitionEngine:
     _release_queue: list[TaskState]
     _queue_dirty: bool
     _round_robin: int
+    _run_counter: int
     _unregistered: TaskGroup
 
     def __init__(self, allowed_failures: int, max_queue_depth: int, bandwidth: float) -> None:
@@ -133,6 +134,7 @@ class TransitionEngine:
         self._release_queue = []
         self._queue_dirty = False
         self._round_robin = 0
+        self._run_counter = 0
         self._unregistered = TaskGroup("<unregistered>", TaskPrefix("<unregistered>"))
 
     # ------------------------------------------------------------------
@@ -159,12 +161,11 @@ class TransitionEngine:
         return tg
 
     def _register(self, ts: TaskState) -> None:
-        """Make a new (released) task known; its group and dependencies are set."""
+        """Count a new (released) task in; it is in ``tasks`` with its group and dependencies set."""
         group = ts.group
         group.n_tasks += 1
         group.counts.released += 1
         self.counts.released += 1
-        self.tasks[ts.key] = ts
         n_waiting = 0
         for dep in ts.dependencies:
             if dep.state != MEMORY:
@@ -396,6 +397,8 @@ class TransitionEngine:
         if duration < 0.0:
             duration = UNKNOWN_DURATION
         ts.expected_duration = duration
+        self._run_counter += 1
+        ts.run_id = self._run_counter
         ts.processing_on = ws
         ws.processing[ts] = None
         ws.occupancy += duration
@@ -413,7 +416,9 @@ class TransitionEngine:
         if self._pending_free and ws in self._pending_free:
             self._flush_free(ws)
         self._out.append(
-            ComputeTask(ws.address, ts.key, ts.run_spec, ts.priority, who_has, nbytes, ts.resource_restrictions)
+            ComputeTask(
+                ws.address, ts.key, ts.run_spec, ts.priority, who_has, nbytes, ts.resource_restrictions, ts.run_id
+            )
         )
 
     def _fill(self, ws: WorkerState) -> None:

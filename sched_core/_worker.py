@@ -56,13 +56,13 @@ from sched_core._worker_events import (
     RetryBusyWorkerEvent,
     RetryBusyWorkerLater,
     StealRequestEvent,
-    StealResponse,
+    StealResponseMsg,
     TaskErredMsg,
     TaskFinishedMsg,
     UnpauseEvent,
     UpdateWhoHasEvent,
     WorkerEvent,
-    WorkerInstruction,
+    WorkerMachineInstruction,
 )
 
 RELEASED: Final = 0
@@ -299,7 +299,7 @@ class WorkerMachine:
     # Entry point
     # ------------------------------------------------------------------
 
-    def handle_events(self, events: list[WorkerEvent]) -> list[WorkerInstruction]:
+    def handle_events(self, events: list[WorkerEvent]) -> list[WorkerMachineInstruction]:
         """Apply a batch of events; return the instructions to carry out.
 
         Events are applied in order; new Execute and GatherDep instructions are
@@ -307,14 +307,14 @@ class WorkerMachine:
         started in priority order.  Deterministic: the same events give the
         same instructions (no dependence on hashing or time).
         """
-        out: list[WorkerInstruction] = []
+        out: list[WorkerMachineInstruction] = []
         for ev in events:
             self._handle(ev, out)
         self._ensure_computing(out)
         self._ensure_communicating(out)
         return out
 
-    def handle_event(self, ev: WorkerEvent) -> list[WorkerInstruction]:
+    def handle_event(self, ev: WorkerEvent) -> list[WorkerMachineInstruction]:
         """Convenience: ``handle_events([ev])``."""
         return self.handle_events([ev])
 
@@ -323,7 +323,7 @@ class WorkerMachine:
         ts = self.tasks.get(key)
         return None if ts is None else STATE_NAMES[ts.state]
 
-    def _handle(self, ev: WorkerEvent, out: list[WorkerInstruction]) -> None:
+    def _handle(self, ev: WorkerEvent, out: list[WorkerMachineInstruction]) -> None:
         # Most frequent first.
         if isinstance(ev, ComputeTaskEvent):
             self._on_compute(ev, out)
@@ -360,7 +360,7 @@ class WorkerMachine:
     # Compute requests
     # ------------------------------------------------------------------
 
-    def _on_compute(self, ev: ComputeTaskEvent, out: list[WorkerInstruction]) -> None:
+    def _on_compute(self, ev: ComputeTaskEvent, out: list[WorkerMachineInstruction]) -> None:
         key = ev.key
         ts = self.tasks.get(key)
         if ts is None:
@@ -395,7 +395,7 @@ class WorkerMachine:
         self._setup_compute(ts, ev, out)
 
     def _setup_compute(
-        self, ts: WorkerTask, ev: ComputeTaskEvent, out: list[WorkerInstruction]
+        self, ts: WorkerTask, ev: ComputeTaskEvent, out: list[WorkerMachineInstruction]
     ) -> None:
         ts.run_spec = ev.run_spec
         ts.priority = ev.priority
@@ -413,7 +413,7 @@ class WorkerMachine:
         self,
         ts: WorkerTask,
         ev: ComputeTaskEvent,
-        out: list[WorkerInstruction],
+        out: list[WorkerMachineInstruction],
         link: bool,
     ) -> None:
         """Create/update dependency tasks from ``ev.who_has``; link them if ``link``."""
@@ -536,7 +536,7 @@ class WorkerMachine:
                 ready.clear()
         return best
 
-    def _ensure_computing(self, out: list[WorkerInstruction]) -> None:
+    def _ensure_computing(self, out: list[WorkerMachineInstruction]) -> None:
         if self.paused:
             return
         running = self.running
@@ -551,7 +551,7 @@ class WorkerMachine:
             running[ts.key] = ts
             out.append(Execute(ts.key, ts.run_spec))
 
-    def _finish_running(self, ts: WorkerTask, out: list[WorkerInstruction]) -> None:
+    def _finish_running(self, ts: WorkerTask, out: list[WorkerMachineInstruction]) -> None:
         """Common part of execute success/failure: free the slot and the deps."""
         del self.running[ts.key]
         res = ts.resources
@@ -562,7 +562,7 @@ class WorkerMachine:
         self._unlink_dependencies(ts, out)
 
     def _on_execute_success(
-        self, ev: ExecuteSuccessEvent, out: list[WorkerInstruction]
+        self, ev: ExecuteSuccessEvent, out: list[WorkerMachineInstruction]
     ) -> None:
         ts = self.running.get(ev.key)
         if ts is None:
@@ -585,7 +585,7 @@ class WorkerMachine:
             self._forget(ts, out)
 
     def _on_execute_failure(
-        self, ev: ExecuteFailureEvent, out: list[WorkerInstruction]
+        self, ev: ExecuteFailureEvent, out: list[WorkerMachineInstruction]
     ) -> None:
         ts = self.running.get(ev.key)
         if ts is None:
@@ -619,7 +619,7 @@ class WorkerMachine:
                 if dts.waiting_count == 0:
                     self._make_ready(dts)
 
-    def _need_data(self, ts: WorkerTask, out: list[WorkerInstruction]) -> None:
+    def _need_data(self, ts: WorkerTask, out: list[WorkerMachineInstruction]) -> None:
         """``ts`` is no longer to be computed here but tasks here need its data."""
         ts.run_spec = None
         ts.resources = None
@@ -636,7 +636,7 @@ class WorkerMachine:
     # Releasing
     # ------------------------------------------------------------------
 
-    def _free_keys(self, keys: list[str], out: list[WorkerInstruction]) -> None:
+    def _free_keys(self, keys: list[str], out: list[WorkerMachineInstruction]) -> None:
         tasks = self.tasks
         todo: list[WorkerTask] = []
         # Phase 1: drop the scheduler's hold on every key first, so that freeing
@@ -669,7 +669,7 @@ class WorkerMachine:
                 ts.run_spec = None
 
     def _on_remove_replicas(
-        self, ev: RemoveReplicasEvent, out: list[WorkerInstruction]
+        self, ev: RemoveReplicasEvent, out: list[WorkerMachineInstruction]
     ) -> None:
         tasks = self.tasks
         for key in ev.keys:
@@ -680,7 +680,7 @@ class WorkerMachine:
                     self._forget(ts, out)
 
     def _unlink_dependencies(
-        self, ts: WorkerTask, out: list[WorkerInstruction]
+        self, ts: WorkerTask, out: list[WorkerMachineInstruction]
     ) -> None:
         deps = ts.dependencies
         if not deps:
@@ -695,7 +695,7 @@ class WorkerMachine:
                 if st != EXECUTING and st != CANCELLED and st != RELEASED:
                     self._forget(dts, out)
 
-    def _forget(self, root: WorkerTask, out: list[WorkerInstruction]) -> None:
+    def _forget(self, root: WorkerTask, out: list[WorkerMachineInstruction]) -> None:
         """Remove ``root`` (unheld, no dependents) and whatever only it needed.
 
         Iterative, so that long chains do not recurse deeply.
@@ -766,7 +766,7 @@ class WorkerMachine:
             self.data_needed_count[peer] += 1
 
     def _remove_who_has(
-        self, ts: WorkerTask, peer: str, out: list[WorkerInstruction], report: bool
+        self, ts: WorkerTask, peer: str, out: list[WorkerMachineInstruction], report: bool
     ) -> None:
         """Forget ``peer`` as a holder of ``ts``; a fetch task left without
         holders goes missing (reported with MissingDep if ``report``)."""
@@ -845,7 +845,7 @@ class WorkerMachine:
             heappop(heap)
         return False
 
-    def _ensure_communicating(self, out: list[WorkerInstruction]) -> None:
+    def _ensure_communicating(self, out: list[WorkerMachineInstruction]) -> None:
         if self.paused or self.n_fetch == 0:
             return
         in_flight = self.in_flight
@@ -874,7 +874,7 @@ class WorkerMachine:
             self._start_transfer(peer, heap2, out)
 
     def _start_transfer(
-        self, peer: str, heap: list[HeapEntry], out: list[WorkerInstruction]
+        self, peer: str, heap: list[HeapEntry], out: list[WorkerMachineInstruction]
     ) -> None:
         keys: list[str] = []
         total = 0
@@ -908,7 +908,7 @@ class WorkerMachine:
         return tr
 
     def _flight_failed(
-        self, ts: WorkerTask, out: list[WorkerInstruction], report: bool
+        self, ts: WorkerTask, out: list[WorkerMachineInstruction], report: bool
     ) -> None:
         """A flight task's transfer ended without its data."""
         ts.coming_from = ""
@@ -925,7 +925,7 @@ class WorkerMachine:
                 out.append(MissingDep(ts.key, ""))
 
     def _on_gather_success(
-        self, ev: GatherDepSuccessEvent, out: list[WorkerInstruction]
+        self, ev: GatherDepSuccessEvent, out: list[WorkerMachineInstruction]
     ) -> None:
         peer = ev.peer
         tr = self._close_transfer(peer)
@@ -952,7 +952,7 @@ class WorkerMachine:
             if lacking:
                 self._on_gather_missing_keys(peer, lacking, tr, out)
 
-    def _fetched(self, ts: WorkerTask, nbytes: int, out: list[WorkerInstruction]) -> None:
+    def _fetched(self, ts: WorkerTask, nbytes: int, out: list[WorkerMachineInstruction]) -> None:
         if ts.state == FETCH:
             self._leave_fetch(ts)
         self._clear_who_has(ts)
@@ -970,7 +970,7 @@ class WorkerMachine:
             self._forget(ts, out)
 
     def _on_gather_missing(
-        self, peer: str, keys: list[str], out: list[WorkerInstruction]
+        self, peer: str, keys: list[str], out: list[WorkerMachineInstruction]
     ) -> None:
         tr = self._close_transfer(peer)
         self._on_gather_missing_keys(peer, keys, tr, out)
@@ -980,7 +980,7 @@ class WorkerMachine:
         peer: str,
         keys: list[str],
         tr: Transfer | None,
-        out: list[WorkerInstruction],
+        out: list[WorkerMachineInstruction],
     ) -> None:
         tasks = self.tasks
         for key in keys:
@@ -997,7 +997,7 @@ class WorkerMachine:
                 self._flight_failed(ts, out, key not in lacking)
 
     def _on_gather_failure(
-        self, ev: GatherDepFailureEvent, out: list[WorkerInstruction]
+        self, ev: GatherDepFailureEvent, out: list[WorkerMachineInstruction]
     ) -> None:
         peer = ev.peer
         tr = self._close_transfer(peer)
@@ -1015,7 +1015,7 @@ class WorkerMachine:
                 self._flight_failed(ts, out, True)
 
     def _on_gather_busy(
-        self, ev: GatherDepBusyEvent, out: list[WorkerInstruction]
+        self, ev: GatherDepBusyEvent, out: list[WorkerMachineInstruction]
     ) -> None:
         peer = ev.peer
         tr = self._close_transfer(peer)
@@ -1030,7 +1030,7 @@ class WorkerMachine:
                 self._flight_failed(ts, out, True)
 
     def _on_update_who_has(
-        self, ev: UpdateWhoHasEvent, out: list[WorkerInstruction]
+        self, ev: UpdateWhoHasEvent, out: list[WorkerMachineInstruction]
     ) -> None:
         tasks = self.tasks
         for key, holders in ev.who_has.items():
@@ -1055,15 +1055,15 @@ class WorkerMachine:
     # ------------------------------------------------------------------
 
     def _on_steal_request(
-        self, ev: StealRequestEvent, out: list[WorkerInstruction]
+        self, ev: StealRequestEvent, out: list[WorkerMachineInstruction]
     ) -> None:
         key = ev.key
         ts = self.tasks.get(key)
         if ts is None:
-            out.append(StealResponse(key, None))
+            out.append(StealResponseMsg(key, None))
             return
         st = ts.state
-        out.append(StealResponse(key, STATE_NAMES[st]))
+        out.append(StealResponseMsg(key, STATE_NAMES[st]))
         if st == WAITING or st == READY:
             self._free_keys([key], out)
 

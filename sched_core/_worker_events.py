@@ -265,14 +265,14 @@ class UnpauseEvent(WorkerEvent):
 # Instructions define ``__eq__`` (handy in tests and replays); they are not hashable.
 
 
-class WorkerInstruction:
+class WorkerMachineInstruction:
     """Base class of every instruction returned by ``WorkerMachine.handle_events``."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 
 
-class Execute(WorkerInstruction):
+class Execute(WorkerMachineInstruction):
     """Run ``key`` on a thread now; all its dependencies are in the data store."""
 
     key: str
@@ -293,7 +293,7 @@ class Execute(WorkerInstruction):
         return f"Execute(key={self.key!r})"
 
 
-class GatherDep(WorkerInstruction):
+class GatherDep(WorkerMachineInstruction):
     """Fetch ``keys`` from ``peer`` in one request (``total_nbytes`` expected)."""
 
     peer: str
@@ -320,7 +320,7 @@ class GatherDep(WorkerInstruction):
         )
 
 
-class RetryBusyWorkerLater(WorkerInstruction):
+class RetryBusyWorkerLater(WorkerMachineInstruction):
     """Send :class:`RetryBusyWorkerEvent` for ``peer`` after a short delay."""
 
     peer: str
@@ -335,7 +335,7 @@ class RetryBusyWorkerLater(WorkerInstruction):
         return f"RetryBusyWorkerLater(peer={self.peer!r})"
 
 
-class ReleaseData(WorkerInstruction):
+class ReleaseData(WorkerMachineInstruction):
     """Drop ``key``'s value from the data store (no-op if absent)."""
 
     key: str
@@ -350,7 +350,7 @@ class ReleaseData(WorkerInstruction):
         return f"ReleaseData(key={self.key!r})"
 
 
-class TaskFinishedMsg(WorkerInstruction):
+class TaskFinishedMsg(WorkerMachineInstruction):
     """Tell the scheduler ``key`` is in memory here.
 
     ``start == stop == 0.0`` when the value did not come from an execution
@@ -384,7 +384,7 @@ class TaskFinishedMsg(WorkerInstruction):
         )
 
 
-class TaskErredMsg(WorkerInstruction):
+class TaskErredMsg(WorkerMachineInstruction):
     """Tell the scheduler running ``key`` raised."""
 
     key: str
@@ -419,7 +419,7 @@ class TaskErredMsg(WorkerInstruction):
         )
 
 
-class AddReplicaMsg(WorkerInstruction):
+class AddReplicaMsg(WorkerMachineInstruction):
     """Tell the scheduler a fetched copy of ``key`` is now held here.
 
     The worker keeps it until the scheduler sends FreeKeys or RemoveReplicas for
@@ -445,7 +445,7 @@ class AddReplicaMsg(WorkerInstruction):
         return f"AddReplicaMsg(key={self.key!r}, nbytes={self.nbytes})"
 
 
-class StealResponse(WorkerInstruction):
+class StealResponseMsg(WorkerMachineInstruction):
     """Answer to a StealRequest: the task's state name before the request, or None.
 
     The task was released here iff ``state`` is ``"waiting"`` or ``"ready"``.
@@ -460,16 +460,16 @@ class StealResponse(WorkerInstruction):
 
     def __eq__(self, other: object) -> bool:
         return (
-            isinstance(other, StealResponse)
+            isinstance(other, StealResponseMsg)
             and self.key == other.key
             and self.state == other.state
         )
 
     def __repr__(self) -> str:
-        return f"StealResponse(key={self.key!r}, state={self.state!r})"
+        return f"StealResponseMsg(key={self.key!r}, state={self.state!r})"
 
 
-class MissingDep(WorkerInstruction):
+class MissingDep(WorkerMachineInstruction):
     """Tell the scheduler this worker cannot find ``key``.
 
     ``errant_worker`` is a peer that answered it does not hold ``key`` (the

@@ -24,13 +24,13 @@ from sched_core._worker_events import (
     RetryBusyWorkerEvent,
     RetryBusyWorkerLater,
     StealRequestEvent,
-    StealResponse,
+    StealResponseMsg,
     TaskErredMsg,
     TaskFinishedMsg,
     UnpauseEvent,
     UpdateWhoHasEvent,
     WorkerEvent,
-    WorkerInstruction,
+    WorkerMachineInstruction,
 )
 
 
@@ -60,7 +60,7 @@ class M:
     def __init__(self, **kwargs: object) -> None:
         self.m = WorkerMachine("me", **kwargs)  # type: ignore[arg-type]
 
-    def __call__(self, *events: WorkerEvent) -> list[WorkerInstruction]:
+    def __call__(self, *events: WorkerEvent) -> list[WorkerMachineInstruction]:
         out = self.m.handle_events(list(events))
         self.m.validate()
         return out
@@ -69,11 +69,11 @@ class M:
         return self.m.state_of(key)
 
 
-def execs(out: list[WorkerInstruction]) -> list[str]:
+def execs(out: list[WorkerMachineInstruction]) -> list[str]:
     return [i.key for i in out if isinstance(i, Execute)]
 
 
-def gathers(out: list[WorkerInstruction]) -> list[GatherDep]:
+def gathers(out: list[WorkerMachineInstruction]) -> list[GatherDep]:
     return [i for i in out if isinstance(i, GatherDep)]
 
 
@@ -533,13 +533,13 @@ def test_data_arrives_for_unwanted_or_running_keys() -> None:
 def test_steal_request() -> None:
     m = M()
     m(compute("a", 1), compute("b", 2), compute("c", 3, {"x": ["p1"]}))
-    assert m(StealRequestEvent("a")) == [StealResponse("a", "executing")]
+    assert m(StealRequestEvent("a")) == [StealResponseMsg("a", "executing")]
     assert m.state("a") == "executing"
-    assert m(StealRequestEvent("b")) == [StealResponse("b", "ready")]
+    assert m(StealRequestEvent("b")) == [StealResponseMsg("b", "ready")]
     assert m.state("b") is None
-    assert m(StealRequestEvent("c")) == [StealResponse("c", "waiting")]
+    assert m(StealRequestEvent("c")) == [StealResponseMsg("c", "waiting")]
     assert m.state("c") is None and m.state("x") is None
-    assert m(StealRequestEvent("nope")) == [StealResponse("nope", None)]
+    assert m(StealRequestEvent("nope")) == [StealResponseMsg("nope", None)]
     assert m(ok("a")) == [TaskFinishedMsg("a", 10, 1.0, 2.0)]
 
 
@@ -611,7 +611,7 @@ def test_reprs() -> None:
         TaskFinishedMsg("a", 1, 0.0, 1.0),
         TaskErredMsg("a", "e", "t", 0.0, 1.0),
         AddReplicaMsg("a", 1),
-        StealResponse("a", "ready"),
+        StealResponseMsg("a", "ready"),
         MissingDep("a", "p"),
     ]
     for o in objs:

@@ -48,13 +48,13 @@ from sched_core._worker_events import (
     RetryBusyWorkerEvent,
     RetryBusyWorkerLater,
     StealRequestEvent,
-    StealResponse,
+    StealResponseMsg,
     TaskErredMsg,
     TaskFinishedMsg,
     UnpauseEvent,
     UpdateWhoHasEvent,
     WorkerEvent,
-    WorkerInstruction,
+    WorkerMachineInstruction,
 )
 
 ME = "me"
@@ -140,7 +140,7 @@ class Sim:
         self.m.validate()
         self.process(out)
 
-    def process(self, out: list[WorkerInstruction]) -> None:
+    def process(self, out: list[WorkerMachineInstruction]) -> None:
         g = self.g
         for ins in out:
             if isinstance(ins, Execute):
@@ -193,7 +193,7 @@ class Sim:
             elif isinstance(ins, AddReplicaMsg):
                 assert ins.key in self.store
                 self.here.add(ins.key)
-            elif isinstance(ins, StealResponse):
+            elif isinstance(ins, StealResponseMsg):
                 if ins.state in ("waiting", "ready"):
                     self.outstanding[ins.key] = False
             elif isinstance(ins, RetryBusyWorkerLater):
