@@ -19,8 +19,11 @@ from typing import Final
 from sched_core._events import TaskSpec
 from sched_core._model import TaskGroup, TaskState
 
-UNSEEN: Final = -1
-ON_STACK: Final = -2
+# Before ordering, a new task's priority encodes its index in the submission
+# as ``UNSEEN - index`` (so any value <= UNSEEN means "not yet visited"); the
+# walk marks tasks on its stack with ON_STACK and then gives each its order >= 0.
+ON_STACK: Final = -1
+UNSEEN: Final = -2
 
 # A cycle or a list of missing keys is named in full up to this many keys.
 MAX_KEYS_IN_MESSAGE: Final = 20
@@ -62,8 +65,8 @@ def parse_submission(
     key instead of a second dict of new keys); if the submission is refused
     they are removed again, so on error ``tasks`` is as it was.  New tasks get
     ``unregistered`` as their group (the caller registers them) and their order
-    index as ``priority``.  Edges to already known tasks are recorded in the
-    new task's ``dependencies`` only.
+    index as ``priority``.  Edges to already known tasks are linked both ways
+    (and unlinked again on error).
     """
     result = NewTasks()
     error = _create_tasks(specs, tasks, unregistered, result)
@@ -79,8 +82,6 @@ def parse_submission(
                 )
                 break
     if error is None:
-        for ts in result.tasks:
-            ts.priority = UNSEEN
         cycle = _order(result.tasks, unregistered)
         if cycle is not None:
             shown_keys = cycle if len(cycle) <= MAX_KEYS_IN_MESSAGE else cycle[:MAX_KEYS_IN_MESSAGE] + ["..."]
@@ -90,6 +91,7 @@ def parse_submission(
                 cycle,
             )
     if error is not None:
+        _unlink_known_dependencies(result.tasks, unregistered)
         for ts in result.tasks:
             del tasks[ts.key]
         return error
@@ -103,14 +105,13 @@ def _create_tasks(
         key = spec.key
         existing = tasks.get(key)
         if existing is None:
-            # Until ordering, a new task's priority is its index in result.tasks.
-            ts = TaskState(key, spec.run_spec, unregistered, len(result.tasks))
+            ts = TaskState(key, spec.run_spec, unregistered, UNSEEN - len(result.tasks))
             tasks[key] = ts
             result.tasks.append(ts)
             result.specs.append(spec)
         elif existing.group is unregistered:
             # A key listed twice in one submission must be defined the same way.
-            twin = result.specs[existing.priority]
+            twin = result.specs[UNSEEN - existing.priority]
             if twin.run_spec != spec.run_spec or twin.dependencies != spec.dependencies:
                 return _conflict(key)
         elif not _same_definition(existing, spec):
@@ -131,11 +132,10 @@ def _link_dependencies(tasks: dict[str, TaskState], unregistered: TaskGroup, res
             if dep is None:
                 missing.append(dep_key)
                 continue
-            if dep.group is unregistered:
-                if dep.dependents is None:
-                    dep.dependents = []
-                dep.dependents.append(ts)
-                dep.n_dependents += 1
+            if dep.dependents is None:
+                dep.dependents = []
+            dep.dependents.append(ts)
+            dep.n_dependents += 1
             deps.append(dep)
         ts.dependencies = deps
     if not missing:
@@ -147,6 +147,23 @@ def _link_dependencies(tasks: dict[str, TaskState], unregistered: TaskGroup, res
         f"graph depends on keys that are neither in the graph nor known to the scheduler: {shown}{more}",
         missing,
     )
+
+
+def _unlink_known_dependencies(new_tasks: list[TaskState], unregistered: TaskGroup) -> None:
+    # Undo the links to already known tasks, last first, so each pop removes
+    # exactly the entry its task appended.
+    for i in range(len(new_tasks) - 1, -1, -1):
+        ts = new_tasks[i]
+        deps = ts.dependencies
+        for j in range(len(deps) - 1, -1, -1):
+            dep = deps[j]
+            if dep.group is not unregistered:
+                dependents = dep.dependents
+                if dependents is not None and dependents and dependents[-1] is ts:
+                    dependents.pop()
+                    dep.n_dependents -= 1
+                    if not dependents:
+                        dep.dependents = None
 
 
 def _same_definition(ts: TaskState, spec: TaskSpec) -> bool:
@@ -187,7 +204,7 @@ def _order(tasks: list[TaskState], unregistered: TaskGroup) -> list[str] | None:
     # left unvisited, which can only be in, or feed into, a cycle.
     for pass_number in range(2):
         for root in tasks:
-            if root.priority != UNSEEN:
+            if root.priority > UNSEEN:
                 continue
             if pass_number == 0 and root.n_dependents > 0:
                 continue
@@ -208,7 +225,7 @@ def _order(tasks: list[TaskState], unregistered: TaskGroup) -> list[str] | None:
                     if dep.group is not unregistered:
                         continue  # already known to the scheduler: not ours to order
                     p = dep.priority
-                    if p == UNSEEN:
+                    if p <= UNSEEN:
                         dep.priority = ON_STACK
                         stack.append(dep)
                         positions.append(0)

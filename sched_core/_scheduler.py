@@ -126,19 +126,16 @@ class SchedulerState(TransitionEngine):
         unregistered = self._unregistered
         new_tasks = parsed.tasks
         specs = parsed.specs
-        # Link edges to already known tasks, then groups, then counts: a
-        # task's dependencies may come later in the submission.
-        for ts in new_tasks:
-            for dep in ts.dependencies:
-                if dep.group is not unregistered:
-                    if dep.dependents is None:
-                        dep.dependents = []
-                    dep.dependents.append(ts)
-                    dep.n_dependents += 1
         for i in range(len(new_tasks)):
             ts = new_tasks[i]
             spec = specs[i]
-            ts.group = self._group_for(ts.key)
+            if ts.group is unregistered:
+                ts.group = self._group_for(ts.key)
+            for dep in ts.dependencies:
+                # A dependency later in the submission gets its group now, so
+                # that the group graph can be recorded.
+                if dep.group is unregistered:
+                    dep.group = self._group_for(dep.key)
             priority = base + ts.priority
             if spec.priority != 0:
                 priority -= spec.priority << USER_PRIORITY_SHIFT
@@ -149,7 +146,6 @@ class SchedulerState(TransitionEngine):
             if spec.resources is not None and spec.resources:
                 ts.resource_restrictions = spec.resources
             ts.loose_restrictions = spec.allow_other_workers
-        for ts in new_tasks:
             self._register(ts)
 
         tasks = self.tasks
