@@ -17,9 +17,16 @@ client was told.  After every ``handle_events`` it runs
 * nothing is processing on, or held by, a removed worker;
 * every client notification names a key in the matching state.
 
-Messages from a worker are made when the driver delivers them (so they reflect
-the worker's state at that moment), except for deliberately stale ones: the
-results of a removed worker (``zombies``), delivered after its removal.
+A worker carries out instructions in the order they come.  Its task results
+are made when the driver delivers them (so they reflect the worker's state at
+that moment), except for deliberately stale ones: the results of a removed
+worker (``zombies``), delivered after its removal.  A steal request is answered
+when it arrives (a task not yet started is given up at once) and the answer
+waits in the worker's ``outbox`` until the driver delivers it.
+
+With ``lossy`` set, a test may make a worker lose data behind the scheduler's
+back (``lose``); a worker then asked to run a task whose dependency none of the
+listed holders has answers with ``MissingData`` instead of a result.
 """
 
 from __future__ import annotations
@@ -37,6 +44,10 @@ from sched_core import (
     ClientKeysInMemory,
     ClientReleasesKeys,
     ClientRemoved,
+    ClientWantsKeys,
+    CancelKeys,
+    KeysScattered,
+    MissingData,
     ComputeTask,
     FreeKeys,
     GraphSubmitted,
@@ -91,7 +102,9 @@ class SimWorker:
         self.running: dict[str, ComputeTask] = {}  # outstanding ComputeTasks
         self.started: set[str] = set()  # running keys that began executing
         self.data: dict[str, int] = {}  # key -> nbytes
-        self.steal_requests: list[str] = []  # keys, in arrival order
+        # Steal answers not yet delivered, and the keys given up by them.
+        self.outbox: list[StealResponse] = []
+        self.given_up: set[str] = set()
 
     def __repr__(self) -> str:
         return f"<SimWorker {self.address} running={len(self.running)} data={len(self.data)}>"
@@ -120,14 +133,18 @@ class DriverError(AssertionError):
 class Cluster:
     """A SchedulerState with simulated workers and clients around it."""
 
-    def __init__(self, check: bool = True, **kwargs: object) -> None:
+    def __init__(self, check: bool = True, lossy: bool = False, **kwargs: object) -> None:
         self.state = SchedulerState(**kwargs)  # type: ignore[arg-type]
         self.check = check
+        self.lossy = lossy
         self.workers: dict[str, SimWorker] = {}
         self.dead: dict[str, SimWorker] = {}
-        # (worker, key, nbytes) of tasks a removed worker was running: their
-        # results can still arrive, late.
-        self.zombies: list[tuple[str, str]] = []
+        # (worker, key, run_id) of tasks a removed worker was running: their
+        # results can still arrive, late; and its undelivered messages.
+        self.zombies: list[tuple[str, str, int]] = []
+        self.zombie_messages: list[SchedulerEvent] = []
+        # What each client holds, as the clients see it.
+        self.wants: dict[str, set[str]] = {}
         self.deps: dict[str, list[str]] = {}
         self.clients: dict[str, ClientLog] = {}
         self.history: list[Instruction] = []
@@ -149,13 +166,13 @@ class Cluster:
                     if ts.key not in state.tasks:
                         self.deps[ts.key] = list(ts.dependencies)
         alive_before = set(self.workers)
+        known_before = set(state.tasks)
         for ev in events:
             if isinstance(ev, WorkerAdded):
                 old = self.workers.pop(ev.address, None)
                 if old is not None:
                     # The same address again: the old process is gone.
-                    for key in old.running:
-                        self.zombies.append((ev.address, key))
+                    self._bury(old)
                 self.dead.pop(ev.address, None)
                 if ev.nthreads >= 1:
                     self.workers[ev.address] = SimWorker(ev.address, ev.nthreads)
@@ -165,11 +182,13 @@ class Cluster:
                 sim = self.workers.pop(ev.address, None)
                 if sim is not None:
                     self.dead[ev.address] = sim
-                    for key in sim.running:
-                        self.zombies.append((ev.address, key))
-                    sim.running = {}
-                    sim.data = {}
+                    self._bury(sim)
+            elif isinstance(ev, StealResponse):
+                sim = self.workers.get(ev.worker)
+                if sim is not None:
+                    sim.given_up.discard(ev.key)
         out = state.handle_events(events)
+        self._update_wants(events, out, known_before)
         self.n_batches += 1
         sched_core.validate_state(state)
         self._apply(out, alive_before)
@@ -178,6 +197,35 @@ class Cluster:
             if len(events) == 1:
                 self._check_client_messages(out)
         return out
+
+    def _bury(self, sim: SimWorker) -> None:
+        for key, instr in sim.running.items():
+            self.zombies.append((sim.address, key, instr.run_id))
+        self.zombie_messages.extend(sim.outbox)
+        sim.running = {}
+        sim.started = set()
+        sim.data = {}
+        sim.outbox = []
+        sim.given_up = set()
+
+    def _update_wants(self, events: list[SchedulerEvent], out: list[Instruction], known: set[str]) -> None:
+        refused = {i.client for i in out if isinstance(i, ClientError)}
+        for ev in events:
+            if isinstance(ev, GraphSubmitted):
+                if ev.client not in refused:
+                    self.wants.setdefault(ev.client, set()).update(ev.wanted)
+            elif isinstance(ev, ClientWantsKeys):
+                self.wants.setdefault(ev.client, set()).update(k for k in ev.keys if k in known)
+            elif isinstance(ev, KeysScattered):
+                self.wants.setdefault(ev.client, set()).update(ev.nbytes)
+            elif isinstance(ev, ClientReleasesKeys):
+                self.wants.get(ev.client, set()).difference_update(ev.keys)
+            elif isinstance(ev, CancelKeys):
+                for client in list(self.wants) if ev.force else [ev.client]:
+                    self.wants.get(client, set()).difference_update(ev.keys)
+            elif isinstance(ev, ClientRemoved):
+                self.wants.pop(ev.client, None)
+            known.update(self.state.tasks)
 
     def _apply(self, out: list[Instruction], alive_before: set[str]) -> None:
         self.history.extend(out)
@@ -194,13 +242,26 @@ class Cluster:
                     sim.running.pop(key, None)
                     sim.started.discard(key)
                     sim.data.pop(key, None)
+                    sim.given_up.discard(key)
             elif isinstance(instr, StealRequest):
                 sim = self.workers.get(instr.worker)
                 if sim is None:
                     if self.check and instr.worker not in alive_before:
                         raise DriverError(f"{instr!r} to a removed worker")
                     continue
-                sim.steal_requests.append(instr.key)
+                key = instr.key
+                if key in sim.running:
+                    if key in sim.started:
+                        answer = "executing"
+                    else:
+                        del sim.running[key]
+                        sim.given_up.add(key)
+                        answer = "ready"
+                elif key in sim.data:
+                    answer = "memory"
+                else:
+                    answer = None
+                sim.outbox.append(StealResponse(sim.address, key, answer))
             elif isinstance(instr, sched_core.ClientInstruction):
                 self._on_client_message(instr)
             else:
@@ -215,9 +276,11 @@ class Cluster:
             return  # removed later in the same batch
         if not self.check:
             sim.running[instr.key] = instr
+            sim.given_up.discard(instr.key)
             return
         if instr.key in sim.running:
             raise DriverError(f"{instr!r}: the worker is already computing {instr.key!r}")
+        sim.given_up.discard(instr.key)
         expected_deps = self.deps.get(instr.key)
         if expected_deps is not None and sorted(instr.who_has) != sorted(set(expected_deps)):
             raise DriverError(f"{instr!r}: who_has names {sorted(instr.who_has)}, dependencies are {expected_deps}")
@@ -302,10 +365,13 @@ class Cluster:
                     f"and not {sorted(set(sim.data) - held)[:10]} which it does"
                 )
             processing = {ts.key for ts in ws.processing}
-            if processing != set(sim.running):
+            running = set(sim.running)
+            # A task given up on a steal request is still processing there
+            # until the answer is delivered.
+            if not running <= processing <= running | sim.given_up:
                 raise DriverError(
-                    f"{address}: scheduler thinks it processes {sorted(processing - set(sim.running))[:10]} "
-                    f"it does not, and not {sorted(set(sim.running) - processing)[:10]} which it does"
+                    f"{address}: scheduler thinks it processes {sorted(processing - running - sim.given_up)[:10]} "
+                    f"it does not, and not {sorted(running - processing)[:10]} which it does"
                 )
             for ts in ws.has_what:
                 if sim.data[ts.key] != ts.nbytes:
@@ -385,10 +451,22 @@ class Cluster:
         address = self._worker_for(key, worker)
         sim = self.workers.get(address)
         events: list[SchedulerEvent] = []
+        run_id = self.last_run_id(address, key)
         if sim is not None:
-            instr = sim.running.pop(key, None)
-            sim.started.discard(key)
+            instr = sim.running.get(key)
             if instr is not None:
+                missing: list[SchedulerEvent] = []
+                for dep, holders in instr.who_has.items():
+                    if dep in sim.data:
+                        continue
+                    if not any(h in self.workers and dep in self.workers[h].data for h in holders):
+                        if not self.lossy:
+                            raise DriverError(f"{key!r} finishes on {address} but its dependency {dep!r} is gone")
+                        if not holders:
+                            raise DriverError(f"{instr!r} names no holder of {dep!r}")
+                        missing.extend(MissingData(address, dep, h) for h in holders)
+                if missing:
+                    return missing  # the task cannot run yet
                 fetched = []
                 for dep, holders in instr.who_has.items():
                     for h in holders:
@@ -398,22 +476,32 @@ class Cluster:
                                 sim.data[dep] = holder.data[dep]
                                 fetched.append(dep)
                             break
-                    else:
-                        if self.check:
-                            raise DriverError(f"{key!r} finishes on {address} but its dependency {dep!r} is gone")
                 if fetched:
                     events.append(ReplicasAdded(address, fetched))
+            sim.running.pop(key, None)
+            sim.started.discard(key)
             sim.data[key] = nbytes
-        events.append(TaskFinished(address, key, nbytes, duration))
+        events.append(TaskFinished(address, key, nbytes, duration, run_id))
         return events
 
     def erred_event(self, key: str, worker: str | None = None, exception: object = None) -> TaskErred:
         address = self._worker_for(key, worker)
         sim = self.workers.get(address)
+        run_id = self.last_run_id(address, key)
         if sim is not None:
             sim.running.pop(key, None)
             sim.started.discard(key)
-        return TaskErred(address, key, exception if exception is not None else f"boom-{key}", f"tb-{key}")
+        return TaskErred(address, key, exception if exception is not None else f"boom-{key}", f"tb-{key}", run_id)
+
+    def last_run_id(self, worker: str, key: str) -> int:
+        """The run id of the latest ComputeTask of ``key`` sent to ``worker`` (-1 if none)."""
+        sim = self.workers.get(worker)
+        if sim is not None and key in sim.running:
+            return sim.running[key].run_id
+        for instr in reversed(self.history):
+            if isinstance(instr, ComputeTask) and instr.worker == worker and instr.key == key:
+                return instr.run_id
+        return -1
 
     def finish(
         self, key: str, worker: str | None = None, nbytes: int = 100, duration: float = 0.1, fetch: bool = True
@@ -423,27 +511,22 @@ class Cluster:
     def err(self, key: str, worker: str | None = None, exception: object = None) -> list[Instruction]:
         return self.handle(self.erred_event(key, worker, exception))
 
-    def steal_responses(self, start: Iterable[str] = ()) -> list[SchedulerEvent]:
-        """Answer every pending steal request as a worker would.
+    def start(self, key: str) -> None:
+        """The worker running ``key`` begins executing it (a steal can no longer take it)."""
+        self.workers[self._worker_for(key, None)].started.add(key)
 
-        Keys in ``start`` begin executing first (they answer "executing").
-        """
+    def steal_responses(self) -> list[SchedulerEvent]:
+        """Every undelivered steal answer, taken out of the workers' outboxes."""
         events: list[SchedulerEvent] = []
-        for key in start:
-            for sim in self.workers.values():
-                if key in sim.running:
-                    sim.started.add(key)
-        for address, sim in self.workers.items():
-            for key in sim.steal_requests:
-                if key not in sim.running:
-                    events.append(StealResponse(address, key, "memory" if key in sim.data else None))
-                elif key in sim.started:
-                    events.append(StealResponse(address, key, "executing"))
-                else:
-                    del sim.running[key]
-                    events.append(StealResponse(address, key, "ready"))
-            sim.steal_requests = []
+        for sim in self.workers.values():
+            events.extend(sim.outbox)
+            sim.outbox = []
         return events
+
+    def lose(self, key: str, worker: str) -> None:
+        """``worker`` loses its copy of ``key`` without telling the scheduler."""
+        assert self.lossy, "a Cluster(lossy=True) is needed to lose data"
+        del self.workers[worker].data[key]
 
     def outstanding(self) -> list[tuple[str, str]]:
         """(worker, key) of every ComputeTask not yet answered, in a stable order."""

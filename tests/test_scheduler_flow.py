@@ -240,9 +240,10 @@ def test_tick_steals_from_an_overloaded_worker() -> None:
     requests = of_type(out, StealRequest)
     assert [(r.worker, r.key) for r in requests] == [("a", "y-5"), ("a", "y-4")]
     assert c.state.n_steal_requests == 2
-    # Nothing moves until the worker answers.
-    assert c.running_on("y-5") == ["a"]
+    # The worker gives the tasks up; the scheduler moves them when it hears so.
+    assert c.workers["a"].given_up == {"y-4", "y-5"}
     assert c.state.tasks["y-5"].processing_on.address == "a"
+    assert c.state.tasks["y-5"].steal_target.address == "b"
     out = c.handle_list(c.steal_responses())
     assert sorted((i.worker, i.key) for i in computes(out)) == [("b", "y-4"), ("b", "y-5")]
     for instr in computes(out):
@@ -255,8 +256,9 @@ def test_tick_steals_from_an_overloaded_worker() -> None:
 
 def test_task_already_executing_is_not_moved() -> None:
     c = overloaded()
+    c.start("y-5")
     c.handle(Tick())
-    out = c.handle_list(c.steal_responses(start=["y-5"]))
+    out = c.handle_list(c.steal_responses())
     assert [(i.worker, i.key) for i in computes(out)] == [("b", "y-4")]
     assert c.running_on("y-5") == ["a"]
     assert c.state.tasks["y-5"].processing_on.address == "a"
@@ -269,8 +271,8 @@ def test_steal_answered_by_a_worker_that_forgot_the_task() -> None:
     c = overloaded()
     c.handle(Tick())
     for sim in c.workers.values():
-        sim.steal_requests = []
-    del c.workers["a"].running["y-5"]  # the worker has no record of it
+        sim.outbox = []
+    # The worker answers it has no record of the task.
     out = c.handle(StealResponse("a", "y-5", None))
     assert [(i.worker, i.key) for i in computes(out)] == [("b", "y-5")]
 
@@ -330,8 +332,9 @@ def test_steal_response_for_unknown_or_moved_tasks_is_ignored() -> None:
 
 def test_steal_response_after_the_task_finished_is_ignored() -> None:
     c = overloaded()
+    c.start("y-5")
     c.handle(Tick())
-    c.finish("y-5")  # finished before the steal request reached the worker
+    c.finish("y-5")  # reported before the answer "executing" arrives
     out = c.handle_list(c.steal_responses())
     assert [(i.worker, i.key) for i in computes(out)] == [("b", "y-4")]
     assert c.state_of("y-5") == "memory"
@@ -371,8 +374,7 @@ def test_victim_gone_before_the_answer() -> None:
     requests = of_type(c.handle(Tick()), StealRequest)
     assert requests
     out = c.remove_worker("a")
-    for sim in c.workers.values():
-        sim.steal_requests = []
+    assert c.zombie_messages
     # x was lost with a and is recomputed; the y tasks wait for it.
     assert computed_keys(out) == ["x"] or c.state_of("x") == "no-worker"
     assert c.handle(StealResponse("a", requests[0].key, "ready")) == []

@@ -72,11 +72,12 @@ def test_result_of_a_removed_worker_arriving_late_is_ignored() -> None:
     c = cluster(("a", 1), ("b", 1))
     c.submit("c1", [spec("x", workers=["a"], allow_other_workers=True)])
     c.remove_worker("a")
-    assert c.zombies == [("a", "x")]
+    [(worker, key, run_id)] = c.zombies
+    assert (worker, key) == ("a", "x")
     before = c.snapshot()
     stale = c.state.n_stale_messages
-    assert c.handle(TaskFinished("a", "x", 10, 0.1)) == []
-    assert c.handle(TaskErred("a", "x", "e", "tb")) == []
+    assert c.handle(TaskFinished("a", "x", 10, 0.1, run_id)) == []
+    assert c.handle(TaskErred("a", "x", "e", "tb", run_id)) == []
     assert c.snapshot() == before
     assert c.state.n_stale_messages == stale + 2
     c.run()
@@ -330,7 +331,7 @@ def test_only_tasks_running_on_the_dead_worker_are_suspected() -> None:
 
 
 def test_missing_data_removes_the_errant_replica_and_reschedules() -> None:
-    c = cluster(("a", 1), ("b", 1), ("c", 1))
+    c = cluster(("a", 1), ("b", 1), ("c", 1), lossy=True)
     c.submit("c1", [spec("x", workers=["a"]), spec("big", workers=["c"])], ["x", "big"])
     c.finish("x", nbytes=10)
     c.finish("big", nbytes=10**9)
@@ -338,7 +339,7 @@ def test_missing_data_removes_the_errant_replica_and_reschedules() -> None:
     out = c.submit("c1", [spec("y", ["x", "big"])], ["y"])
     [instr] = computes(out)
     assert (instr.worker, sorted(instr.who_has["x"])) == ("c", ["a", "b"])
-    del c.workers["a"].data["x"]  # a lost it (say, a failed disk)
+    c.lose("x", "a")  # say, a failed disk
     out = c.handle(MissingData("c", "x", "a"))
     assert [ws.address for ws in c.state.tasks["x"].who_has] == ["b"]
     assert freed(out, "a") == []
@@ -351,11 +352,11 @@ def test_missing_data_removes_the_errant_replica_and_reschedules() -> None:
 
 
 def test_missing_data_of_the_only_replica_recomputes_it() -> None:
-    c = cluster(("a", 1), ("b", 1))
+    c = cluster(("a", 1), ("b", 1), lossy=True)
     c.submit("c1", [spec("x", workers=["a"], allow_other_workers=True), spec("y", ["x"], workers=["b"])], ["y"])
     c.finish("x")
     assert c.running_on("y") == ["b"]
-    del c.workers["a"].data["x"]
+    c.lose("x", "a")
     out = c.handle(MissingData("b", "x", "a"))
     assert freed(out, "b") == ["y"]
     assert computed_keys(out) == ["x"]
@@ -365,11 +366,11 @@ def test_missing_data_of_the_only_replica_recomputes_it() -> None:
 
 
 def test_missing_data_already_corrected_still_reassigns_the_asker() -> None:
-    c = cluster(("a", 1), ("b", 1), ("c", 1))
+    c = cluster(("a", 1), ("b", 1), ("c", 1), lossy=True)
     c.submit("c1", [spec("x", workers=["a"]), spec("y", ["x"], workers=["c"])], ["y"])
     c.finish("x")
     c.replicate("x", "b")
-    del c.workers["a"].data["x"]
+    c.lose("x", "a")
     c.handle(MissingData("c", "x", "a"))
     # A second report of the same problem (another fetch attempt).
     out = c.handle(MissingData("c", "x", "a"))
@@ -388,10 +389,10 @@ def test_missing_data_about_unknown_things_changes_nothing() -> None:
 
 
 def test_missing_scattered_data_is_lost() -> None:
-    c = cluster(("a", 1), ("b", 1))
+    c = cluster(("a", 1), ("b", 1), lossy=True)
     scatter(c, "c1", "d", ["a"])
     c.submit("c1", [spec("y", ["d"], workers=["b"])], ["y"])
-    del c.workers["a"].data["d"]
+    c.lose("d", "a")
     out = c.handle(MissingData("b", "d", "a"))
     assert [(i.client, i.key) for i in of_type(out, ClientKeyLost)] == [("c1", "d")]
     erred = {i.key: i for i in of_type(out, ClientKeyErred)}

@@ -917,7 +917,8 @@ def released_then_moved() -> Cluster:
 def test_finish_crossing_a_free_does_not_steal_the_task() -> None:
     c = released_then_moved()
     c.check = False  # look at the state directly
-    c.handle(TaskFinished("a", "x", 100, 0.1))  # sent by a before it saw the FreeKeys
+    # Sent by a before it saw the FreeKeys, with the run id it was given.
+    c.handle(TaskFinished("a", "x", 100, 0.1, c.last_run_id("a", "x")))
     ts = c.state.tasks["x"]
     assert ts.who_has is None or "a" not in [ws.address for ws in ts.who_has]
     assert ts.state_name == "processing"
@@ -928,7 +929,36 @@ def test_finish_crossing_a_free_does_not_add_a_replica() -> None:
     c = released_then_moved()
     c.finish("x", "b")
     c.check = False
-    c.handle(TaskFinished("a", "x", 100, 0.1))
+    c.handle(TaskFinished("a", "x", 100, 0.1, c.last_run_id("a", "x")))
     ts = c.state.tasks["x"]
     assert [ws.address for ws in ts.who_has] == ["b"]
     assert c.state.workers["a"].has_what == {}
+
+
+def test_result_of_an_earlier_run_on_the_same_worker_is_stale() -> None:
+    # x ran on a, was freed there, and was sent to a again: the report of the
+    # first run (which crossed the FreeKeys) is not the result of the second.
+    c = cluster(("a", 1))
+    c.submit("c1", [spec("x")], ["x"])
+    first = c.last_run_id("a", "x")
+    c.release("c1", ["x"])
+    out = c.submit("c1", [spec("x")], ["x"])
+    [instr] = computes(out)
+    assert instr.worker == "a" and instr.run_id != first
+    stale = c.state.n_stale_messages
+    assert c.handle(TaskFinished("a", "x", 100, 0.1, first)) == []
+    assert c.handle(TaskErred("a", "x", "old", "tb", first)) == []
+    assert c.state.n_stale_messages == stale + 2
+    assert c.state_of("x") == "processing"
+    out = c.finish("x")
+    assert [(i.client, i.keys) for i in of_type(out, ClientKeysInMemory)] == [("c1", ["x"])]
+
+
+def test_run_ids_are_unique() -> None:
+    c = cluster(("a", 2), ("b", 2))
+    c.submit("c1", {f"x-{i}": [] for i in range(30)} | {"y": [f"x-{i}" for i in range(30)]}, ["y"])
+    c.remove_worker("a")
+    c.add_worker("c", 2)
+    c.run()
+    run_ids = [i.run_id for i in c.history if isinstance(i, ComputeTask)]
+    assert len(set(run_ids)) == len(run_ids) == c.n_computes
