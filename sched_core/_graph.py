@@ -50,10 +50,12 @@ class NewTasks:
 
     tasks: list[TaskState]
     specs: list[TaskSpec]
+    wanted: list[TaskState]  # the tasks the client asked to hold, resolved
 
     def __init__(self) -> None:
         self.tasks = []
         self.specs = []
+        self.wanted = []
 
 
 def parse_submission(
@@ -74,7 +76,10 @@ def parse_submission(
         error = _link_dependencies(tasks, unregistered, result)
     if error is None:
         for key in wanted:
-            if key not in tasks:
+            wanted_task = tasks.get(key)
+            if wanted_task is not None:
+                result.wanted.append(wanted_task)
+            else:
                 error = GraphError(
                     "unknown-key",
                     f"wanted key {key!r} is neither in the graph nor known to the scheduler",

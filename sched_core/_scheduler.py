@@ -148,9 +148,7 @@ class SchedulerState(TransitionEngine):
             ts.loose_restrictions = spec.allow_other_workers
             self._register(ts)
 
-        tasks = self.tasks
-        for key in event.wanted:
-            ts = tasks[key]
+        for ts in parsed.wanted:
             if ts.who_wants is None or cs not in ts.who_wants:
                 self._add_want(cs, ts)
                 self._start_wanted(cs, ts)
