@@ -358,19 +358,32 @@ class Cluster:
             raise DriverError(f"scheduler knows workers {sorted(state.workers)}, alive are {sorted(self.workers)}")
         for address, ws in state.workers.items():
             sim = self.workers[address]
+            # What the scheduler cannot know yet: the news in the outbox.
+            reported: set[str] = set()
+            new_data: set[str] = set()
+            for ev in sim.outbox:
+                if isinstance(ev, TaskFinished):
+                    reported.add(ev.key)
+                    new_data.add(ev.key)
+                elif isinstance(ev, TaskErred):
+                    reported.add(ev.key)
+                elif isinstance(ev, ReplicasAdded):
+                    new_data.update(ev.keys)
             held = {ts.key for ts in ws.has_what}
-            if held != set(sim.data):
+            data = set(sim.data)
+            if not held <= data <= held | new_data:
                 raise DriverError(
-                    f"{address}: scheduler thinks it holds {sorted(held - set(sim.data))[:10]} it does not, "
-                    f"and not {sorted(set(sim.data) - held)[:10]} which it does"
+                    f"{address}: scheduler thinks it holds {sorted(held - data)[:10]} it does not, "
+                    f"and not {sorted(data - held - new_data)[:10]} which it does"
                 )
             processing = {ts.key for ts in ws.processing}
             running = set(sim.running)
-            # A task given up on a steal request is still processing there
-            # until the answer is delivered.
-            if not running <= processing <= running | sim.given_up:
+            # A task given up on a steal request, or done, is still processing
+            # there until the news is delivered.
+            if not running <= processing <= running | sim.given_up | reported:
                 raise DriverError(
-                    f"{address}: scheduler thinks it processes {sorted(processing - running - sim.given_up)[:10]} "
+                    f"{address}: scheduler thinks it processes "
+                    f"{sorted(processing - running - sim.given_up - reported)[:10]} "
                     f"it does not, and not {sorted(running - processing)[:10]} which it does"
                 )
             for ts in ws.has_what:
@@ -460,8 +473,10 @@ class Cluster:
                     if dep in sim.data:
                         continue
                     if not any(h in self.workers and dep in self.workers[h].data for h in holders):
-                        if not self.lossy:
-                            raise DriverError(f"{key!r} finishes on {address} but its dependency {dep!r} is gone")
+                        # None of the workers it was told about has it (they
+                        # left, or lost it): the worker reports each of them.
+                        if not self.lossy and not any(dep in w.data for w in self.workers.values()):
+                            raise DriverError(f"{key!r} is to run on {address} but {dep!r} is lost everywhere")
                         if not holders:
                             raise DriverError(f"{instr!r} names no holder of {dep!r}")
                         missing.extend(MissingData(address, dep, h) for h in holders)
@@ -532,6 +547,43 @@ class Cluster:
         """(worker, key) of every ComputeTask not yet answered, in a stable order."""
         return [(a, k) for a, sim in self.workers.items() for k in sim.running]
 
+    def post(self, events: list[SchedulerEvent]) -> None:
+        """Queue worker messages (made by ``finished_event`` and the like) in their worker's outbox."""
+        for ev in events:
+            address = ev.worker  # type: ignore[attr-defined]
+            sim = self.workers.get(address)
+            if sim is None:
+                self.zombie_messages.append(ev)
+            else:
+                sim.outbox.append(ev)
+
+    def deliver(self, rng: random.Random | None = None) -> list[SchedulerEvent]:
+        """Take messages out of the outboxes, keeping each worker's order.
+
+        Without ``rng``, everything; with it, a random prefix of each outbox,
+        the workers' messages interleaved at random.
+        """
+        streams: list[list[SchedulerEvent]] = []
+        for sim in self.workers.values():
+            if not sim.outbox:
+                continue
+            n = len(sim.outbox) if rng is None else rng.randint(0, len(sim.outbox))
+            streams.append(sim.outbox[:n])
+            sim.outbox = sim.outbox[n:]
+        if rng is None:
+            return [ev for stream in streams for ev in stream]
+        events: list[SchedulerEvent] = []
+        streams = [st for st in streams if st]
+        positions = [0] * len(streams)
+        while streams:
+            i = rng.randrange(len(streams))
+            events.append(streams[i][positions[i]])
+            positions[i] += 1
+            if positions[i] == len(streams[i]):
+                del streams[i]
+                del positions[i]
+        return events
+
     def run(
         self,
         rng: random.Random | None = None,
@@ -550,9 +602,9 @@ class Cluster:
         rounds = 0
         while True:
             work = self.outstanding()
-            steals = self.steal_responses()
-            if steals:
-                self.handle_list(steals)
+            news = self.deliver()
+            if news:
+                self.handle_list(news)
                 continue
             if not work:
                 return rounds

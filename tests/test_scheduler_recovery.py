@@ -6,6 +6,9 @@ from _driver import Cluster, computed_keys, computes, freed, of_type, spec
 
 from sched_core import (
     ClientKeyErred,
+    ComputeTask,
+    FreeKeys,
+    WorkerRemoved,
     ClientKeyLost,
     ClientKeysInMemory,
     KeysScattered,
@@ -398,3 +401,49 @@ def test_missing_scattered_data_is_lost() -> None:
     erred = {i.key: i for i in of_type(out, ClientKeyErred)}
     assert erred["y"].exception.kind == "lost-data"
     assert c.state_of("y") == "erred"
+
+
+# ----------------------------------------------------------------------
+# News that was on the way while a worker left
+
+
+def test_late_replica_report_does_not_cancel_a_recompute_on_that_worker() -> None:
+    # b fetched a copy of x (to run y) and is telling the scheduler so, when
+    # a (the only holder the scheduler knows of) dies: x is recomputed on b.
+    # The late "b holds x" must not make the scheduler free x on b, which
+    # would cancel the run it just assigned there and leave x processing
+    # forever on a worker that does not run it.
+    c = cluster(("a", 1), ("b", 1))
+    c.submit("c1", [spec("x", workers=["a"], allow_other_workers=True), spec("y", ["x"], workers=["b"])], ["x", "y"])
+    c.finish("x")
+    c.post(c.finished_event("y", "b"))  # ReplicasAdded(b, [x]), TaskFinished(b, y): on the way
+    out = c.remove_worker("a")
+    assert [(i.worker, i.key) for i in computes(out)] == [("b", "x")]
+    c.check = False  # look at the state directly
+    out = c.handle_list(c.deliver())
+    ts = c.state.tasks["x"]
+    if ts.state_name == "processing":
+        assert ts.processing_on.address == "b"
+        assert "x" not in freed(out, "b"), "the scheduler cancelled its own assignment of x on b"
+    else:
+        assert ts.state_name == "memory"
+        assert [ws.address for ws in ts.who_has] == ["b"]
+        assert "x" not in freed(out, "b")
+
+
+def test_late_replica_report_in_the_same_batch_as_the_removal() -> None:
+    # The same in one batch: ComputeTask(b, x) then FreeKeys(b, [x]) would be
+    # read by b as "run x, then forget x".
+    c = cluster(("a", 1), ("b", 1))
+    c.submit("c1", [spec("x", workers=["a"], allow_other_workers=True), spec("y", ["x"], workers=["b"])], ["x", "y"])
+    c.finish("x")
+    ra, tf = c.finished_event("y", "b")
+    c.check = False
+    out = c.handle(WorkerRemoved("a"), ra, tf)
+    frees_after_compute = [
+        i
+        for n, i in enumerate(out)
+        if isinstance(i, FreeKeys)
+        and any(isinstance(j, ComputeTask) and j.worker == i.worker and j.key in i.keys for j in out[:n])
+    ]
+    assert frees_after_compute == [], out
