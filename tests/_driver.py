@@ -149,6 +149,7 @@ class Cluster:
         self.clients: dict[str, ClientLog] = {}
         self.history: list[Instruction] = []
         self.n_batches = 0
+        self._buried: dict[str, dict[str, int]] = {}
         self.n_computes = 0
         self._worker_counter = 0
 
@@ -167,6 +168,9 @@ class Cluster:
                         self.deps[ts.key] = list(ts.dependencies)
         alive_before = set(self.workers)
         known_before = set(state.tasks)
+        # Data of workers removed in this batch: instructions made before the
+        # removal (earlier in the batch) may still name them as holders.
+        self._buried: dict[str, dict[str, int]] = {}
         for ev in events:
             if isinstance(ev, WorkerAdded):
                 old = self.workers.pop(ev.address, None)
@@ -199,6 +203,7 @@ class Cluster:
         return out
 
     def _bury(self, sim: SimWorker) -> None:
+        self._buried.setdefault(sim.address, {}).update(sim.data)
         for key, instr in sim.running.items():
             self.zombies.append((sim.address, key, instr.run_id))
         self.zombie_messages.extend(sim.outbox)
@@ -290,10 +295,11 @@ class Cluster:
             ok = False
             for address in holders:
                 holder = self.workers.get(address)
-                if holder is not None and dep in holder.data:
-                    if holder.data[dep] != instr.nbytes[dep]:
+                data = holder.data if holder is not None and dep in holder.data else self._buried.get(address, {})
+                if dep in data:
+                    if data[dep] != instr.nbytes[dep]:
                         raise DriverError(
-                            f"{instr!r}: nbytes[{dep!r}]={instr.nbytes[dep]}, the worker reported {holder.data[dep]}"
+                            f"{instr!r}: nbytes[{dep!r}]={instr.nbytes[dep]}, the worker reported {data[dep]}"
                         )
                     ok = True
             if not ok:
@@ -301,6 +307,10 @@ class Cluster:
                     f"{instr!r} issued while dependency {dep!r} is held by none of {holders} "
                     f"(live holders: {[w for w, s in self.workers.items() if dep in s.data]})"
                 )
+        if instr.key in sim.data:
+            # It has the result already (a copy it fetched): done at once.
+            sim.outbox.append(TaskFinished(sim.address, instr.key, sim.data[instr.key], 0.0, instr.run_id))
+            return
         sim.running[instr.key] = instr
 
     def _on_client_message(self, instr: Instruction) -> None:

@@ -16,6 +16,7 @@ from sched_core import (
     SchedulerError,
     TaskErred,
     TaskFinished,
+    WorkerAdded,
 )
 
 
@@ -447,3 +448,25 @@ def test_late_replica_report_in_the_same_batch_as_the_removal() -> None:
         and any(isinstance(j, ComputeTask) and j.worker == i.worker and j.key in i.keys for j in out[:n])
     ]
     assert frees_after_compute == [], out
+
+
+def test_worker_replaced_in_the_same_batch_gets_each_task_once() -> None:
+    # b dies, x moves to a; a restarts (registers again) in the same batch, x
+    # moves to the new a.  Instructions carry only the address, so the new
+    # process at a receives everything addressed to a in this batch: it must
+    # not be told to compute x twice (the first with the old process's run id).
+    c = cluster(("a", 1), ("b", 1))
+    c.submit("c1", [spec("x", workers=["b"], allow_other_workers=True)])
+    assert c.running_on("x") == ["b"]
+    c.check = False
+    out = c.handle(WorkerRemoved("b", expected=True), WorkerAdded("a", 1))
+    to_a = [i for i in out if getattr(i, "worker", None) == "a"]
+    runs = []
+    for i in to_a:
+        if isinstance(i, FreeKeys) and "x" in i.keys:
+            runs = []
+        elif isinstance(i, ComputeTask) and i.key == "x":
+            runs.append(i.run_id)
+    assert len(runs) == 1, to_a
+    assert runs[0] == c.state.tasks["x"].run_id
+    c.check = True

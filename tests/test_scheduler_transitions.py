@@ -533,6 +533,22 @@ def test_scattered_to_several_workers() -> None:
     c.assert_empty()
 
 
+def test_release_and_scatter_again_in_one_batch_keeps_the_new_data() -> None:
+    # c1 drops its hold on d (the scheduler frees d on a) and, in the same
+    # batch, c2 scatters the same key to a again.  The FreeKeys meant for the
+    # old copy must not reach a after the new copy: a would drop the data the
+    # scheduler now believes it holds.
+    c = cluster(("a", 1))
+    c.workers["a"].data["d"] = 10
+    c.handle(KeysScattered("c1", ["a"], {"d": 10}))
+    c.workers["a"].data["d"] = 10  # c2 puts its copy there, then tells the scheduler
+    c.check = False
+    out = c.handle(ClientReleasesKeys("c1", ["d"]), KeysScattered("c2", ["a"], {"d": 10}))
+    assert c.state_of("d") == "memory"
+    assert [ws.address for ws in c.state.tasks["d"].who_has] == ["a"]
+    assert "d" not in freed(out, "a"), out
+
+
 def test_client_removed_releases_its_keys() -> None:
     c = cluster(("a", 2))
     c.submit("c1", {"x": [], "y": ["x"]}, ["y"])
