@@ -320,6 +320,10 @@ class Simulation:
                 continue
             events.extend(action())
         if events:
+            # A restart goes last: the old process's messages (and data
+            # scattered to it) cannot come after it in the same batch.
+            restarts = [ev for ev in events if isinstance(ev, WorkerAdded) and ev.address in self.c.workers]
+            events = [ev for ev in events if ev not in restarts] + restarts
             self.c.handle_list(events)
 
     def settle(self) -> None:
