@@ -2,31 +2,37 @@
 
 ``Cluster`` feeds events to the scheduler core and plays the workers and the
 clients: it carries out every instruction the core returns, in order, on a
-model of each worker (what it runs, what data it holds) and records what each
-client was told.  After every ``handle_events`` it runs
-``sched_core.validate_state`` and checks the core against the model:
+model of each worker (what it runs, what data it holds, what messages it has
+sent that the scheduler has not read yet) and records what each client was
+told.  After every ``handle_events`` it runs ``sched_core.validate_state`` and
+checks the core against the model:
 
 * a ``ComputeTask`` goes only to a live worker, names exactly the task's
   dependencies, and every dependency is, at that moment, held by one of the
   workers listed in ``who_has`` (with the nbytes that worker reported);
 * a worker is never asked to compute a key it is already computing;
-* after each batch, every worker's data is exactly what the scheduler thinks it
-  holds (``has_what``) and it runs exactly what the scheduler thinks it
-  processes: a ``FreeKeys`` that came after a ``ComputeTask`` of the same key on
-  the same worker would show up here;
+* after each batch, a worker holds what the scheduler thinks it holds and runs
+  what the scheduler thinks it processes, up to the news still in its outbox
+  (a ``FreeKeys`` that came after a ``ComputeTask`` of the same key on the same
+  worker shows up here);
 * nothing is processing on, or held by, a removed worker;
-* every client notification names a key in the matching state.
+* after a one-event batch, every client notification names a key in the
+  matching state, held by that client.
 
-A worker carries out instructions in the order they come.  Its task results
-are made when the driver delivers them (so they reflect the worker's state at
-that moment), except for deliberately stale ones: the results of a removed
-worker (``zombies``), delivered after its removal.  A steal request is answered
-when it arrives (a task not yet started is given up at once) and the answer
-waits in the worker's ``outbox`` until the driver delivers it.
+A worker carries out instructions in the order they come.  ``finished_event``
+and ``erred_event`` make a worker's report of a task (updating the model at
+once); tests deliver it at once (``finish``, ``err``) or queue it in the
+worker's ``outbox`` (``post``) to deliver later (``deliver``), each worker's
+messages in order.  A steal request is answered when it arrives (a task not
+yet started is given up at once) and the answer waits in the outbox.  A worker
+asked to compute a key it already holds (a fetched copy) reports it finished
+at once.  The tasks a removed worker was running (``zombies``) and its
+undelivered messages (``zombie_messages``) can be delivered after its removal,
+as stale news.
 
-With ``lossy`` set, a test may make a worker lose data behind the scheduler's
-back (``lose``); a worker then asked to run a task whose dependency none of the
-listed holders has answers with ``MissingData`` instead of a result.
+A worker reports ``MissingData`` instead of a result when none of the holders
+it was told about has a dependency.  With ``lossy`` set, a test may also make
+a worker lose data behind the scheduler's back (``lose``).
 """
 
 from __future__ import annotations
@@ -654,6 +660,7 @@ class Cluster:
                 sorted(c.client_id for c in ts.who_wants or []),
                 sorted(w.address for w in ts.who_has or []),
                 ts.processing_on.address if ts.processing_on is not None else None,
+                sorted(d.key for d in ts.dependents or [] if d.state_name != "forgotten"),
             )
             for k, ts in self.state.tasks.items()
         } | {"<groups>": tuple(sorted((n, g.n_tasks) for n, g in self.state.groups.items()))}

@@ -549,6 +549,34 @@ def test_release_and_scatter_again_in_one_batch_keeps_the_new_data() -> None:
     assert "d" not in freed(out, "a"), out
 
 
+def test_release_and_scatter_again_after_a_compute_in_one_batch() -> None:
+    # As above, but a ComputeTask to a in between already pushed the FreeKeys
+    # of d into the batch's instructions: it must still not reach a after
+    # the new copy of d (the whole batch is sent after the scatter).
+    c = cluster(("a", 1))
+    c.submit("c1", {"x": [], "y": ["x"]}, ["y"])
+    c.workers["a"].data["d"] = 10
+    c.handle(KeysScattered("c1", ["a"], {"d": 10}))
+    events = [ClientReleasesKeys("c1", ["d"]), *c.finished_event("x")]  # y goes to a
+    c.workers["a"].data["d"] = 10
+    events.append(KeysScattered("c2", ["a"], {"d": 10}))
+    c.check = False
+    out = c.handle_list(events)
+    assert computed_keys(out) == ["y"]
+    assert [ws.address for ws in c.state.tasks["d"].who_has] == ["a"]
+    assert "d" not in freed(out, "a"), out
+
+
+def test_client_added() -> None:
+    c = cluster(("a", 1))
+    assert c.add_client("c1") == []
+    assert "c1" in c.state.clients and c.state.clients["c1"].wants == {}
+    assert c.add_client("c1") == []
+    c.submit("c1", {"x": []})
+    assert c.add_client("c1") == []  # again: keeps what it holds
+    assert [ts.key for ts in c.state.clients["c1"].wants] == ["x"]
+
+
 def test_client_removed_releases_its_keys() -> None:
     c = cluster(("a", 2))
     c.submit("c1", {"x": [], "y": ["x"]}, ["y"])
