@@ -409,19 +409,19 @@ def simulate(seed: int, n_tasks: int, max_fan_in: int, intensity: float, n_steps
 NO_SHRINK = (Phase.explicit, Phase.reuse, Phase.generate)
 
 
-@settings(max_examples=400, deadline=None, phases=NO_SHRINK)
+@settings(max_examples=1000, deadline=None, phases=NO_SHRINK)
 @given(
     seed=st.integers(0, 2**32),
     n_tasks=st.integers(1, 40),
     max_fan_in=st.integers(0, 4),
     intensity=st.sampled_from([0.0, 0.5, 1.0, 3.0]),
-    n_steps=st.integers(0, 250),
+    n_steps=st.integers(0, 300),
 )
 def test_small_graphs(seed: int, n_tasks: int, max_fan_in: int, intensity: float, n_steps: int) -> None:
     simulate(seed, n_tasks, max_fan_in, intensity, n_steps)
 
 
-@settings(max_examples=40, deadline=None, phases=NO_SHRINK)
+@settings(max_examples=100, deadline=None, phases=NO_SHRINK)
 @given(
     seed=st.integers(0, 2**32),
     n_tasks=st.integers(40, 400),
@@ -429,13 +429,13 @@ def test_small_graphs(seed: int, n_tasks: int, max_fan_in: int, intensity: float
     intensity=st.sampled_from([0.5, 1.0, 3.0]),
 )
 def test_medium_graphs(seed: int, n_tasks: int, max_fan_in: int, intensity: float) -> None:
-    simulate(seed, n_tasks, max_fan_in, intensity, n_steps=500)
+    simulate(seed, n_tasks, max_fan_in, intensity, n_steps=800)
 
 
-@settings(max_examples=4, deadline=None, phases=NO_SHRINK)
+@settings(max_examples=6, deadline=None, phases=NO_SHRINK)
 @given(seed=st.integers(0, 2**32), n_tasks=st.integers(1500, 2500), max_fan_in=st.integers(1, 6))
 def test_large_graphs(seed: int, n_tasks: int, max_fan_in: int) -> None:
-    simulate(seed, n_tasks, max_fan_in, 1.0, n_steps=1500)
+    simulate(seed, n_tasks, max_fan_in, 1.0, n_steps=3000)
 
 
 def test_everything_finishes_without_failures() -> None:
