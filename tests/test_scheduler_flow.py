@@ -196,9 +196,12 @@ def test_queued_tasks_released_leave_the_queue() -> None:
     c.submit("c1", tiny_tasks(50))
     c.release("c1", [f"tiny-{i}" for i in range(10, 50)])
     assert c.state.n_queued() == 8
+    # Only tasks still wanted are handed out.
+    assert {k for _, k in c.outstanding()} == {"tiny-0", "tiny-1"}
+    assert {ts.key for ts in c.state.queued.values()} == {f"tiny-{i}" for i in range(2, 10)}
     c.run()
     assert c.clients["c1"].in_memory() == {f"tiny-{i}" for i in range(10)}
-    assert c.state.queue_heap == [] or all(p not in c.state.queued for p in c.state.queue_heap)
+    assert computed_keys(c.history) == [f"tiny-{i}" for i in range(10)]
 
 
 def test_placement_prefers_the_less_loaded_holder() -> None:
@@ -375,9 +378,15 @@ def test_victim_gone_before_the_answer() -> None:
     assert requests
     out = c.remove_worker("a")
     assert c.zombie_messages
-    # x was lost with a and is recomputed; the y tasks wait for it.
-    assert computed_keys(out) == ["x"] or c.state_of("x") == "no-worker"
+    # x was lost with a (the only worker it may run on): the y tasks wait.
+    assert computes(out) == []
+    assert c.state_of("x") == "no-worker"
+    assert all(c.state_of(f"y-{i}") == "waiting" for i in range(6))
+    assert all(c.state.tasks[f"y-{i}"].steal_target is None for i in range(6))
+    # The answer, late, from the gone worker changes nothing.
+    before = c.snapshot()
     assert c.handle(StealResponse("a", requests[0].key, "ready")) == []
+    assert c.snapshot() == before
 
 
 @pytest.mark.parametrize("n_workers", [2, 5])
