@@ -249,14 +249,19 @@ class TaskErred(SchedulerEvent):
 
 
 class ReplicasAdded(SchedulerEvent):
-    """A worker now also holds these keys (it fetched them as dependencies)."""
+    """A worker now also holds these keys (it fetched them as dependencies).
+
+    ``nbytes`` gives their sizes when the worker knows them.
+    """
 
     worker: str
     keys: list[str]
+    nbytes: dict[str, int] | None
 
-    def __init__(self, worker: str, keys: list[str]) -> None:
+    def __init__(self, worker: str, keys: list[str], nbytes: dict[str, int] | None = None) -> None:
         self.worker = worker
         self.keys = keys
+        self.nbytes = nbytes
 
 
 class MissingData(SchedulerEvent):

@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Final
 
 from sched_core._events import TaskSpec
-from sched_core._model import TaskGroup, TaskState
+from sched_core._model import NO_DEPENDENCIES, TaskGroup, TaskState
 
 # Before ordering, a new task's priority encodes its index in the submission
 # as ``UNSEEN - index`` (so any value <= UNSEEN means "not yet visited"); the
@@ -99,6 +99,9 @@ def parse_submission(
         _unlink_known_dependencies(result.tasks, unregistered)
         for ts in result.tasks:
             del tasks[ts.key]
+            # Break the links among the discarded tasks: no cycles left to the GC.
+            ts.dependencies = NO_DEPENDENCIES
+            ts.dependents = None
         return error
     return result
 

@@ -48,8 +48,9 @@ DEFAULT_BANDWIDTH: Final = 100e6
 # User priorities dominate, then submission order, then the graph's own order.
 GENERATION_SHIFT: Final = 32
 USER_PRIORITY_SHIFT: Final = 62
-# Worker-side task states from which a task can still be moved elsewhere.
-STEALABLE_STATES: Final[tuple[str, ...]] = ("released", "waiting", "ready", "fetch", "flight", "missing", "constrained")
+# The worker-side states in which a worker gives a task up when asked to
+# (``WorkerMachine`` releases a task only if it has not started running).
+STEALABLE_STATES: Final[tuple[str, ...]] = ("waiting", "ready")
 # Per balancing round, the most tasks inspected on one busy worker.
 STEAL_SCAN_LIMIT: Final = 64
 # A task is moved only if fetching its inputs costs less than this share of its run time.
@@ -233,6 +234,8 @@ class SchedulerState(TransitionEngine):
                 self.tasks[key] = ts
                 self._register(ts)
             self._add_want(cs, ts)
+            for ws in holders:
+                self._cancel_free(ws, key)
             if ts.state == MEMORY:
                 for ws in holders:
                     self._add_replica(ts, ws)
@@ -293,8 +296,7 @@ class SchedulerState(TransitionEngine):
             last.index = ws.index
         ws.alive = False
         self.total_nthreads -= ws.nthreads
-        self._flush_free(ws)
-        self._pending_free.pop(ws, None)
+        self._drop_instructions_to(ws.address)
 
         rerun: list[TaskState] = []
         for ts in list(ws.processing):
@@ -313,8 +315,7 @@ class SchedulerState(TransitionEngine):
                 rerun.append(ts)
         lost: list[TaskState] = []
         for ts in list(ws.has_what):
-            self._remove_replica(ts, ws)
-            if ts.who_has is None:
+            if self._remove_replica(ts, ws):
                 lost.append(ts)
         ws.nbytes = 0
         if lost:
@@ -326,7 +327,7 @@ class SchedulerState(TransitionEngine):
                     self._compute(ts)
                 else:
                     self._release_queue.append(ts)
-        if self.queued:
+        if self.queue:
             self._queue_dirty = True
 
     def _on_heartbeat(self, event: WorkerHeartbeat) -> None:
@@ -400,16 +401,33 @@ class SchedulerState(TransitionEngine):
         self._fill(ws)
 
     def _on_replicas_added(self, event: ReplicasAdded) -> None:
+        """A worker holds copies of these keys (fetched as dependencies).
+
+        A valid copy is as good as a computed result: a key the scheduler was
+        about to (re)compute goes to memory on that worker instead.
+        """
         ws = self.workers.get(event.worker)
         if ws is None:
             self.n_stale_messages += 1
             return
+        sizes = event.nbytes
         for key in event.keys:
             ts = self.tasks.get(key)
-            if ts is not None and ts.state == MEMORY:
-                self._add_replica(ts, ws)
-            else:
+            if ts is None or ts.state == ERRED:
                 self._free_on(ws, key)
+                continue
+            self._cancel_free(ws, key)
+            if ts.state == MEMORY:
+                self._add_replica(ts, ws)
+                continue
+            runner = ts.processing_on
+            if runner is not None:
+                self._stop_processing(ts, runner)
+                if runner is not ws:
+                    self._free_on(runner, key)
+                    self._fill(runner)
+            nbytes = sizes.get(key, ts.nbytes) if sizes is not None else ts.nbytes
+            self._to_memory(ts, ws, max(nbytes, 0))
 
     def _on_missing_data(self, event: MissingData) -> None:
         ts = self.tasks.get(event.key)
@@ -420,8 +438,7 @@ class SchedulerState(TransitionEngine):
             if ts is not None:
                 self._reassign_dependents_on(ts, event.worker)
             return
-        self._remove_replica(ts, errant)
-        if ts.who_has is None:
+        if self._remove_replica(ts, errant):
             self._lose_data([ts])
         else:
             self._reassign_dependents_on(ts, event.worker)
@@ -523,7 +540,7 @@ class SchedulerState(TransitionEngine):
         return ts.state_name if ts is not None else None
 
     def n_queued(self) -> int:
-        return len(self.queued)
+        return len(self.queue)
 
 
 

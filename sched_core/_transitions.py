@@ -21,7 +21,6 @@ needed again before the queue is drained.
 
 from __future__ import annotations
 
-import heapq
 from typing import Final
 
 from sched_core._instructions import (
@@ -32,8 +31,10 @@ from sched_core._instructions import (
     FreeKeys,
     Instruction,
     SchedulerError,
+    WorkerInstruction,
 )
 from sched_core._model import (
+    NO_DEPENDENCIES,
     ClientState,
     StateCounts,
     TaskGroup,
@@ -43,6 +44,7 @@ from sched_core._model import (
     key_group,
     key_split,
 )
+from sched_core._queue import TaskQueue
 from sched_core._placement import best_worker, dependency_holders, queue_capacity
 from sched_core._states import (
     ERRED,
@@ -81,8 +83,7 @@ class TransitionEngine:
     total_nthreads: int
     generation: int
     counts: StateCounts
-    queue_heap: list[int]
-    queued: dict[int, TaskState]
+    queue: TaskQueue
     unrunnable: dict[TaskState, None]
 
     allowed_failures: int
@@ -116,8 +117,7 @@ class TransitionEngine:
         self.total_nthreads = 0
         self.generation = 0
         self.counts = StateCounts()
-        self.queue_heap = []
-        self.queued = {}
+        self.queue = TaskQueue()
         self.unrunnable = {}
         self.allowed_failures = allowed_failures
         self.max_queue_depth = max_queue_depth
@@ -136,6 +136,11 @@ class TransitionEngine:
         self._round_robin = 0
         self._run_counter = 0
         self._unregistered = TaskGroup("<unregistered>", TaskPrefix("<unregistered>"))
+
+    @property
+    def queued(self) -> dict[int, TaskState]:
+        """The queued tasks by priority (read-only view for inspection and tests)."""
+        return self.queue.tasks
 
     # ------------------------------------------------------------------
     # Records
@@ -191,6 +196,8 @@ class TransitionEngine:
         if not wants:
             ts.who_wants = None
         cs.wants.pop(ts, None)
+        if not cs.wants:
+            cs.wants = {}
         if ts.who_wants is None and ts.n_waiters == 0:
             self._release_queue.append(ts)
         return True
@@ -210,6 +217,33 @@ class TransitionEngine:
         keys = self._pending_free.pop(ws, None)
         if keys is not None:
             self._out.append(FreeKeys(ws.address, keys))
+
+    def _cancel_free(self, ws: WorkerState, key: str) -> None:
+        """Withdraw a "free ``key``" for ``ws`` not yet sent in this batch.
+
+        Used when data for ``key`` reaches ``ws`` from outside the scheduler
+        (a scatter, a fetched replica) in the same batch as an earlier release:
+        the worker would otherwise drop the new copy.
+        """
+        pending = self._pending_free.get(ws)
+        if pending is not None and key in pending:
+            pending.remove(key)
+        for instruction in self._out:
+            if isinstance(instruction, FreeKeys) and instruction.worker == ws.address and key in instruction.keys:
+                instruction.keys.remove(key)
+
+    def _drop_instructions_to(self, address: str) -> None:
+        """Withdraw everything not yet sent to ``address`` (its process is gone).
+
+        A new process may register at the same address in the same batch; it
+        must not receive what was meant for the old one.
+        """
+        self._pending_free = {ws: keys for ws, keys in self._pending_free.items() if ws.address != address}
+        out = self._out
+        kept = [i for i in out if not (isinstance(i, WorkerInstruction) and i.worker == address)]
+        if len(kept) != len(out):
+            out.clear()
+            out.extend(kept)
 
     def _report_done(self, ts: TaskState) -> None:
         wants = ts.who_wants
@@ -316,8 +350,7 @@ class TransitionEngine:
     def _ready(self, ts: TaskState) -> None:
         """Place a task whose dependencies are all in memory."""
         if self._is_rootish(ts):
-            heapq.heappush(self.queue_heap, ts.priority)
-            self.queued[ts.priority] = ts
+            self.queue.push(ts)
             self._set_state(ts, QUEUED)
             self._queue_dirty = True
             return
@@ -423,35 +456,27 @@ class TransitionEngine:
 
     def _fill(self, ws: WorkerState) -> None:
         """Give ``ws`` queued root tasks, highest priority first, up to its capacity."""
-        heap = self.queue_heap
-        queued = self.queued
+        queue = self.queue
         processing = ws.processing
         capacity = ws.capacity
-        while heap and len(processing) < capacity:
-            ts = queued.pop(heapq.heappop(heap), None)
-            if ts is not None:
-                self._send_to_worker(ts, ws)
-        if len(heap) > 2 * len(queued) + 64:
-            self._compact_queue()
+        while len(processing) < capacity:
+            ts = queue.pop()
+            if ts is None:
+                break
+            self._send_to_worker(ts, ws)
 
     def _fill_all(self) -> None:
         self._queue_dirty = False
         for ws in self.worker_list:
-            if not self.queued:
+            if not self.queue:
                 break
             self._fill(ws)
-
-    def _compact_queue(self) -> None:
-        # Entries of tasks that left the queue stay in the heap until popped;
-        # rebuild it when they outnumber the live ones.
-        self.queue_heap = list(self.queued)
-        heapq.heapify(self.queue_heap)
 
     def _unassign(self, ts: TaskState) -> None:
         """Take a waiting-to-run task out of the queue, the no-worker set or its worker."""
         state = ts.state
         if state == QUEUED:
-            del self.queued[ts.priority]
+            self.queue.remove(ts)
         elif state == NO_WORKER:
             del self.unrunnable[ts]
         elif state == PROCESSING:
@@ -459,7 +484,7 @@ class TransitionEngine:
             if ws is not None:
                 self._stop_processing(ts, ws)
                 self._free_on(ws, ts.key)
-                if self.queued:
+                if self.queue:
                     self._queue_dirty = True
 
     def _stop_processing(self, ts: TaskState, ws: WorkerState) -> None:
@@ -486,16 +511,24 @@ class TransitionEngine:
         if ts.nbytes > 0:
             ws.nbytes += ts.nbytes
 
-    def _remove_replica(self, ts: TaskState, ws: WorkerState) -> None:
+    def _remove_replica(self, ts: TaskState, ws: WorkerState) -> bool:
+        """Forget that ``ws`` holds ``ts``; return True if that was the last replica.
+
+        Callers use the return value rather than re-testing ``ts.who_has``:
+        mypy keeps an earlier ``ts.who_has is not None`` narrowing across this
+        call, and compiled code would trust it.
+        """
         holders = ts.who_has
         if holders is None or ws not in holders:
-            return
+            return False
         holders.remove(ws)
-        if not holders:
-            ts.who_has = None
         del ws.has_what[ts]
         if ts.nbytes > 0:
             ws.nbytes -= ts.nbytes
+        if holders:
+            return False
+        ts.who_has = None
+        return True
 
     def _to_memory(self, ts: TaskState, ws: WorkerState, nbytes: int) -> None:
         """A task's result now exists on ``ws``."""
@@ -604,6 +637,8 @@ class TransitionEngine:
                 for ws in holders:
                     self._free_on(ws, ts.key)
                     del ws.has_what[ts]
+                    if not ws.has_what:
+                        ws.has_what = {}
                     if ts.nbytes > 0:
                         ws.nbytes -= ts.nbytes
                 ts.who_has = None
@@ -613,11 +648,15 @@ class TransitionEngine:
 
     def _forget(self, ts: TaskState) -> None:
         del self.tasks[ts.key]
+        if not self.tasks:
+            self.tasks = {}  # a dict emptied by deletion keeps its size
         self._set_state(ts, FORGOTTEN)
         tg = ts.group
         tg.n_tasks -= 1
-        if tg.n_tasks == 0 and self.groups.get(tg.name) is tg:
-            del self.groups[tg.name]
+        if tg.n_tasks == 0:
+            if self.groups.get(tg.name) is tg:
+                del self.groups[tg.name]
+            tg.dependencies.clear()  # may hold tg itself
         for dep in ts.dependencies:
             dep.n_dependents -= 1
             if dep.n_dependents == 0:
@@ -626,6 +665,12 @@ class TransitionEngine:
                     self._release_queue.append(dep)
             else:
                 _prune_dependents(dep)
+        # Drop every reference a forgotten task holds, so that no reference
+        # cycle outlives it and reference counting alone frees the records.
+        ts.dependencies = NO_DEPENDENCIES
+        ts.exception_blame = None
+        ts.exception = None
+        ts.traceback = None
 
 
 def _priority_of(ts: TaskState) -> int:
