@@ -453,7 +453,7 @@ class Cluster:
         holders = self.holders(key)
         assert holders, f"nobody holds {key!r}"
         self.workers[worker].data[key] = self.workers[holders[0]].data[key]
-        return self.handle(ReplicasAdded(worker, [key]))
+        return self.handle(ReplicasAdded(worker, [key], {key: self.workers[worker].data[key]}))
 
     def running_on(self, key: str) -> list[str]:
         return [a for a, sim in self.workers.items() if key in sim.running]
@@ -508,7 +508,7 @@ class Cluster:
                                 fetched.append(dep)
                             break
                 if fetched:
-                    events.append(ReplicasAdded(address, fetched))
+                    events.append(ReplicasAdded(address, fetched, {k: sim.data[k] for k in fetched}))
             sim.running.pop(key, None)
             sim.started.discard(key)
             sim.data[key] = nbytes

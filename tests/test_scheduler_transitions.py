@@ -619,17 +619,35 @@ def test_replicas_added() -> None:
     assert c.state.workers["b"].nbytes == 70
 
 
-def test_replica_of_unknown_or_unneeded_key_is_freed() -> None:
+def test_replica_of_unknown_or_erred_key_is_freed() -> None:
     c = cluster(("a", 1), ("b", 1))
-    c.submit("c1", {"x": []})
+    c.submit("c1", [spec("e", workers=["a"])])
+    c.err("e")
     c.workers["b"].data["zzz"] = 1
-    c.workers["b"].data["x"] = 1
-    out = c.handle(ReplicasAdded("b", ["zzz", "x"]))  # x is not in memory yet
-    assert sorted(freed(out, "b")) == ["x", "zzz"]
+    c.workers["b"].data["e"] = 1
+    out = c.handle(ReplicasAdded("b", ["zzz", "e"], {"zzz": 1, "e": 1}))
+    assert sorted(freed(out, "b")) == ["e", "zzz"]
+    assert c.state_of("e") == "erred"
     # From a worker the scheduler does not know: ignored.
     before = c.snapshot()
-    assert c.handle(ReplicasAdded("ghost", ["x"])) == []
+    assert c.handle(ReplicasAdded("ghost", ["e"])) == []
     assert c.snapshot() == before
+
+
+def test_replica_of_a_key_being_computed_is_its_result() -> None:
+    # b holds a valid copy of x (from an earlier computation) while x runs
+    # on a: the copy is as good as the result, the run on a is cancelled.
+    c = cluster(("a", 1), ("b", 1))
+    c.submit("c1", [spec("x", workers=["a"], allow_other_workers=True), spec("y", ["x"])], ["y"])
+    assert c.running_on("x") == ["a"]
+    c.workers["b"].data["x"] = 40
+    out = c.handle(ReplicasAdded("b", ["x"], {"x": 40}))
+    assert freed(out, "a") == ["x"]
+    assert c.state_of("x") == "memory"
+    assert [ws.address for ws in c.state.tasks["x"].who_has] == ["b"]
+    assert c.state.tasks["x"].nbytes == 40
+    [instr] = computes(out)
+    assert (instr.key, instr.who_has, instr.nbytes) == ("y", {"x": ["b"]}, {"x": 40})
 
 
 def test_worker_added_twice_replaces_the_old_one() -> None:
