@@ -470,3 +470,48 @@ def test_worker_replaced_in_the_same_batch_gets_each_task_once() -> None:
     assert len(runs) == 1, to_a
     assert runs[0] == c.state.tasks["x"].run_id
     c.check = True
+
+
+def test_replica_report_that_crossed_a_free_is_not_a_result() -> None:
+    # b fetched a copy of x (to run y) and reports it; before the report
+    # arrives, a dies and x is recomputed on b (b reports it finished at
+    # once), then the client releases x and y (FreeKeys(b, [x]): b drops its
+    # copy) and wants x again, computed on c.  The late "b holds x" describes
+    # a copy b no longer has: it must not become x's result (nor cancel the
+    # run on c).
+    c = cluster(("a", 1), ("b", 1), ("c", 1))
+    c.submit("c1", [spec("busy", workers=["c"])], ["busy"])  # so that x goes to b, not c
+    c.submit("c1", [spec("x", workers=["a"], allow_other_workers=True), spec("y", ["x"], workers=["b"])], ["x", "y"])
+    c.finish("x")
+    c.post(c.finished_event("y", "b"))  # ReplicasAdded(b, [x]), TaskFinished(b, y): on the way
+    out = c.remove_worker("a")
+    assert [(i.worker, i.key) for i in computes(out)] == [("b", "x")]
+    c.release("c1", ["x", "y"])
+    assert "x" not in c.workers["b"].data
+    assert c.state_of("x") is None
+    out = c.submit("c1", [spec("x", workers=["c"])], ["x"])
+    assert [(i.worker, i.key) for i in computes(out)] == [("c", "x")]
+    c.check = False
+    out = c.handle_list(c.deliver())
+    ts = c.state.tasks["x"]
+    assert ts.who_has is None or "b" not in [ws.address for ws in ts.who_has], "b is taken to hold x, which it dropped"
+    assert ts.state_name == "processing" and ts.processing_on.address == "c"
+    assert "x" not in freed(out, "c")
+
+
+def test_replica_report_that_crossed_a_free_is_not_a_replica() -> None:
+    # As above, but x is back in memory (on c) when the late report arrives:
+    # b must not be added as a holder of x.
+    c = cluster(("a", 1), ("b", 1), ("c", 1))
+    c.submit("c1", [spec("busy", workers=["c"])], ["busy"])
+    c.submit("c1", [spec("x", workers=["a"], allow_other_workers=True), spec("y", ["x"], workers=["b"])], ["x", "y"])
+    c.finish("x")
+    c.post(c.finished_event("y", "b"))
+    c.remove_worker("a")
+    c.release("c1", ["x", "y"])
+    c.submit("c1", [spec("x", workers=["c"])], ["x"])
+    c.finish("x", "c")
+    c.check = False
+    c.handle_list(c.deliver())
+    assert [ws.address for ws in c.state.tasks["x"].who_has] == ["c"]
+    assert "x" not in [ts.key for ts in c.state.workers["b"].has_what]
