@@ -568,6 +568,15 @@ def test_release_and_scatter_again_after_a_compute_in_one_batch() -> None:
     assert "d" not in freed(out, "a"), out
 
 
+def test_scattering_a_key_twice_in_one_batch_notifies_it_once() -> None:
+    c = cluster(("a", 1), ("b", 1))
+    c.workers["a"].data["d"] = 1
+    c.workers["b"].data["d"] = 1
+    out = c.handle(KeysScattered("c1", ["a"], {"d": 1}), KeysScattered("c1", ["b"], {"d": 1}))
+    assert [(i.client, i.keys) for i in of_type(out, ClientKeysInMemory)] == [("c1", ["d"])]
+    assert sorted(ws.address for ws in c.state.tasks["d"].who_has) == ["a", "b"]
+
+
 def test_client_added() -> None:
     c = cluster(("a", 1))
     assert c.add_client("c1") == []
