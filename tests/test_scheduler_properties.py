@@ -413,7 +413,7 @@ def simulate(seed: int, n_tasks: int, max_fan_in: int, intensity: float, n_steps
 NO_SHRINK = (Phase.explicit, Phase.reuse, Phase.generate)
 
 
-@settings(max_examples=1000, deadline=None, phases=NO_SHRINK)
+@settings(max_examples=1500, deadline=None, phases=NO_SHRINK)
 @given(
     seed=st.integers(0, 2**32),
     n_tasks=st.integers(1, 40),
@@ -425,7 +425,7 @@ def test_small_graphs(seed: int, n_tasks: int, max_fan_in: int, intensity: float
     simulate(seed, n_tasks, max_fan_in, intensity, n_steps)
 
 
-@settings(max_examples=100, deadline=None, phases=NO_SHRINK)
+@settings(max_examples=150, deadline=None, phases=NO_SHRINK)
 @given(
     seed=st.integers(0, 2**32),
     n_tasks=st.integers(40, 400),
