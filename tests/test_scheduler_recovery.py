@@ -515,3 +515,23 @@ def test_replica_report_that_crossed_a_free_is_not_a_replica() -> None:
     c.handle_list(c.deliver())
     assert [ws.address for ws in c.state.tasks["x"].who_has] == ["c"]
     assert "x" not in [ts.key for ts in c.state.workers["b"].has_what]
+
+
+def test_missing_data_report_that_crossed_a_scatter_does_not_lose_the_new_copy() -> None:
+    # a lost d; b, asked to run y, reports it missing.  Before the report
+    # arrives, the client scatters d to a again.  The report is about the old
+    # copy: the new one must not be dropped, let alone declared lost.
+    c = cluster(("a", 1), ("b", 1), lossy=True)
+    scatter(c, "c1", "d", ["a"])
+    c.submit("c1", [spec("y", ["d"], workers=["b"])], ["y"])
+    c.lose("d", "a")
+    report = c.finished_event("y", "b")
+    assert [type(e).__name__ for e in report] == ["MissingData"]
+    c.post(report)  # on the way
+    scatter(c, "c1", "d", ["a"])
+    assert c.state_of("d") == "memory"
+    c.check = False
+    out = c.handle_list(c.deliver())
+    assert of_type(out, ClientKeyLost) == [] and of_type(out, ClientKeyErred) == []
+    assert c.state_of("d") == "memory"
+    assert [ws.address for ws in c.state.tasks["d"].who_has] == ["a"]
