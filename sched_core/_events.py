@@ -251,43 +251,63 @@ class TaskErred(SchedulerEvent):
 class ReplicasAdded(SchedulerEvent):
     """A worker now also holds these keys (it fetched them as dependencies).
 
-    ``nbytes`` gives their sizes when the worker knows them.
+    ``nbytes`` gives their sizes when the worker knows them.  ``seen_batch`` is
+    the latest scheduler batch (``SchedulerState.batch``) whose instructions the
+    worker had carried out when it sent this; a report that crossed a "free" of
+    the key is then recognised.  -1 means unknown: the report is trusted.
     """
 
     worker: str
     keys: list[str]
     nbytes: dict[str, int] | None
+    seen_batch: int
 
-    def __init__(self, worker: str, keys: list[str], nbytes: dict[str, int] | None = None) -> None:
+    def __init__(
+        self, worker: str, keys: list[str], nbytes: dict[str, int] | None = None, seen_batch: int = -1
+    ) -> None:
         self.worker = worker
         self.keys = keys
         self.nbytes = nbytes
+        self.seen_batch = seen_batch
 
 
 class MissingData(SchedulerEvent):
-    """``worker`` could not get ``key`` from ``errant_worker``, which should have had it."""
+    """``worker`` could not get ``key`` from ``errant_worker``, which should have had it.
+
+    ``seen_batch`` is as for :class:`ReplicasAdded`: a report older than the
+    latest copy of the key does not condemn that copy.
+    """
 
     worker: str
     key: str
     errant_worker: str
+    seen_batch: int
 
-    def __init__(self, worker: str, key: str, errant_worker: str) -> None:
+    def __init__(self, worker: str, key: str, errant_worker: str, seen_batch: int = -1) -> None:
         self.worker = worker
         self.key = key
         self.errant_worker = errant_worker
+        self.seen_batch = seen_batch
 
 
 class StealResponse(SchedulerEvent):
-    """A worker's answer to a steal request: the task's state there, or None if unknown."""
+    """A worker's answer to a steal request: the task's state there, or None if unknown.
+
+    ``run_id`` echoes the request's, so that the answer to an earlier request
+    (about an earlier run of the key) is not taken for the answer to a later
+    one; -1 (unknown) is taken as an answer about the current run.
+    """
 
     worker: str
     key: str
     state: str | None
+    run_id: int
 
-    def __init__(self, worker: str, key: str, state: str | None) -> None:
+    def __init__(self, worker: str, key: str, state: str | None, run_id: int = -1) -> None:
         self.worker = worker
         self.key = key
         self.state = state
+        self.run_id = run_id
 
 
 class Tick(SchedulerEvent):

@@ -83,13 +83,18 @@ class FreeKeys(WorkerInstruction):
 
 
 class StealRequest(WorkerInstruction):
-    """Ask ``worker`` to give up ``key`` if it has not started it."""
+    """Ask ``worker`` to give up ``key`` if it has not started it.
+
+    The answer (:class:`StealResponse`) must echo ``run_id``.
+    """
 
     key: str
+    run_id: int
 
-    def __init__(self, worker: str, key: str) -> None:
+    def __init__(self, worker: str, key: str, run_id: int) -> None:
         self.worker = worker
         self.key = key
+        self.run_id = run_id
 
     def __repr__(self) -> str:
         return f"<StealRequest {self.key!r} from {self.worker!r}>"

@@ -242,6 +242,10 @@ class TaskState:
     who_has: list[WorkerState] | None
     processing_on: WorkerState | None
     run_id: int  # of the latest ComputeTask sent for it
+    # Batch numbers (see SchedulerState.batch) for judging workers' reports
+    # that may have crossed the scheduler's instructions on the wire.
+    freed_batch: int  # created, or last told a worker to drop it
+    held_batch: int  # last gained a replica
     expected_duration: float
     nbytes: int
     retries: int
@@ -269,6 +273,8 @@ class TaskState:
         self.who_has = None
         self.processing_on = None
         self.run_id = 0
+        self.freed_batch = 0
+        self.held_batch = 0
         self.expected_duration = 0.0
         self.nbytes = -1
         self.retries = 0

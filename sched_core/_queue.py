@@ -1,12 +1,15 @@
 """The scheduler's queue of ready root tasks, lowest priority value first.
 
-Tasks are looked up by priority (unique per task) in a dict, which is the truth
-about what is queued; the ordering structures hold only ints, and entries whose
-task has left the queue are skipped when they surface.
+Root tasks of one submission become ready in priority order, so almost every
+push is larger than anything queued before.  Those go to a FIFO run (a list
+with a head index: O(1) push and pop, no hashing); only out-of-order pushes pay
+for a heap.
 
-Root tasks of one submission become ready in priority order, so most pushes are
-larger than anything queued before.  Those go to a FIFO run (a list with a head
-index: O(1) push and pop); only out-of-order pushes pay for the heap.
+Removing a task is O(1): the entry stays where it is and is skipped when it
+surfaces, because the task is no longer in the "queued" state.  A task removed
+and queued again may have two entries; either is at the right place, since a
+task's priority never changes, and once one is popped the task is no longer
+queued and the other is skipped.
 """
 
 from __future__ import annotations
@@ -15,79 +18,94 @@ import heapq
 from typing import Final
 
 from sched_core._model import TaskState
+from sched_core._states import QUEUED
 
 # Rebuild when stale entries outnumber live ones by this much.
 SLACK: Final = 64
 
 
 class TaskQueue:
-    tasks: dict[int, TaskState]
-    _run: list[int]  # increasing; live part starts at _head
+    n_queued: int
+    _run: list[TaskState]  # increasing priority from _head on
     _head: int
-    _heap: list[int]
+    _heap: list[tuple[int, int, TaskState]]  # (priority, sequence, task)
+    _sequence: int
 
     def __init__(self) -> None:
-        self.tasks = {}
+        self.n_queued = 0
         self._run = []
         self._head = 0
         self._heap = []
+        self._sequence = 0
 
     def __len__(self) -> int:
-        return len(self.tasks)
+        return self.n_queued
 
     def __bool__(self) -> bool:
-        return len(self.tasks) > 0
+        return self.n_queued > 0
 
     def push(self, ts: TaskState) -> None:
-        priority = ts.priority
-        self.tasks[priority] = ts
+        """Queue ``ts``; the caller then moves it to the queued state."""
+        self.n_queued += 1
         run = self._run
-        if len(run) == self._head or priority > run[len(run) - 1]:
-            run.append(priority)
+        if len(run) == self._head or ts.priority > run[len(run) - 1].priority:
+            run.append(ts)
         else:
-            heapq.heappush(self._heap, priority)
+            self._sequence += 1
+            heapq.heappush(self._heap, (ts.priority, self._sequence, ts))
 
     def remove(self, ts: TaskState) -> None:
-        del self.tasks[ts.priority]
-        if not self.tasks:
-            self._clear_order()
+        """``ts`` (queued) leaves the queue; the caller then moves it out of the queued state."""
+        self.n_queued -= 1
+        if self.n_queued == 0:
+            self._clear()
 
     def pop(self) -> TaskState | None:
-        """The queued task with the lowest priority value, or None if empty."""
-        tasks = self.tasks
+        """Take the queued task with the lowest priority value, or None if empty."""
         run = self._run
         heap = self._heap
-        while tasks:
-            if self._head < len(run) and (not heap or run[self._head] < heap[0]):
-                priority = run[self._head]
+        while self.n_queued > 0:
+            if self._head < len(run) and (not heap or run[self._head].priority < heap[0][0]):
+                ts = run[self._head]
                 self._head += 1
             elif heap:
-                priority = heapq.heappop(heap)
+                ts = heapq.heappop(heap)[2]
             else:
                 break
-            ts = tasks.pop(priority, None)
-            if ts is not None:
+            if ts.state == QUEUED:
+                self.n_queued -= 1
                 self._tidy()
                 return ts
-        self._clear_order()
+        self._clear()
         return None
 
+    def tasks(self) -> dict[int, TaskState]:
+        """The queued tasks by priority (O(n): for inspection and tests)."""
+        found: dict[int, TaskState] = {}
+        for i in range(self._head, len(self._run)):
+            ts = self._run[i]
+            if ts.state == QUEUED:
+                found[ts.priority] = ts
+        for entry in self._heap:
+            if entry[2].state == QUEUED:
+                found[entry[0]] = entry[2]
+        return found
+
     def _tidy(self) -> None:
-        if not self.tasks:
-            self._clear_order()
+        if self.n_queued == 0:
+            self._clear()
             return
         head = self._head
         if head > 1024 and head * 2 > len(self._run):
             self._run = self._run[head:]
             self._head = 0
-        if len(self._heap) + len(self._run) - self._head > 2 * len(self.tasks) + SLACK:
-            self._run = sorted(self.tasks)
+        if len(self._heap) + len(self._run) - self._head > 2 * self.n_queued + SLACK:
+            live = self.tasks()
+            self._run = [live[p] for p in sorted(live)]
             self._head = 0
             self._heap = []
 
-    def _clear_order(self) -> None:
+    def _clear(self) -> None:
         self._run = []
         self._head = 0
         self._heap = []
-        if not self.tasks:
-            self.tasks = {}  # a dict never shrinks when emptied by deletion

@@ -72,6 +72,7 @@ class SchedulerState(TransitionEngine):
         """Apply a batch of events; return the instructions they lead to, in order."""
         out: list[Instruction] = []
         self._out = out
+        self.batch += 1
         for event in events:
             if isinstance(event, TaskFinished):
                 self._on_task_finished(event)
@@ -233,13 +234,14 @@ class SchedulerState(TransitionEngine):
                 ts.group = self._group_for(key)
                 self.tasks[key] = ts
                 self._register(ts)
-            self._add_want(cs, ts)
+            newly_wanted = self._add_want(cs, ts)
             for ws in holders:
                 self._cancel_free(ws, key)
             if ts.state == MEMORY:
                 for ws in holders:
                     self._add_replica(ts, ws)
-                self._report_done_to(cs, ts.key)
+                if newly_wanted:
+                    self._report_done_to(cs, ts.key)
             elif not holders:
                 # Every worker the data was sent to has gone since.
                 if ts.run_spec is None:
@@ -358,7 +360,7 @@ class SchedulerState(TransitionEngine):
             # worker drops the result; a "free" is harmless if it already has.
             self.n_stale_messages += 1
             if ts.processing_on is not ws and (ts.who_has is None or ws not in ts.who_has):
-                self._free_on(ws, ts.key)
+                self._free_task_on(ws, ts)
             return
         self._stop_processing(ts, ws)
         self._learn_duration(ts, ws, event.duration, event.nbytes)
@@ -411,10 +413,18 @@ class SchedulerState(TransitionEngine):
             self.n_stale_messages += 1
             return
         sizes = event.nbytes
+        seen = event.seen_batch
         for key in event.keys:
             ts = self.tasks.get(key)
             if ts is None or ts.state == ERRED:
                 self._free_on(ws, key)
+                continue
+            if 0 <= seen < ts.freed_batch:
+                # Sent before the worker saw a "free" of this key (or before
+                # this key was last created): the copy may be gone already.
+                self.n_stale_messages += 1
+                if ts.processing_on is not ws and (ts.who_has is None or ws not in ts.who_has):
+                    self._free_task_on(ws, ts)
                 continue
             self._cancel_free(ws, key)
             if ts.state == MEMORY:
@@ -424,7 +434,7 @@ class SchedulerState(TransitionEngine):
             if runner is not None:
                 self._stop_processing(ts, runner)
                 if runner is not ws:
-                    self._free_on(runner, key)
+                    self._free_task_on(runner, ts)
                     self._fill(runner)
             nbytes = sizes.get(key, ts.nbytes) if sizes is not None else ts.nbytes
             self._to_memory(ts, ws, max(nbytes, 0))
@@ -437,6 +447,12 @@ class SchedulerState(TransitionEngine):
             # so give its dependents fresh locations.
             if ts is not None:
                 self._reassign_dependents_on(ts, event.worker)
+            return
+        if 0 <= event.seen_batch < ts.held_batch:
+            # The key gained a copy since the worker learned where it lives;
+            # the failure may concern an older copy.  Retry with fresh locations.
+            self.n_stale_messages += 1
+            self._reassign_dependents_on(ts, event.worker)
             return
         if self._remove_replica(ts, errant):
             self._lose_data([ts])
@@ -451,7 +467,7 @@ class SchedulerState(TransitionEngine):
         for dependent in list(dependents):
             if dependent.state == PROCESSING and dependent.processing_on is ws:
                 self._stop_processing(dependent, ws)
-                self._free_on(ws, dependent.key)
+                self._free_task_on(ws, dependent)
                 self._ready(dependent)
         self._fill(ws)
 
@@ -494,7 +510,7 @@ class SchedulerState(TransitionEngine):
                     free_slots[thief] = left
                 if self._pending_free and victim in self._pending_free:
                     self._flush_free(victim)
-                self._out.append(StealRequest(victim.address, ts.key))
+                self._out.append(StealRequest(victim.address, ts.key, ts.run_id))
 
     def _pick_thief(self, ts: TaskState, free_slots: dict[WorkerState, int]) -> WorkerState | None:
         best: WorkerState | None = None
@@ -514,7 +530,7 @@ class SchedulerState(TransitionEngine):
     def _on_steal_response(self, event: StealResponse) -> None:
         ts = self.tasks.get(event.key)
         ws = self.workers.get(event.worker)
-        if ts is None or ws is None or ts.state != PROCESSING or ts.processing_on is not ws:
+        if ts is None or ws is None or not self._is_current_run(ts, ws, event.run_id):
             return
         thief = ts.steal_target
         ts.steal_target = None

@@ -102,6 +102,7 @@ class TransitionEngine:
     _pending_done: dict[ClientState, list[str]]
     _release_queue: list[TaskState]
     _queue_dirty: bool
+    batch: int
     _round_robin: int
     _run_counter: int
     _unregistered: TaskGroup
@@ -133,14 +134,15 @@ class TransitionEngine:
         self._pending_done = {}
         self._release_queue = []
         self._queue_dirty = False
+        self.batch = 0
         self._round_robin = 0
         self._run_counter = 0
         self._unregistered = TaskGroup("<unregistered>", TaskPrefix("<unregistered>"))
 
     @property
     def queued(self) -> dict[int, TaskState]:
-        """The queued tasks by priority (read-only view for inspection and tests)."""
-        return self.queue.tasks
+        """The queued tasks by priority (built on demand: for inspection and tests)."""
+        return self.queue.tasks()
 
     # ------------------------------------------------------------------
     # Records
@@ -167,6 +169,7 @@ class TransitionEngine:
 
     def _register(self, ts: TaskState) -> None:
         """Count a new (released) task in; it is in ``tasks`` with its group and dependencies set."""
+        ts.freed_batch = self.batch  # reports older than this incarnation are stale
         group = ts.group
         group.n_tasks += 1
         group.counts.released += 1
@@ -178,15 +181,17 @@ class TransitionEngine:
             group.dependencies.add(dep.group)
         ts.n_waiting = n_waiting
 
-    def _add_want(self, cs: ClientState, ts: TaskState) -> None:
+    def _add_want(self, cs: ClientState, ts: TaskState) -> bool:
+        """Record that ``cs`` holds ``ts``; False if it already did."""
         wants = ts.who_wants
         if wants is None:
             ts.who_wants = [cs]
         elif cs not in wants:
             wants.append(cs)
         else:
-            return
+            return False
         cs.wants[ts] = None
+        return True
 
     def _remove_want(self, cs: ClientState, ts: TaskState) -> bool:
         wants = ts.who_wants
@@ -204,6 +209,10 @@ class TransitionEngine:
 
     # ------------------------------------------------------------------
     # Output
+
+    def _free_task_on(self, ws: WorkerState, ts: TaskState) -> None:
+        ts.freed_batch = self.batch
+        self._free_on(ws, ts.key)
 
     def _free_on(self, ws: WorkerState, key: str) -> None:
         keys = self._pending_free.get(ws)
@@ -483,7 +492,7 @@ class TransitionEngine:
             ws = ts.processing_on
             if ws is not None:
                 self._stop_processing(ts, ws)
-                self._free_on(ws, ts.key)
+                self._free_task_on(ws, ts)
                 if self.queue:
                     self._queue_dirty = True
 
@@ -500,6 +509,7 @@ class TransitionEngine:
     # Results
 
     def _add_replica(self, ts: TaskState, ws: WorkerState) -> None:
+        ts.held_batch = self.batch
         holders = ts.who_has
         if holders is None:
             ts.who_has = [ws]
@@ -635,7 +645,7 @@ class TransitionEngine:
             holders = ts.who_has
             if holders is not None:
                 for ws in holders:
-                    self._free_on(ws, ts.key)
+                    self._free_task_on(ws, ts)
                     del ws.has_what[ts]
                     if not ws.has_what:
                         ws.has_what = {}

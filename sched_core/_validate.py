@@ -66,7 +66,12 @@ def validate_state(state: TransitionEngine) -> None:
         for ws in state.worker_list:
             if len(ws.processing) < ws.capacity:
                 raise AssertionError(f"{ws!r} has room for {ws.capacity} tasks while tasks are queued")
-    for priority, ts in state.queued.items():
+    queued = state.queued
+    if len(queued) != state.counts.queued or len(state.queue) != state.counts.queued:
+        raise AssertionError(
+            f"the queue holds {len(queued)} tasks and counts {len(state.queue)}; {state.counts.queued} are queued"
+        )
+    for priority, ts in queued.items():
         if ts.state != QUEUED or ts.priority != priority or state.tasks.get(ts.key) is not ts:
             _fail(ts, "in the queue but not queued")
     for ts in state.unrunnable:
@@ -126,8 +131,6 @@ def _validate_placement(state: TransitionEngine, ts: TaskState) -> None:
                     _fail(ts, f"in memory on {ws.address}, which does not know it")
     elif ts.who_has is not None:
         _fail(ts, "not in memory but has holders")
-    if s == QUEUED and state.queued.get(ts.priority) is not ts:
-        _fail(ts, "queued but not in the queue")
     if s == NO_WORKER and ts not in state.unrunnable:
         _fail(ts, "no-worker but not in the no-worker set")
     if (s == QUEUED or s == NO_WORKER) and ts.n_waiting != 0:

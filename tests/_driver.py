@@ -111,6 +111,9 @@ class SimWorker:
         # Steal answers not yet delivered, and the keys given up by them.
         self.outbox: list[StealResponse] = []
         self.given_up: set[str] = set()
+        # The latest scheduler batch this worker has carried out; its reports
+        # carry it so that the scheduler can tell which ones crossed its news.
+        self.seen_batch = 0
 
     def __repr__(self) -> str:
         return f"<SimWorker {self.address} running={len(self.running)} data={len(self.data)}>"
@@ -202,6 +205,8 @@ class Cluster:
         self.n_batches += 1
         sched_core.validate_state(state)
         self._apply(out, alive_before)
+        for sim in self.workers.values():
+            sim.seen_batch = state.batch
         if self.check:
             self.check_consistency()
             if len(events) == 1:
@@ -272,7 +277,7 @@ class Cluster:
                     answer = "memory"
                 else:
                     answer = None
-                sim.outbox.append(StealResponse(sim.address, key, answer))
+                sim.outbox.append(StealResponse(sim.address, key, answer, instr.run_id))
             elif isinstance(instr, sched_core.ClientInstruction):
                 self._on_client_message(instr)
             else:
@@ -453,7 +458,8 @@ class Cluster:
         holders = self.holders(key)
         assert holders, f"nobody holds {key!r}"
         self.workers[worker].data[key] = self.workers[holders[0]].data[key]
-        return self.handle(ReplicasAdded(worker, [key], {key: self.workers[worker].data[key]}))
+        sim = self.workers[worker]
+        return self.handle(ReplicasAdded(worker, [key], {key: sim.data[key]}, sim.seen_batch))
 
     def running_on(self, key: str) -> list[str]:
         return [a for a, sim in self.workers.items() if key in sim.running]
@@ -495,7 +501,7 @@ class Cluster:
                             raise DriverError(f"{key!r} is to run on {address} but {dep!r} is lost everywhere")
                         if not holders:
                             raise DriverError(f"{instr!r} names no holder of {dep!r}")
-                        missing.extend(MissingData(address, dep, h) for h in holders)
+                        missing.extend(MissingData(address, dep, h, sim.seen_batch) for h in holders)
                 if missing:
                     return missing  # the task cannot run yet
                 fetched = []
@@ -508,7 +514,7 @@ class Cluster:
                                 fetched.append(dep)
                             break
                 if fetched:
-                    events.append(ReplicasAdded(address, fetched, {k: sim.data[k] for k in fetched}))
+                    events.append(ReplicasAdded(address, fetched, {k: sim.data[k] for k in fetched}, sim.seen_batch))
             sim.running.pop(key, None)
             sim.started.discard(key)
             sim.data[key] = nbytes
