@@ -51,11 +51,15 @@ class NewTasks:
     tasks: list[TaskState]
     specs: list[TaskSpec]
     wanted: list[TaskState]  # the tasks the client asked to hold, resolved
+    # Indices (in ``tasks``) of the tasks that have dependencies: the passes
+    # over edges skip the rest, which on a big map is every task.
+    with_dependencies: list[int]
 
     def __init__(self) -> None:
         self.tasks = []
         self.specs = []
         self.wanted = []
+        self.with_dependencies = []
 
 
 def parse_submission(
@@ -86,7 +90,7 @@ def parse_submission(
                     [key],
                 )
                 break
-    if error is None:
+    if error is None and result.with_dependencies:
         cycle = _order(result.tasks, unregistered)
         if cycle is not None:
             shown_keys = cycle if len(cycle) <= MAX_KEYS_IN_MESSAGE else cycle[:MAX_KEYS_IN_MESSAGE] + ["..."]
@@ -113,10 +117,13 @@ def _create_tasks(
         key = spec.key
         existing = tasks.get(key)
         if existing is None:
-            ts = TaskState(key, spec.run_spec, unregistered, UNSEEN - len(result.tasks))
+            index = len(result.tasks)
+            ts = TaskState(key, spec.run_spec, unregistered, UNSEEN - index)
             tasks[key] = ts
             result.tasks.append(ts)
             result.specs.append(spec)
+            if spec.dependencies:
+                result.with_dependencies.append(index)
         elif existing.group is unregistered:
             # A key listed twice in one submission must be defined the same way.
             twin = result.specs[UNSEEN - existing.priority]
@@ -129,11 +136,9 @@ def _create_tasks(
 
 def _link_dependencies(tasks: dict[str, TaskState], unregistered: TaskGroup, result: NewTasks) -> GraphError | None:
     missing: list[str] = []
-    for i in range(len(result.tasks)):
+    for i in result.with_dependencies:
         ts = result.tasks[i]
         dep_keys = result.specs[i].dependencies
-        if not dep_keys:
-            continue
         deps: list[TaskState] = []
         for dep_key in dep_keys:
             dep = tasks.get(dep_key)
@@ -155,6 +160,16 @@ def _link_dependencies(tasks: dict[str, TaskState], unregistered: TaskGroup, res
         f"graph depends on keys that are neither in the graph nor known to the scheduler: {shown}{more}",
         missing,
     )
+
+
+def graph_order(ts: TaskState) -> int:
+    """A new task's position in the submission's order (valid after parsing).
+
+    A submission without edges is not walked: its order is submission order,
+    still encoded in ``priority`` as ``UNSEEN - index``.
+    """
+    priority = ts.priority
+    return priority if priority >= 0 else UNSEEN - priority
 
 
 def _unlink_known_dependencies(new_tasks: list[TaskState], unregistered: TaskGroup) -> None:

@@ -28,7 +28,7 @@ from sched_core._events import (
     WorkerHeartbeat,
     WorkerRemoved,
 )
-from sched_core._graph import GraphError, parse_submission
+from sched_core._graph import GraphError, graph_order, parse_submission
 from sched_core._instructions import (
     ClientError,
     ClientKeyErred,
@@ -138,7 +138,7 @@ class SchedulerState(TransitionEngine):
                 # that the group graph can be recorded.
                 if dep.group is unregistered:
                     dep.group = self._group_for(dep.key)
-            priority = base + ts.priority
+            priority = base + graph_order(ts)
             if spec.priority != 0:
                 priority -= spec.priority << USER_PRIORITY_SHIFT
             ts.priority = priority
