@@ -67,7 +67,7 @@ def _venv_python(venv: Path) -> Path:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Benchmark the core compiled vs interpreted: python benchmarks/core_bench.py.
+    """Benchmark the core compiled vs interpreted (core_bench.py), then its flow control (flow_sim.py).
 
     The session's own virtualenv gets the compiled build; a second virtualenv
     (under the session's tmp dir) gets the interpreted one.  Extra arguments
@@ -96,6 +96,8 @@ def bench(session: nox.Session) -> None:
         "--interpreted-python", str(interpreted_python),
         *session.posargs,
     )
+    # What the core's flow control does under latency (simulated time).
+    session.run("python", str(ROOT / "benchmarks" / "flow_sim.py"))
 
 
 # Markdown links [text](target) and reference definitions [label]: target.
