@@ -374,8 +374,10 @@ class SchedulerState(TransitionEngine):
         return run_id < 0 or run_id == ts.run_id
 
     def _learn_duration(self, ts: TaskState, ws: WorkerState, duration: float, nbytes: int) -> None:
-        if duration < 0.0:
-            duration = 0.0
+        if duration <= 0.0:
+            # Not a measured run: a worker that already held the data (a
+            # fetched copy) reports it at once.  Nothing to learn from it.
+            return
         ts.group.prefix.add_duration(duration)
         if ws.duration_average < 0.0:
             ws.duration_average = duration

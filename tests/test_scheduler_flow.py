@@ -403,3 +403,21 @@ def test_stealing_balances_a_skewed_cluster(n_workers: int) -> None:
     # Every idle thread got one task; the rest stays where its data is.
     loads = sorted(len(sim.running) for sim in c.workers.values())
     assert loads == [1] * (n_workers - 1) + [n_workers + 1]
+
+
+# ----------------------------------------------------------------------
+# Learning durations
+
+
+def test_a_report_without_a_measured_run_teaches_no_duration() -> None:
+    c = Cluster()
+    c.handle(WorkerAdded("a", 1))
+    c.submit("c1", {"inc-1": [], "inc-2": []})
+    c.finish("inc-1", "a", duration=0.25)
+    prefix = c.state.prefixes["inc"]
+    ws = c.state.workers["a"]
+    assert (prefix.duration_average, prefix.n_finished, ws.duration_average) == (0.25, 1, 0.25)
+    # A worker that already held the data reports at once, with no run time.
+    c.finish("inc-2", "a", duration=0.0)
+    assert c.state.task_state("inc-2") == "memory"
+    assert (prefix.duration_average, prefix.n_finished, ws.duration_average) == (0.25, 1, 0.25)
