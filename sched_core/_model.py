@@ -356,7 +356,8 @@ def key_group(key: str) -> str:
     first = key[0] if key else ""
     if first == "(" or first == "[":
         start = 1
-        while start < len(key) and (key[start] == "'" or key[start] == '"'):
+        # A nested tuple key ("(('x', 1), 2)") is grouped by its innermost first element.
+        while start < len(key) and (key[start] == "'" or key[start] == '"' or key[start] == "(" or key[start] == "["):
             start += 1
         comma = key.find(",", start)
         end = comma if comma >= 0 else len(key)

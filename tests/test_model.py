@@ -50,6 +50,8 @@ def test_key_split(key: str, prefix: str) -> None:
         ('("x-2", 0, 1)', "x-2"),
         ("('sum-partial-1f3a9b2c', 0)", "sum-partial-1f3a9b2c"),
         ("('x', 1)", "x"),
+        ("(('x-2', 1), 2)", "x-2"),
+        ('[["y", 0], 1]', "y"),
     ],
 )
 def test_key_group(key: str, group: str) -> None:
