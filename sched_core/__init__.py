@@ -45,7 +45,7 @@ from sched_core._model import ClientState, TaskGroup, TaskPrefix, TaskState, Wor
 from sched_core._scheduler import SchedulerState
 from sched_core._states import STATE_NAMES, state_name
 from sched_core._validate import validate_state
-from sched_core._worker import WorkerMachine, WorkerTask
+from sched_core._worker import WorkerMachine
 from sched_core._worker_events import (
     AddReplicaMsg,
     ComputeTaskEvent,
@@ -73,6 +73,7 @@ from sched_core._worker_events import (
     WorkerEvent,
     WorkerMachineInstruction,
 )
+from sched_core._worker_task import WorkerTask
 
 __version__ = "0.1.0"
 

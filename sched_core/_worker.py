@@ -1,50 +1,27 @@
-"""The worker-side task state machine (sans-I/O).
+"""The worker-side task state machine (sans-I/O): :class:`WorkerMachine`.
 
 One entry point mutates state: :meth:`WorkerMachine.handle_events` takes a
 batch of events (``_worker_events``) and returns a batch of instructions.
 
-Task states
------------
-``waiting``   asked to compute; some dependency not in local memory yet
-``ready``     asked to compute; all dependencies here; waiting for a thread
-``executing`` running on a thread
-``cancelled`` still running on a thread, but freed by the scheduler: its result
-              is dropped and not reported (unless it is asked for again)
-``memory``    value in the runtime's data store
-``error``     running it raised (reported; kept until freed)
-``fetch``     needed here as a dependency; to be fetched from a peer
-``flight``    being fetched from one peer
-``missing``   needed as a dependency, no known holder left (every transition
-              into missing is reported once with MissingDep)
-``released``  not tracked (tasks in this state are removed from ``tasks``)
+The machine is split over three modules, each importing only the ones before:
 
-Lifetime rule: a task stays while the scheduler *holds* it here (asked to
-compute it and has not freed it, or knows its data is here) or while some task
-here still needs it as a dependency; a running task (executing/cancelled) stays
-until its thread finishes.  Memory is dropped (``ReleaseData``) only when both
-the scheduler's hold and the local need are gone.
-
-Queues use lazy deletion.  The ready queues are heaps of int sort keys
-``(priority << 40) + seq`` (cheap to compare, no tuple per entry) beside a dict
-from live sort key to task: a heap entry is valid iff it is still in the dict.
-The per-peer fetch queues are heaps of ``(priority, seq, task)``: an entry is
-valid iff the task is still in state fetch, lists the peer, and
-``task.queue_seq == seq``.
+* ``_worker_task``: the task states, :class:`WorkerTask` and
+  :class:`Transfer` (the states and the lifetime rule are described there);
+* ``_worker_queues``: :class:`WorkerQueues`, the machine's attributes and the
+  bookkeeping its handlers are built from (ready and fetch queues, holders,
+  memory, forgetting tasks, starting transfers);
+* this module: :class:`WorkerMachine`, a subclass of ``WorkerQueues`` with the
+  public API, the event handlers and :meth:`WorkerMachine.validate`.
 """
 
 from __future__ import annotations
 
-from heapq import heapify, heappop, heappush
-from typing import Final
-
 from sched_core._worker_events import (
     AddReplicaMsg,
     ComputeTaskEvent,
-    Execute,
     ExecuteFailureEvent,
     ExecuteSuccessEvent,
     FreeKeysEvent,
-    GatherDep,
     GatherDepBusyEvent,
     GatherDepFailureEvent,
     GatherDepMissingEvent,
@@ -64,122 +41,33 @@ from sched_core._worker_events import (
     WorkerEvent,
     WorkerMachineInstruction,
 )
-
-RELEASED: Final = 0
-WAITING: Final = 1
-READY: Final = 2
-EXECUTING: Final = 3
-CANCELLED: Final = 4
-MEMORY: Final = 5
-ERROR: Final = 6
-FETCH: Final = 7
-FLIGHT: Final = 8
-MISSING: Final = 9
-
-STATE_NAMES: Final = (
-    "released",
-    "waiting",
-    "ready",
-    "executing",
-    "cancelled",
-    "memory",
-    "error",
-    "fetch",
-    "flight",
-    "missing",
+from sched_core._worker_queues import WorkerQueues
+from sched_core._worker_task import (
+    CANCELLED,
+    DEFAULT_NBYTES,
+    DEFAULT_TRANSFER_MESSAGE_BYTES,
+    DEFAULT_TRANSFER_PEERS,
+    ERROR,
+    EXECUTING,
+    FETCH,
+    FLIGHT,
+    MEMORY,
+    MISSING,
+    NO_PEERS,
+    NO_TASKS,
+    READY,
+    RELEASED,
+    SEQ_BITS,
+    STATE_NAMES,
+    WAITING,
+    Transfer,
+    WorkerTask,
 )
 
-DEFAULT_NBYTES: Final = 1024
-"""Size assumed for a dependency whose size the scheduler did not give."""
-DEFAULT_TRANSFER_MESSAGE_BYTES: Final = 50_000_000
-DEFAULT_TRANSFER_PEERS: Final = 10
-SEQ_BITS: Final = 40
-SEQ_MASK: Final = (1 << 40) - 1
+__all__ = ["STATE_NAMES", "Transfer", "WorkerMachine", "WorkerTask"]
 
 
-class WorkerTask:
-    """One key known to this worker."""
-
-    key: str
-    state: int
-    priority: int
-    # The scheduler holds this task here (see module docstring).
-    held: bool
-    run_spec: object
-    resources: dict[str, float] | None
-    nbytes: int
-    # Links exist only while the dependent still needs its dependencies
-    # (waiting, ready, executing, cancelled).
-    dependencies: dict[str, WorkerTask]
-    dependents: dict[str, WorkerTask]
-    waiting_count: int
-    # Holders to fetch from (fetch/flight/missing only); never our own address.
-    who_has: list[str]
-    # The peer a flight task is coming from.
-    coming_from: str
-    # Validity stamp for fetch heap entries; sort key in the ready queues.
-    queue_seq: int
-    queue_key: int
-    # A compute request that arrived while the data was in flight.
-    pending: ComputeTaskEvent | None
-
-    def __init__(self, key: str, priority: int) -> None:
-        self.key = key
-        self.state = RELEASED
-        self.priority = priority
-        self.held = False
-        self.run_spec = None
-        self.resources = None
-        self.nbytes = 0
-        # Shared, never-mutated empty containers until first use: most tasks
-        # never get dependencies, dependents or holders (fewer allocations).
-        self.dependencies = NO_TASKS
-        self.dependents = NO_TASKS
-        self.waiting_count = 0
-        self.who_has = NO_PEERS
-        self.coming_from = ""
-        self.queue_seq = 0
-        self.queue_key = 0
-        self.pending = None
-
-    @property
-    def state_name(self) -> str:
-        return STATE_NAMES[self.state]
-
-    def __repr__(self) -> str:
-        return (
-            f"<WorkerTask {self.key!r} {STATE_NAMES[self.state]} prio={self.priority}"
-            f"{' held' if self.held else ''}>"
-        )
-
-
-NO_TASKS: Final[dict[str, WorkerTask]] = {}
-NO_PEERS: Final[list[str]] = []
-
-
-class Transfer:
-    """One GatherDep request in flight to ``peer``."""
-
-    peer: str
-    keys: list[str]
-    total_nbytes: int
-
-    def __init__(self, peer: str, keys: list[str], total_nbytes: int) -> None:
-        self.peer = peer
-        self.keys = keys
-        self.total_nbytes = total_nbytes
-
-    def __repr__(self) -> str:
-        return (
-            f"<Transfer from {self.peer!r} keys={self.keys!r} "
-            f"nbytes={self.total_nbytes}>"
-        )
-
-
-HeapEntry = tuple[int, int, WorkerTask]
-
-
-class WorkerMachine:
+class WorkerMachine(WorkerQueues):
     """Task state of one worker.  Feed events, carry out the instructions.
 
     ``address`` is this worker's own address (ignored when it appears in a
@@ -196,43 +84,6 @@ class WorkerMachine:
     ``n_fetched``, ``bytes_fetched``.
     """
 
-    address: str
-    nthreads: int
-    total_resources: dict[str, float]
-    available_resources: dict[str, float]
-    transfer_message_bytes: int
-    transfer_peers: int
-    keep_fetched: bool
-
-    tasks: dict[str, WorkerTask]
-    # ready tasks without / with resource requirements: heap of sort keys,
-    # and the live sort keys -> task
-    ready: list[int]
-    ready_tasks: dict[int, WorkerTask]
-    constrained: list[int]
-    constrained_tasks: dict[int, WorkerTask]
-    running: dict[str, WorkerTask]
-    # peer -> heap of fetch tasks that peer holds; count of valid tasks per peer
-    data_needed: dict[str, list[HeapEntry]]
-    data_needed_count: dict[str, int]
-    n_fetch: int
-    # peer -> keys (fetch/flight/missing tasks) listing the peer as holder
-    has_what: dict[str, dict[str, None]]
-    in_flight: dict[str, Transfer]
-    busy: set[str]
-    paused: bool
-    # running keys whose store entry was overwritten by fetched data
-    stray: set[str]
-    seq: int
-
-    nbytes_in_memory: int
-    bytes_in_flight: int
-    n_executed: int
-    n_failed: int
-    n_transfers: int
-    n_fetched: int
-    bytes_fetched: int
-
     def __init__(
         self,
         address: str,
@@ -242,39 +93,9 @@ class WorkerMachine:
         transfer_peers: int = DEFAULT_TRANSFER_PEERS,
         keep_fetched: bool = True,
     ) -> None:
-        if nthreads < 1:
-            raise ValueError(f"nthreads must be >= 1, got {nthreads}")
-        if transfer_peers < 1:
-            raise ValueError(f"transfer_peers must be >= 1, got {transfer_peers}")
-        self.address = address
-        self.nthreads = nthreads
-        self.total_resources = dict(resources) if resources else {}
-        self.available_resources = dict(self.total_resources)
-        self.transfer_message_bytes = transfer_message_bytes
-        self.transfer_peers = transfer_peers
-        self.keep_fetched = keep_fetched
-        self.tasks = {}
-        self.ready = []
-        self.ready_tasks = {}
-        self.constrained = []
-        self.constrained_tasks = {}
-        self.running = {}
-        self.data_needed = {}
-        self.data_needed_count = {}
-        self.n_fetch = 0
-        self.has_what = {}
-        self.in_flight = {}
-        self.busy = set()
-        self.paused = False
-        self.stray = set()
-        self.seq = 0
-        self.nbytes_in_memory = 0
-        self.bytes_in_flight = 0
-        self.n_executed = 0
-        self.n_failed = 0
-        self.n_transfers = 0
-        self.n_fetched = 0
-        self.bytes_fetched = 0
+        super().__init__(
+            address, nthreads, resources, transfer_message_bytes, transfer_peers, keep_fetched
+        )
 
     @property
     def n_ready(self) -> int:
@@ -463,93 +284,8 @@ class WorkerMachine:
                     ts.waiting_count += 1
 
     # ------------------------------------------------------------------
-    # Ready queue and execution
+    # Execution answers
     # ------------------------------------------------------------------
-
-    def _make_ready(self, ts: WorkerTask) -> None:
-        ts.state = READY
-        self.seq += 1
-        qk = (ts.priority << SEQ_BITS) + (self.seq & SEQ_MASK)
-        ts.queue_key = qk
-        if ts.resources is None:
-            heappush(self.ready, qk)
-            self.ready_tasks[qk] = ts
-        else:
-            heappush(self.constrained, qk)
-            self.constrained_tasks[qk] = ts
-
-    def _unqueue_ready(self, ts: WorkerTask) -> None:
-        """``ts`` leaves state ready other than by being popped (entry goes stale)."""
-        if ts.resources is None:
-            del self.ready_tasks[ts.queue_key]
-            if not self.ready_tasks:
-                self.ready.clear()
-        else:
-            del self.constrained_tasks[ts.queue_key]
-            if not self.constrained_tasks:
-                self.constrained.clear()
-
-    def _resources_fit(self, res: dict[str, float]) -> bool:
-        avail = self.available_resources
-        for name, amount in res.items():
-            if avail.get(name, 0.0) < amount:
-                return False
-        return True
-
-    def _pop_next_ready(self) -> WorkerTask | None:
-        ready = self.ready
-        ready_tasks = self.ready_tasks
-        best: WorkerTask | None = None
-        best_key = 0
-        while ready:
-            qk = ready[0]
-            t = ready_tasks.get(qk)
-            if t is not None:
-                best = t
-                best_key = qk
-                break
-            heappop(ready)
-        constrained = self.constrained
-        ctasks = self.constrained_tasks
-        while constrained:
-            qk = constrained[0]
-            cts = ctasks.get(qk)
-            if cts is None:
-                heappop(constrained)
-                continue
-            res = cts.resources
-            if res is not None and self._resources_fit(res):
-                if best is None or qk < best_key:
-                    heappop(constrained)
-                    del ctasks[qk]
-                    if not ctasks:
-                        constrained.clear()
-                    avail = self.available_resources
-                    for name, amount in res.items():
-                        avail[name] = avail.get(name, 0.0) - amount
-                    return cts
-            break
-        if best is not None:
-            heappop(ready)
-            del ready_tasks[best_key]
-            if not ready_tasks:
-                ready.clear()
-        return best
-
-    def _ensure_computing(self, out: list[WorkerMachineInstruction]) -> None:
-        if self.paused:
-            return
-        running = self.running
-        nthreads = self.nthreads
-        while len(running) < nthreads:
-            if not self.ready_tasks and not self.constrained_tasks:
-                break
-            ts = self._pop_next_ready()
-            if ts is None:
-                break
-            ts.state = EXECUTING
-            running[ts.key] = ts
-            out.append(Execute(ts.key, ts.run_spec))
 
     def _finish_running(self, ts: WorkerTask, out: list[WorkerMachineInstruction]) -> None:
         """Common part of execute success/failure: free the slot and the deps."""
@@ -609,29 +345,6 @@ class WorkerMachine:
             ts.state = RELEASED
             self._forget(ts, out)
 
-    def _put_in_memory(self, ts: WorkerTask, nbytes: int) -> None:
-        ts.state = MEMORY
-        ts.nbytes = nbytes
-        self.nbytes_in_memory += nbytes
-        for dts in ts.dependents.values():
-            if dts.state == WAITING:
-                dts.waiting_count -= 1
-                if dts.waiting_count == 0:
-                    self._make_ready(dts)
-
-    def _need_data(self, ts: WorkerTask, out: list[WorkerMachineInstruction]) -> None:
-        """``ts`` is no longer to be computed here but tasks here need its data."""
-        ts.run_spec = None
-        ts.resources = None
-        ts.pending = None
-        if ts.nbytes == 0:
-            ts.nbytes = DEFAULT_NBYTES
-        if ts.who_has:
-            self._enter_fetch(ts)
-        else:
-            ts.state = MISSING
-            out.append(MissingDep(ts.key, ""))
-
     # ------------------------------------------------------------------
     # Releasing
     # ------------------------------------------------------------------
@@ -679,233 +392,9 @@ class WorkerMachine:
                 if not ts.dependents:
                     self._forget(ts, out)
 
-    def _unlink_dependencies(
-        self, ts: WorkerTask, out: list[WorkerMachineInstruction]
-    ) -> None:
-        deps = ts.dependencies
-        if not deps:
-            return
-        ts.dependencies = NO_TASKS
-        ts.waiting_count = 0
-        key = ts.key
-        for dts in deps.values():
-            del dts.dependents[key]
-            if not dts.dependents and not dts.held:
-                st = dts.state
-                if st != EXECUTING and st != CANCELLED and st != RELEASED:
-                    self._forget(dts, out)
-
-    def _forget(self, root: WorkerTask, out: list[WorkerMachineInstruction]) -> None:
-        """Remove ``root`` (unheld, no dependents) and whatever only it needed.
-
-        Iterative, so that long chains do not recurse deeply.
-        """
-        stack: list[WorkerTask] | None = None
-        tasks = self.tasks
-        ts = root
-        while True:
-            st = ts.state
-            if st == EXECUTING or st == CANCELLED:
-                # a thread is still running it (never reached: callers check)
-                if not stack:
-                    return
-                ts = stack.pop()
-                continue
-            if st == FETCH:
-                self._leave_fetch(ts)
-            elif st == READY:
-                self._unqueue_ready(ts)
-            elif st == MEMORY:
-                self.nbytes_in_memory -= ts.nbytes
-                out.append(ReleaseData(ts.key))
-            # flight: the transfer record keeps the key; its data is released
-            # when the answer arrives.
-            if ts.who_has:
-                self._clear_who_has(ts)
-            if tasks.get(ts.key) is ts:
-                del tasks[ts.key]
-            ts.state = RELEASED
-            ts.pending = None
-            ts.run_spec = None
-            deps = ts.dependencies
-            if deps:
-                ts.dependencies = NO_TASKS
-                ts.waiting_count = 0
-                key = ts.key
-                for dts in deps.values():
-                    del dts.dependents[key]
-                    if not dts.dependents and not dts.held:
-                        dst = dts.state
-                        if dst != EXECUTING and dst != CANCELLED and dst != RELEASED:
-                            if stack is None:
-                                stack = [dts]
-                            else:
-                                stack.append(dts)
-            if not stack:
-                return
-            ts = stack.pop()
-
-    # ------------------------------------------------------------------
-    # Holders and the fetch queues
-    # ------------------------------------------------------------------
-
-    def _add_who_has(self, ts: WorkerTask, peer: str) -> None:
-        if peer == self.address or peer in ts.who_has:
-            return
-        if ts.who_has:
-            ts.who_has.append(peer)
-        else:
-            ts.who_has = [peer]
-        hw = self.has_what.get(peer)
-        if hw is None:
-            hw = {}
-            self.has_what[peer] = hw
-        hw[ts.key] = None
-        if ts.state == FETCH:
-            self._push_needed(peer, (ts.priority, ts.queue_seq, ts))
-            self.data_needed_count[peer] += 1
-
-    def _remove_who_has(
-        self, ts: WorkerTask, peer: str, out: list[WorkerMachineInstruction], report: bool
-    ) -> None:
-        """Forget ``peer`` as a holder of ``ts``; a fetch task left without
-        holders goes missing (reported with MissingDep if ``report``)."""
-        if peer not in ts.who_has:
-            return
-        ts.who_has.remove(peer)
-        hw = self.has_what[peer]
-        del hw[ts.key]
-        if not hw:
-            del self.has_what[peer]
-        if ts.state == FETCH:
-            self._dec_needed(peer)
-            if not ts.who_has:
-                self.n_fetch -= 1
-                ts.state = MISSING
-                if report:
-                    out.append(MissingDep(ts.key, ""))
-
-    def _clear_who_has(self, ts: WorkerTask) -> None:
-        """Drop all holders of a task that is not in state fetch."""
-        key = ts.key
-        has_what = self.has_what
-        for peer in ts.who_has:
-            hw = has_what[peer]
-            del hw[key]
-            if not hw:
-                del has_what[peer]
-        ts.who_has = NO_PEERS
-
-    def _push_needed(self, peer: str, entry: HeapEntry) -> None:
-        heap = self.data_needed.get(peer)
-        if heap is None:
-            self.data_needed[peer] = [entry]
-            self.data_needed_count[peer] = 0
-        else:
-            heappush(heap, entry)
-
-    def _dec_needed(self, peer: str) -> None:
-        c = self.data_needed_count[peer] - 1
-        if c == 0:
-            del self.data_needed_count[peer]
-            del self.data_needed[peer]
-        else:
-            self.data_needed_count[peer] = c
-
-    def _enter_fetch(self, ts: WorkerTask) -> None:
-        """Queue ``ts`` (with at least one holder) for fetching."""
-        ts.state = FETCH
-        self.seq += 1
-        ts.queue_seq = self.seq
-        self.n_fetch += 1
-        entry = (ts.priority, self.seq, ts)
-        for peer in ts.who_has:
-            self._push_needed(peer, entry)
-            self.data_needed_count[peer] += 1
-
-    def _requeue_fetch(self, ts: WorkerTask) -> None:
-        """Priority of a fetch task changed: push fresh entries."""
-        self.seq += 1
-        ts.queue_seq = self.seq
-        entry = (ts.priority, self.seq, ts)
-        for peer in ts.who_has:
-            self._push_needed(peer, entry)
-
-    def _leave_fetch(self, ts: WorkerTask) -> None:
-        self.n_fetch -= 1
-        for peer in ts.who_has:
-            self._dec_needed(peer)
-
-    def _clean_top(self, peer: str, heap: list[HeapEntry]) -> bool:
-        """Pop stale entries off ``peer``'s heap; True if a valid one remains."""
-        while heap:
-            _, seq, ts = heap[0]
-            if ts.state == FETCH and ts.queue_seq == seq and peer in ts.who_has:
-                return True
-            heappop(heap)
-        return False
-
-    def _ensure_communicating(self, out: list[WorkerMachineInstruction]) -> None:
-        if self.paused or self.n_fetch == 0:
-            return
-        in_flight = self.in_flight
-        limit = self.transfer_peers
-        if len(in_flight) >= limit:
-            return
-        busy = self.busy
-        # One candidate per free peer, ranked by its most urgent key.
-        cands: list[tuple[int, int, str]] = []
-        for peer, heap in self.data_needed.items():
-            if peer in in_flight or peer in busy:
-                continue
-            if self._clean_top(peer, heap):
-                top = heap[0]
-                cands.append((top[0], top[1], peer))
-        heapify(cands)
-        while cands and len(in_flight) < limit:
-            prio, seq, peer = heappop(cands)
-            heap2 = self.data_needed.get(peer)
-            if heap2 is None or not self._clean_top(peer, heap2):
-                continue  # earlier transfers took all its keys
-            top = heap2[0]
-            if top[0] != prio or top[1] != seq:
-                heappush(cands, (top[0], top[1], peer))  # re-rank
-                continue
-            self._start_transfer(peer, heap2, out)
-
-    def _start_transfer(
-        self, peer: str, heap: list[HeapEntry], out: list[WorkerMachineInstruction]
-    ) -> None:
-        keys: list[str] = []
-        total = 0
-        limit = self.transfer_message_bytes
-        while heap:
-            _, seq, ts = heap[0]
-            if not (ts.state == FETCH and ts.queue_seq == seq and peer in ts.who_has):
-                heappop(heap)
-                continue
-            if keys and total + ts.nbytes > limit:
-                break
-            heappop(heap)
-            self._leave_fetch(ts)
-            ts.state = FLIGHT
-            ts.coming_from = peer
-            keys.append(ts.key)
-            total += ts.nbytes
-        self.in_flight[peer] = Transfer(peer, keys, total)
-        self.bytes_in_flight += total
-        self.n_transfers += 1
-        out.append(GatherDep(peer, list(keys), total))
-
     # ------------------------------------------------------------------
     # Transfer answers
     # ------------------------------------------------------------------
-
-    def _close_transfer(self, peer: str) -> Transfer | None:
-        tr = self.in_flight.pop(peer, None)
-        if tr is not None:
-            self.bytes_in_flight -= tr.total_nbytes
-        return tr
 
     def _flight_failed(
         self, ts: WorkerTask, out: list[WorkerMachineInstruction], report: bool
