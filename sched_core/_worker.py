@@ -67,6 +67,33 @@ from sched_core._worker_task import (
 __all__ = ["STATE_NAMES", "Transfer", "WorkerMachine", "WorkerTask"]
 
 
+class _Tally:
+    """What :meth:`WorkerMachine.validate` adds up over the tasks, to compare
+    with the machine's own counters and indexes once every task is checked."""
+
+    ready_keys: set[int]
+    constrained_keys: set[int]
+    n_ready: int
+    n_constrained: int
+    n_fetch: int
+    nbytes_memory: int
+    # peer -> fetch tasks listing it; peer -> keys it holds; resource -> in use
+    needed: dict[str, int]
+    has_what: dict[str, dict[str, None]]
+    used: dict[str, float]
+
+    def __init__(self, ready_keys: set[int], constrained_keys: set[int]) -> None:
+        self.ready_keys = ready_keys
+        self.constrained_keys = constrained_keys
+        self.n_ready = 0
+        self.n_constrained = 0
+        self.n_fetch = 0
+        self.nbytes_memory = 0
+        self.needed = {}
+        self.has_what = {}
+        self.used = {}
+
+
 class WorkerMachine(WorkerQueues):
     """Task state of one worker.  Feed events, carry out the instructions.
 
@@ -563,99 +590,119 @@ class WorkerMachine(WorkerQueues):
     def validate(self) -> None:
         """Assert every internal invariant (for tests; O(size of state))."""
         assert not NO_TASKS and not NO_PEERS, "shared empty containers mutated"
-        tasks = self.tasks
-        n_ready = 0
-        n_constrained = 0
-        ready_keys = set(self.ready)
-        constrained_keys = set(self.constrained)
-        n_fetch = 0
-        nbytes_mem = 0
-        needed: dict[str, int] = {}
-        has_what: dict[str, dict[str, None]] = {}
-        used: dict[str, float] = {}
-        for key, ts in tasks.items():
-            st = ts.state
-            name = STATE_NAMES[st]
+        tally = _Tally(set(self.ready), set(self.constrained))
+        for key, ts in self.tasks.items():
+            name = STATE_NAMES[ts.state]
             assert ts.key == key, (key, ts)
-            assert st != RELEASED, ts
-            # links
-            for dk, dts in ts.dependencies.items():
-                assert dts.key == dk and tasks.get(dk) is dts, (ts, dts)
-                assert dts.dependents.get(key) is ts, (ts, dts)
-            for dk, dts in ts.dependents.items():
-                assert dts.key == dk and tasks.get(dk) is dts, (ts, dts)
-                assert dts.dependencies.get(key) is ts, (ts, dts)
-                assert dts.state in (WAITING, READY, EXECUTING, CANCELLED), (ts, dts)
-            if ts.dependencies:
-                assert st in (WAITING, READY, EXECUTING, CANCELLED), ts
-            missing_deps = 0
-            for dts in ts.dependencies.values():
-                if dts.state != MEMORY:
-                    missing_deps += 1
-            if st == WAITING:
-                assert ts.waiting_count == missing_deps > 0, (ts, missing_deps)
-            elif st in (READY, EXECUTING):
-                assert missing_deps == 0, ts
-            if st != WAITING:
-                assert ts.waiting_count == 0, ts
-            # hold
-            if st in (WAITING, READY, EXECUTING, ERROR):
-                assert ts.held, ts
-            if st == CANCELLED:
-                assert not ts.held, ts
-            if not ts.held:
-                assert ts.dependents or st == CANCELLED, f"{ts} should be released"
-            if st == FLIGHT:
-                assert ts.held == (ts.pending is not None), ts
-            else:
-                assert ts.pending is None, ts
-            if st in (FETCH, MISSING):
-                assert not ts.held, ts
-            # run_spec is kept only while it may run
-            if st in (FETCH, FLIGHT, MISSING):
-                assert ts.run_spec is None, ts
-            # holders
-            assert len(set(ts.who_has)) == len(ts.who_has), ts
-            assert self.address not in ts.who_has, ts
-            if ts.who_has:
-                assert st in (FETCH, FLIGHT, MISSING), ts
-            for peer in ts.who_has:
-                has_what.setdefault(peer, {})[key] = None
-            if st == FETCH:
-                assert ts.who_has, ts
-                n_fetch += 1
-                for peer in ts.who_has:
-                    needed[peer] = needed.get(peer, 0) + 1
-                    heap = self.data_needed[peer]
-                    assert (ts.priority, ts.queue_seq, ts) in heap, (ts, peer)
-            elif st == MISSING:
-                assert not ts.who_has, ts
-            elif st == FLIGHT:
-                tr = self.in_flight.get(ts.coming_from)
-                assert tr is not None and key in tr.keys, ts
-            else:
-                assert ts.coming_from == "", ts
-            # queues
-            if st == READY:
-                qk = ts.queue_key
-                assert qk >> SEQ_BITS == ts.priority, ts
-                if ts.resources is None:
-                    n_ready += 1
-                    assert self.ready_tasks.get(qk) is ts and qk in ready_keys, ts
-                else:
-                    n_constrained += 1
-                    assert self.constrained_tasks.get(qk) is ts, ts
-                    assert qk in constrained_keys, ts
-            if st in (EXECUTING, CANCELLED):
-                assert self.running.get(key) is ts, ts
-                if ts.resources is not None:
-                    for rn, amount in ts.resources.items():
-                        used[rn] = used.get(rn, 0.0) + amount
-            if st == MEMORY:
-                nbytes_mem += ts.nbytes
+            assert ts.state != RELEASED, ts
+            self._validate_links(key, ts)
+            self._validate_hold(ts)
+            self._validate_holders(key, ts, tally)
+            self._validate_queues(key, ts, tally)
             assert name in STATE_NAMES
-        assert n_ready == len(self.ready_tasks), (n_ready, self.ready_tasks)
-        assert n_constrained == len(self.constrained_tasks), self.constrained_tasks
+        self._validate_execution_totals(tally)
+        self._validate_data_totals(tally)
+        if not self.paused:
+            # Nothing runnable left idle.
+            if len(self.running) < self.nthreads and self.n_ready:
+                raise AssertionError("idle thread with ready tasks")
+
+    def _validate_links(self, key: str, ts: WorkerTask) -> None:
+        """Dependency links are mutual and ``waiting_count`` counts the missing ones."""
+        tasks = self.tasks
+        st = ts.state
+        for dk, dts in ts.dependencies.items():
+            assert dts.key == dk and tasks.get(dk) is dts, (ts, dts)
+            assert dts.dependents.get(key) is ts, (ts, dts)
+        for dk, dts in ts.dependents.items():
+            assert dts.key == dk and tasks.get(dk) is dts, (ts, dts)
+            assert dts.dependencies.get(key) is ts, (ts, dts)
+            assert dts.state in (WAITING, READY, EXECUTING, CANCELLED), (ts, dts)
+        if ts.dependencies:
+            assert st in (WAITING, READY, EXECUTING, CANCELLED), ts
+        missing_deps = 0
+        for dts in ts.dependencies.values():
+            if dts.state != MEMORY:
+                missing_deps += 1
+        if st == WAITING:
+            assert ts.waiting_count == missing_deps > 0, (ts, missing_deps)
+        elif st in (READY, EXECUTING):
+            assert missing_deps == 0, ts
+        if st != WAITING:
+            assert ts.waiting_count == 0, ts
+
+    def _validate_hold(self, ts: WorkerTask) -> None:
+        """The scheduler's hold, the pending compute request and the run_spec."""
+        st = ts.state
+        if st in (WAITING, READY, EXECUTING, ERROR):
+            assert ts.held, ts
+        if st == CANCELLED:
+            assert not ts.held, ts
+        if not ts.held:
+            assert ts.dependents or st == CANCELLED, f"{ts} should be released"
+        if st == FLIGHT:
+            assert ts.held == (ts.pending is not None), ts
+        else:
+            assert ts.pending is None, ts
+        if st in (FETCH, MISSING):
+            assert not ts.held, ts
+        # run_spec is kept only while it may run
+        if st in (FETCH, FLIGHT, MISSING):
+            assert ts.run_spec is None, ts
+
+    def _validate_holders(self, key: str, ts: WorkerTask, tally: _Tally) -> None:
+        """Holders, the fetch queue entries and the transfer of a flight task."""
+        st = ts.state
+        assert len(set(ts.who_has)) == len(ts.who_has), ts
+        assert self.address not in ts.who_has, ts
+        if ts.who_has:
+            assert st in (FETCH, FLIGHT, MISSING), ts
+        has_what = tally.has_what
+        for peer in ts.who_has:
+            has_what.setdefault(peer, {})[key] = None
+        if st == FETCH:
+            assert ts.who_has, ts
+            tally.n_fetch += 1
+            needed = tally.needed
+            for peer in ts.who_has:
+                needed[peer] = needed.get(peer, 0) + 1
+                heap = self.data_needed[peer]
+                assert (ts.priority, ts.queue_seq, ts) in heap, (ts, peer)
+        elif st == MISSING:
+            assert not ts.who_has, ts
+        elif st == FLIGHT:
+            tr = self.in_flight.get(ts.coming_from)
+            assert tr is not None and key in tr.keys, ts
+        else:
+            assert ts.coming_from == "", ts
+
+    def _validate_queues(self, key: str, ts: WorkerTask, tally: _Tally) -> None:
+        """Ready queue entries, running slots with their resources, and memory."""
+        st = ts.state
+        if st == READY:
+            qk = ts.queue_key
+            assert qk >> SEQ_BITS == ts.priority, ts
+            if ts.resources is None:
+                tally.n_ready += 1
+                assert self.ready_tasks.get(qk) is ts and qk in tally.ready_keys, ts
+            else:
+                tally.n_constrained += 1
+                assert self.constrained_tasks.get(qk) is ts, ts
+                assert qk in tally.constrained_keys, ts
+        if st in (EXECUTING, CANCELLED):
+            assert self.running.get(key) is ts, ts
+            if ts.resources is not None:
+                used = tally.used
+                for rn, amount in ts.resources.items():
+                    used[rn] = used.get(rn, 0.0) + amount
+        if st == MEMORY:
+            tally.nbytes_memory += ts.nbytes
+
+    def _validate_execution_totals(self, tally: _Tally) -> None:
+        """Ready queue sizes, running slots and resources match the tasks."""
+        tasks = self.tasks
+        assert tally.n_ready == len(self.ready_tasks), (tally.n_ready, self.ready_tasks)
+        assert tally.n_constrained == len(self.constrained_tasks), self.constrained_tasks
         if not self.ready_tasks:
             assert not self.ready
         if not self.constrained_tasks:
@@ -663,13 +710,19 @@ class WorkerMachine(WorkerQueues):
         for key, ts in self.running.items():
             assert tasks.get(key) is ts and ts.state in (EXECUTING, CANCELLED), ts
         assert len(self.running) <= self.nthreads
+        used = tally.used
         for rn, total in self.total_resources.items():
             avail = self.available_resources.get(rn, 0.0)
             assert abs(avail + used.get(rn, 0.0) - total) < 1e-9, (rn, avail, used)
-        assert n_fetch == self.n_fetch, (n_fetch, self.n_fetch)
+
+    def _validate_data_totals(self, tally: _Tally) -> None:
+        """Fetch counts, holder index, memory and transfer totals match the tasks."""
+        needed = tally.needed
+        assert tally.n_fetch == self.n_fetch, (tally.n_fetch, self.n_fetch)
         assert needed == self.data_needed_count, (needed, self.data_needed_count)
         assert set(self.data_needed) == set(needed)
-        assert has_what == self.has_what, (has_what, self.has_what)
+        assert tally.has_what == self.has_what, (tally.has_what, self.has_what)
+        nbytes_mem = tally.nbytes_memory
         assert nbytes_mem == self.nbytes_in_memory, (nbytes_mem, self.nbytes_in_memory)
         assert len(self.in_flight) <= self.transfer_peers
         inflight_bytes = 0
@@ -679,7 +732,4 @@ class WorkerMachine(WorkerQueues):
         assert inflight_bytes == self.bytes_in_flight
         for key in self.stray:
             assert key in self.running, key
-        if not self.paused:
-            # Nothing runnable left idle.
-            if len(self.running) < self.nthreads and self.n_ready:
-                raise AssertionError("idle thread with ready tasks")
+
