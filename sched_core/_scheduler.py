@@ -72,6 +72,7 @@ class SchedulerState(TransitionEngine):
         """Apply a batch of events; return the instructions they lead to, in order."""
         out: list[Instruction] = []
         self._out = out
+        self._frees_in_out = 0
         self.batch += 1
         for event in events:
             if isinstance(event, TaskFinished):

@@ -101,6 +101,7 @@ class TransitionEngine:
     _pending_free: dict[WorkerState, list[str]]
     _pending_done: dict[ClientState, list[str]]
     _release_queue: list[TaskState]
+    _frees_in_out: int  # FreeKeys already placed in this batch's output
     _queue_dirty: bool
     batch: int
     _round_robin: int
@@ -133,6 +134,7 @@ class TransitionEngine:
         self._pending_free = {}
         self._pending_done = {}
         self._release_queue = []
+        self._frees_in_out = 0
         self._queue_dirty = False
         self.batch = 0
         self._round_robin = 0
@@ -226,6 +228,7 @@ class TransitionEngine:
         keys = self._pending_free.pop(ws, None)
         if keys is not None:
             self._out.append(FreeKeys(ws.address, keys))
+            self._frees_in_out += 1
 
     def _cancel_free(self, ws: WorkerState, key: str) -> None:
         """Withdraw a "free ``key``" for ``ws`` not yet sent in this batch.
@@ -237,6 +240,8 @@ class TransitionEngine:
         pending = self._pending_free.get(ws)
         if pending is not None and key in pending:
             pending.remove(key)
+        if self._frees_in_out == 0:
+            return
         for instruction in self._out:
             if isinstance(instruction, FreeKeys) and instruction.worker == ws.address and key in instruction.keys:
                 instruction.keys.remove(key)
