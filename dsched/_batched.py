@@ -4,7 +4,9 @@ The application calls ``send(msg)`` / ``send_many(msgs)`` - synchronous, no
 coroutine, no task, no write - as often as it likes.  The first call after a
 flush sets one ``anyio.Event``; the sender's single background task wakes when
 the loop next gets to it (after everything already runnable in this tick), takes
-the whole queue, calls ``encode(batch)`` once and writes one frame.  While that
+the whole queue, calls ``encode(batch)`` once and writes one frame (or, if
+``encode`` returns a list of payloads - e.g. to respect a per-frame message
+limit - those frames, in order, before taking the queue again).  While that
 write is in progress, new messages queue up and go in the next frame, so a slow
 peer makes frames bigger, not more numerous.
 
@@ -46,13 +48,17 @@ class BatchedSender(Generic[T]):
     calls ``on_error(exc)`` if given, and the next ``send`` raises the
     ``CommClosedError``.  Messages queued then are lost (the peer is gone anyway).
 
+    ``encode(batch)`` gets the queued messages (a list the sender no longer
+    touches) and returns one payload, or a list of payloads written as
+    consecutive frames.
+
     ``frames``, ``messages`` and ``bytes`` count what was written (O(1) per frame).
     """
 
     def __init__(
         self,
         comm: Comm,
-        encode: Callable[[list[T]], bytes],
+        encode: Callable[[list[T]], bytes | list[bytes]],
         *,
         interval: float = 0.0,
         on_error: Callable[[CommClosedError], object] | None = None,
@@ -145,10 +151,16 @@ class BatchedSender(Generic[T]):
         batch = self._queue
         self._queue = []
         payload = self._encode(batch)
-        await self.comm.send_frame(payload)
-        self.frames += 1
+        if isinstance(payload, list):
+            for part in payload:
+                await self.comm.send_frame(part)
+                self.frames += 1
+                self.bytes += len(part)
+        else:
+            await self.comm.send_frame(payload)
+            self.frames += 1
+            self.bytes += len(payload)
         self.messages += len(batch)
-        self.bytes += len(payload)
 
     def _fail(self, exc: CommClosedError) -> None:
         self._closing = True

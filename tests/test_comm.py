@@ -463,6 +463,24 @@ async def test_batched_sender_interval_coalesces_across_ticks() -> None:
             await comm.aclose()
 
 
+async def test_batched_sender_encode_may_split_a_batch_into_frames() -> None:
+    collector = Collector(2500)
+
+    def encode(batch: list[int]) -> list[bytes]:
+        return [msgspec.msgpack.encode(batch[i : i + 1000]) for i in range(0, len(batch), 1000)]
+
+    with anyio.fail_after(TIMEOUT):
+        async with listen(HOST, 0, collector) as listener:
+            comm = await connect(HOST, listener.port)
+            async with BatchedSender(comm, encode) as sender:
+                sender.send_many(range(2500))
+                await collector.done.wait()
+                assert sender.frames == 3 and sender.messages == 2500
+            assert [len(b) for b in collector.batches] == [1000, 1000, 500]
+            assert collector.messages == list(range(2500))
+            await comm.aclose()
+
+
 async def test_batched_sender_close_flushes() -> None:
     collector = Collector(500)
     with anyio.fail_after(TIMEOUT):
