@@ -24,10 +24,13 @@ of two elements::
 
     [batch, [message, message, ...]]
 
-* ``batch`` (int) is, on scheduler -> worker frames, the scheduler core's batch number
-  (``SchedulerState.batch`` after the ``handle_events`` call that produced these
-  instructions); a worker echoes the latest one it carried out as ``seen_batch``.
-  Other directions send -1.
+* ``batch`` (int) is, on scheduler -> worker frames, the scheduler core's batch number:
+  every instruction of that batch and the earlier ones for this worker is in this frame
+  or an earlier one.  The scheduler stamps ``SchedulerState.batch`` when it encodes the
+  frame (the instructions of every batch so far have been queued by then), and when a
+  batch is split over several frames only the last carries the number.  A worker's
+  ``seen_batch`` is the largest ``batch`` among the frames it has carried out; -1 (the
+  value of every other direction) does not advance it.
 * each message is an array ``[tag, field, ...]`` (array-like msgspec Structs tagged with
   small ints, see :mod:`dsched._messages`).  A frame holds at most ``max_messages``
   messages (100,000 by default; a sender splits a longer batch into several frames,
@@ -329,11 +332,17 @@ class FrameEncoder(Generic[M]):
         return len(buffer) - offset
 
     def encode_frames(self, messages: Sequence[M], batch: int = -1) -> list[bytes]:
-        """As many payloads as needed for ``messages``, in order, each with ``batch``."""
+        """As many payloads as needed for ``messages``, in order.
+
+        Only the last carries ``batch``; the others carry -1, since a worker that
+        has carried out only part of a batch has not seen that batch yet.
+        """
         step = self.max_messages
         if len(messages) <= step:
             return [self.encode(messages, batch)]
-        return [self.encode(messages[i : i + step], batch) for i in range(0, len(messages), step)]
+        starts = range(0, len(messages), step)
+        last = starts[-1]
+        return [self.encode(messages[i : i + step], batch if i == last else -1) for i in starts]
 
 
 class FrameDecoder(Generic[M]):
