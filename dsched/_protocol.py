@@ -1,6 +1,6 @@
 """dsched's wire protocol: the handshake, the frame codec and the conversation of each role.
 
-The transport (:mod:`dsched._comm`) moves *frames*: a 4-byte length prefix and a
+The transport (:mod:`dsched._comm`) moves *frames*: an 8-byte length header and a
 payload, with a maximum frame size.  This module defines what is inside a payload.
 The messages themselves are in :mod:`dsched._messages`.
 
