@@ -1,0 +1,244 @@
+"""Translation between wire messages and core events / instructions for the scheduler server.
+
+Pure, synchronous functions: messages in, events out (``worker_events``,
+``client_events``); instructions in, messages queued on per-connection
+:class:`~dsched._batched.BatchedSender` objects out (``route``).  Queuing is a
+list append: no coroutine, no write, no pickling per task.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from msgspec import Raw
+
+import sched_core as sc
+from dsched._batched import BatchedSender
+from dsched._comm import Comm, CommClosedError
+from dsched import _protocol as p
+
+if TYPE_CHECKING:
+    from dsched._scheduler_server import SchedulerServer
+
+__all__ = ["ClientConn", "FunctionTable", "WorkerConn", "answer_query", "client_events", "route", "worker_events"]
+
+logger = logging.getLogger("dsched.scheduler")
+
+Event = sc.SchedulerEvent | tuple[str, Any]
+
+
+class WorkerConn:
+    """A connected, registered worker."""
+
+    __slots__ = ("address", "closing", "comm", "functions_sent", "last_heard", "sender")
+
+    def __init__(self, comm: Comm, sender: BatchedSender[p.SchedulerToWorker], address: str) -> None:
+        self.comm = comm
+        self.sender = sender
+        self.address = address
+        self.functions_sent: set[int] = set()
+        self.last_heard = time.monotonic()
+        self.closing = False  # it said Close: its departure is expected
+
+
+class ClientConn:
+    __slots__ = ("client", "closing", "comm", "sender")
+
+    def __init__(self, comm: Comm, sender: BatchedSender[p.SchedulerToClient], client: str) -> None:
+        self.comm = comm
+        self.sender = sender
+        self.client = client
+        self.closing = False
+
+
+class FunctionTable:
+    """Pickled functions, stored once each, keyed by a digest of their bytes.
+
+    ``intern(payload)`` returns the function's ref (a small int); ``functions[ref]``
+    its bytes.  Entries are never dropped yet (no ``ForgetFunctions``).
+    """
+
+    __slots__ = ("by_digest", "functions")
+
+    def __init__(self) -> None:
+        self.by_digest: dict[bytes, int] = {}
+        self.functions: list[bytes] = []
+
+    def intern(self, payload: p.Payload) -> int:
+        view = p.payload_view(payload)
+        digest = hashlib.blake2b(view, digest_size=20).digest()
+        ref = self.by_digest.get(digest)
+        if ref is None:
+            ref = len(self.functions)
+            self.functions.append(view.tobytes())
+            self.by_digest[digest] = ref
+        return ref
+
+
+# -- messages -> events -------------------------------------------------------------
+
+
+def worker_events(server: SchedulerServer, conn: WorkerConn, messages: list[p.WorkerToScheduler]) -> list[Event]:
+    address = conn.address
+    out: list[Event] = []
+    append = out.append
+    for msg in messages:
+        if isinstance(msg, p.TaskFinished):
+            append(sc.TaskFinished(address, msg.key, msg.nbytes, msg.duration, msg.run_id))
+        elif isinstance(msg, p.TaskErred):
+            append(sc.TaskErred(address, msg.key, msg.exception, msg.traceback, msg.run_id))
+        elif isinstance(msg, p.Heartbeat):
+            append(sc.WorkerHeartbeat(address, msg.latency, msg.memory))
+            _send(conn.sender, p.HeartbeatAck(msg.seq, server.heartbeat_interval()))
+        elif isinstance(msg, p.ReplicasAdded):
+            append(sc.ReplicasAdded(address, msg.keys, dict(msg.nbytes), msg.seen_batch))
+        elif isinstance(msg, p.MissingData):
+            append(sc.MissingData(address, msg.key, msg.errant_worker, msg.seen_batch))
+        elif isinstance(msg, p.StealResponse):
+            append(sc.StealResponse(address, msg.key, msg.state, msg.run_id))
+        elif isinstance(msg, p.Close):
+            conn.closing = True
+            break
+        else:  # RegisterWorker again
+            raise p.ProtocolError(f"unexpected {type(msg).__name__} from a registered worker")
+    return out
+
+
+def client_events(server: SchedulerServer, conn: ClientConn, messages: list[p.ClientToScheduler]) -> list[Event]:
+    client = conn.client
+    out: list[Event] = []
+    for msg in messages:
+        if isinstance(msg, p.SubmitGraph):
+            out.extend(_graph_events(server, client, msg))
+        elif isinstance(msg, p.ReleaseKeys):
+            out.append(sc.ClientReleasesKeys(client, msg.keys))
+        elif isinstance(msg, p.WantKeys):
+            out.append(sc.ClientWantsKeys(client, msg.keys))
+        elif isinstance(msg, p.CancelKeys):
+            out.append(sc.CancelKeys(client, msg.keys, msg.force))
+        elif isinstance(msg, p.Scattered):
+            out.append(sc.KeysScattered(client, msg.workers, dict(msg.nbytes)))
+        elif isinstance(msg, (p.WhoHas, p.GetWorkers)):
+            out.append((client, msg))
+        else:  # Close
+            conn.closing = True
+            break
+    return out
+
+
+def _graph_events(server: SchedulerServer, client: str, msg: p.SubmitGraph) -> list[Event]:
+    refs = [server.functions.intern(f) for f in msg.functions]
+    TaskSpec = sc.TaskSpec
+    specs = [
+        TaskSpec(
+            t.key, t.dependencies, (refs[t.function], t.args), t.priority, t.retries,
+            t.workers, t.resources, t.allow_other_workers,
+        )
+        for t in msg.tasks
+    ]
+    size = server.chunk_size
+    if len(specs) <= size:
+        return [sc.GraphSubmitted(client, specs, msg.wanted)]
+    # Feed the core in chunks (one per tick), in submission order: a chunk's
+    # dependencies must come in it or earlier, so the client sends a topological order.
+    chunk_of: dict[str, int] = {}
+    for i, spec in enumerate(specs):
+        chunk_of[spec.key] = i // size
+    n_chunks = (len(specs) + size - 1) // size
+    wanted: list[list[str]] = [[] for _ in range(n_chunks)]
+    for key in msg.wanted:
+        wanted[chunk_of.get(key, n_chunks - 1)].append(key)
+    return [sc.GraphSubmitted(client, specs[i * size : (i + 1) * size], wanted[i]) for i in range(n_chunks)]
+
+
+# -- instructions -> messages --------------------------------------------------------
+
+
+def _send(sender: BatchedSender[Any], msg: Any) -> None:
+    try:
+        sender.send(msg)
+    except CommClosedError:
+        pass  # the connection is going away; its handler removes it
+
+
+def _payload(value: object) -> p.Payload:
+    if isinstance(value, (bytes, Raw)):
+        return value
+    return b""
+
+
+def route(server: SchedulerServer, instructions: list[sc.Instruction]) -> None:
+    """Queue each instruction on its connection's sender, in order."""
+    workers = server.workers
+    clients = server.clients
+    functions = server.functions.functions
+    for ins in instructions:
+        if isinstance(ins, sc.ComputeTask):
+            wconn = workers.get(ins.worker)
+            if wconn is None:
+                continue
+            run_spec: tuple[int, p.Payload] = ins.run_spec  # type: ignore[assignment]
+            ref, args = run_spec
+            if ref not in wconn.functions_sent:
+                wconn.functions_sent.add(ref)
+                _send(wconn.sender, p.DefineFunction(ref, functions[ref]))
+            _send(
+                wconn.sender,
+                p.Compute(ins.key, ref, args, ins.priority, ins.run_id, ins.who_has, ins.nbytes, ins.resources),
+            )
+        elif isinstance(ins, sc.FreeKeys):
+            wconn = workers.get(ins.worker)
+            if wconn is not None:
+                _send(wconn.sender, p.FreeKeys(ins.keys))
+        elif isinstance(ins, sc.StealRequest):
+            wconn = workers.get(ins.worker)
+            if wconn is not None:
+                _send(wconn.sender, p.StealRequest(ins.key, ins.run_id))
+        elif isinstance(ins, sc.ClientInstruction):
+            cconn = clients.get(ins.client)
+            if cconn is not None:
+                _send(cconn.sender, _client_message(ins))
+        else:
+            logger.error("unknown instruction %r", ins)
+
+
+def _client_message(ins: sc.ClientInstruction) -> p.SchedulerToClient:
+    if isinstance(ins, sc.ClientKeysInMemory):
+        return p.KeysInMemory(ins.keys)
+    if isinstance(ins, sc.ClientKeyErred):
+        exc = ins.exception
+        if isinstance(exc, sc.SchedulerError):
+            return p.KeyFailed(ins.key, ins.blamed_key, exc.kind, exc.message)
+        tb = ins.traceback if isinstance(ins.traceback, str) else ""
+        return p.KeyErred(ins.key, ins.blamed_key, _payload(exc), tb)
+    if isinstance(ins, sc.ClientKeyLost):
+        return p.KeyLost(ins.key)
+    if isinstance(ins, sc.ClientKeysCancelled):
+        return p.KeysCancelled(ins.keys)
+    if isinstance(ins, sc.ClientError):
+        return p.ClientError(ins.kind, ins.message, ins.keys)
+    raise TypeError(f"unknown client instruction {ins!r}")
+
+
+def answer_query(server: SchedulerServer, client: str, query: Any) -> None:
+    """Answer a WhoHas / GetWorkers from the current state (after the batch before it)."""
+    conn = server.clients.get(client)
+    if conn is None:
+        return
+    state = server.state
+    if isinstance(query, p.WhoHas):
+        who_has: dict[str, list[str]] = {}
+        for key in query.keys:
+            ts = state.tasks.get(key)
+            if ts is not None and ts.who_has:
+                who_has[key] = [ws.address for ws in ts.who_has]
+        _send(conn.sender, p.WhoHasReply(query.request, who_has))
+    elif isinstance(query, p.GetWorkers):
+        infos = [
+            p.WorkerInfo(ws.address, ws.name, ws.nthreads, ws.memory_limit, dict(ws.resources))
+            for ws in state.workers.values()
+        ]
+        _send(conn.sender, p.WorkersReply(query.request, infos))

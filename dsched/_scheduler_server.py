@@ -1,0 +1,400 @@
+"""The scheduler server: bytes on sockets in, ``sched_core.SchedulerState`` in the middle.
+
+One task per connection reads frames, decodes them with the connection's reused
+:class:`~dsched._protocol.FrameDecoder` and translates each message into a core
+event appended to one FIFO (``_pending``).  A single consumer task drains that
+FIFO once per loop tick, calls ``state.handle_events`` once for the whole batch
+and routes the instructions to per-connection :class:`~dsched._batched.BatchedSender`
+queues (a list append each: no per-task coroutine, write or pickling).  Each
+sender writes one frame per tick, stamped (scheduler -> worker) with
+``state.batch``.
+
+Functions: a ``SubmitGraph`` carries a table of pickled functions.  The server
+keeps one table keyed by a digest of the function bytes; a task's ``run_spec``
+is ``(function_ref, args)`` (``args`` the opaque ``msgspec.Raw`` as received),
+which compares by value, so an identical resubmission dedups and a different
+definition is refused by the core.  A worker gets ``DefineFunction`` the first
+time it needs a ref.  Nothing is ever unpickled.
+
+Large graphs: a ``SubmitGraph`` of more than ``chunk_size`` tasks is fed to the
+core in chunks of ``chunk_size``, one chunk per tick (other events queued behind
+it keep their order).  The chunks follow submission order, so a client must list
+a task's dependencies before it (a topological order) for graphs that large,
+and validation is atomic per chunk only.
+
+Liveness: a closed worker connection is ``WorkerRemoved(expected=False)``
+(``expected=True`` after a ``Close``); a periodic check removes workers not heard
+from within ``max(heartbeat_timeout, 10 * interval)``, where the heartbeat
+interval grows with the number of workers.  A ``Tick`` is fed every
+``tick_interval`` seconds for work stealing.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import time
+import uuid
+from collections import deque
+from types import TracebackType
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup, TaskStatus
+
+import sched_core as sc
+from dsched._batched import BatchedSender
+from dsched._comm import DEFAULT_MAX_FRAME_SIZE, Comm, CommClosedError, listen
+from dsched._protocol import (
+    CLIENT_TO_SCHEDULER,
+    PROTOCOL_VERSION,
+    SCHEDULER_TO_CLIENT,
+    SCHEDULER_TO_WORKER,
+    WORKER_TO_SCHEDULER,
+    FrameDecoder,
+    FrameEncoder,
+    ProtocolError,
+    Refused,
+    RegisterWorker,
+    Welcome,
+    check_hello,
+    decode_hello,
+    encode_handshake,
+)
+from dsched._scheduler_routes import (
+    ClientConn,
+    FunctionTable,
+    WorkerConn,
+    answer_query,
+    client_events,
+    route,
+    worker_events,
+)
+
+__all__ = ["GcPolicy", "SchedulerServer"]
+
+logger = logging.getLogger("dsched.scheduler")
+
+
+class GcPolicy:
+    """Cyclic GC off while the server runs, one ``gc.collect()`` at idle times.
+
+    The core breaks its own reference cycles, so reference counting frees its
+    objects; CPython's automatic collections would otherwise walk every live
+    task again and again (about as costly as the core itself, see docs/core.md).
+    Nested servers in one process share the switch: the GC is re-enabled (if it
+    was on) when the last one stops.  ``maybe_collect()`` collects at most every
+    ``interval`` seconds.
+    """
+
+    _active = 0
+    _was_enabled = True
+
+    def __init__(self, interval: float = 5.0) -> None:
+        self.interval = interval
+        self._last = time.monotonic()
+
+    def start(self) -> None:
+        if GcPolicy._active == 0:
+            GcPolicy._was_enabled = gc.isenabled()
+            gc.disable()
+        GcPolicy._active += 1
+
+    def stop(self) -> None:
+        GcPolicy._active -= 1
+        if GcPolicy._active == 0 and GcPolicy._was_enabled:
+            gc.enable()
+
+    def maybe_collect(self) -> None:
+        now = time.monotonic()
+        if now - self._last >= self.interval:
+            gc.collect()
+            self._last = time.monotonic()
+
+
+class SchedulerServer:
+    """``async with SchedulerServer(host, port) as server:`` serves until the block ends.
+
+    ``server.address`` is ``tcp://host:port``; ``server.state`` the core.
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        state: sc.SchedulerState | None = None,
+        auth: str = "",
+        heartbeat_interval: float = 0.5,
+        heartbeat_timeout: float = 10.0,
+        tick_interval: float = 0.1,
+        chunk_size: int = 50_000,
+        gc_interval: float = 5.0,
+        handshake_timeout: float = 10.0,
+        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.state = state if state is not None else sc.SchedulerState()
+        self.auth = auth
+        self.heartbeat_interval_base = heartbeat_interval
+        self.heartbeat_timeout = heartbeat_timeout
+        self.tick_interval = tick_interval
+        self.chunk_size = chunk_size
+        self.handshake_timeout = handshake_timeout
+        self.max_frame_size = max_frame_size
+        self.scheduler_id = f"scheduler-{uuid.uuid4().hex[:12]}"
+        self.address = ""
+        self.functions = FunctionTable()
+        self.workers: dict[str, WorkerConn] = {}
+        self.clients: dict[str, ClientConn] = {}
+        self.gc = GcPolicy(gc_interval)
+        self.protocol_errors = 0
+        self._pending: deque[sc.SchedulerEvent | tuple[str, Any]] = deque()
+        self._wake = anyio.Event()
+        self._last_busy = time.monotonic()
+        self._tg: TaskGroup | None = None
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    async def __aenter__(self) -> SchedulerServer:
+        tg = anyio.create_task_group()
+        await tg.__aenter__()
+        self._tg = tg
+        self.gc.start()
+        try:
+            await tg.start(self._run)
+        except BaseException:
+            self.gc.stop()
+            tg.cancel_scope.cancel()
+            await tg.__aexit__(None, None, None)
+            raise
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool | None:
+        tg = self._tg
+        assert tg is not None
+        self._tg = None
+        tg.cancel_scope.cancel()
+        try:
+            return await tg.__aexit__(exc_type, exc, tb)
+        finally:
+            self.gc.stop()
+
+    async def serve_forever(self) -> None:
+        """Serve until cancelled (enters the server if it is not running yet)."""
+        if self._tg is not None:
+            await anyio.sleep_forever()
+        async with self:
+            await anyio.sleep_forever()
+
+    async def _run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        async with listen(
+            self.host, self.port, self._handle, max_frame_size=self.max_frame_size,
+            handshake_timeout=self.handshake_timeout,
+        ) as listener:
+            self.address = listener.address
+            self.port = listener.port
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._consume)
+                tg.start_soon(self._periodic)
+                task_status.started()
+                await anyio.sleep_forever()
+
+    # -- the core loop ----------------------------------------------------------------
+
+    def push(self, event: sc.SchedulerEvent | tuple[str, Any]) -> None:
+        """Queue an event (or a query tuple answered after the batch) for the next tick."""
+        self._pending.append(event)
+        self._wake.set()
+
+    def push_many(self, events: list[sc.SchedulerEvent | tuple[str, Any]]) -> None:
+        if events:
+            self._pending.extend(events)
+            self._wake.set()
+
+    async def _consume(self) -> None:
+        pending = self._pending
+        while True:
+            await self._wake.wait()
+            self._wake = anyio.Event()
+            while pending:
+                self._step()
+                await anyio.sleep(0)  # let readers and senders run between chunks
+
+    def _step(self) -> None:
+        """One batch: take queued events up to a budget, one handle_events call, route."""
+        pending = self._pending
+        events: list[sc.SchedulerEvent] = []
+        queries: list[tuple[str, Any]] = []
+        budget = self.chunk_size
+        while pending and budget > 0:
+            item = pending[0]
+            if isinstance(item, tuple):
+                # A query sees the state after every event queued before it.
+                if events:
+                    break
+                pending.popleft()
+                queries.append(item)
+                continue
+            if isinstance(item, sc.GraphSubmitted):
+                size = len(item.tasks)
+                if events and size > budget:
+                    break
+                budget -= size
+            else:
+                budget -= 1
+            pending.popleft()
+            events.append(item)
+        if events:
+            self._last_busy = time.monotonic()
+            instructions = self.state.handle_events(events)
+            route(self, instructions)
+        for client, query in queries:
+            answer_query(self, client, query)
+
+    async def _periodic(self) -> None:
+        """Ticks for stealing, heartbeat deadlines and idle-time garbage collection."""
+        next_check = time.monotonic()
+        while True:
+            await anyio.sleep(self.tick_interval)
+            self.push(sc.Tick())
+            now = time.monotonic()
+            if now >= next_check:
+                next_check = now + min(1.0, self.heartbeat_deadline() / 4)
+                await self._check_heartbeats(now)
+            if not self._pending and now - self._last_busy > 1.0:
+                self.gc.maybe_collect()
+
+    def heartbeat_interval(self) -> float:
+        """Seconds between a worker's heartbeats: grows with the number of workers."""
+        return self.heartbeat_interval_base * max(1.0, len(self.workers) / 50)
+
+    def heartbeat_deadline(self) -> float:
+        return max(self.heartbeat_timeout, 10 * self.heartbeat_interval())
+
+    async def _check_heartbeats(self, now: float) -> None:
+        deadline = self.heartbeat_deadline()
+        for conn in list(self.workers.values()):
+            if now - conn.last_heard > deadline:
+                logger.warning("worker %s missed heartbeats for %.1fs: removing it", conn.address, deadline)
+                self.drop_worker(conn, expected=False)
+                await conn.comm.aclose("missed heartbeats")
+
+    # -- connections ------------------------------------------------------------------
+
+    def drop_worker(self, conn: WorkerConn, *, expected: bool) -> None:
+        if self.workers.get(conn.address) is conn:
+            del self.workers[conn.address]
+            self.push(sc.WorkerRemoved(conn.address, expected))
+
+    def drop_client(self, conn: ClientConn) -> None:
+        if self.clients.get(conn.client) is conn:
+            del self.clients[conn.client]
+            self.push(sc.ClientRemoved(conn.client))
+
+    async def _handle(self, comm: Comm) -> None:
+        try:
+            with anyio.fail_after(self.handshake_timeout):
+                payload = await comm.recv_frame()
+            hello = decode_hello(payload)
+        except ProtocolError as exc:
+            self.protocol_errors += 1
+            logger.warning("bad handshake from %s: %s", comm.peer, exc)
+            await self._refuse(comm, Refused(str(exc)))
+            return
+        except TimeoutError:
+            logger.info("no handshake from %s within %ss", comm.peer, self.handshake_timeout)
+            return
+        refusal = check_hello(hello, roles=("client", "worker"), auth=self.auth)
+        if refusal is None and hello.role == "client" and hello.name in self.clients:
+            refusal = Refused(f"client id {hello.name!r} is in use")
+        if refusal is not None:
+            logger.info("refused %s: %s", comm.peer, refusal.reason)
+            await self._refuse(comm, refusal)
+            return
+        welcome = Welcome(
+            PROTOCOL_VERSION, self.scheduler_id, name=self.address, heartbeat_interval=self.heartbeat_interval()
+        )
+        await comm.send_frame(encode_handshake(welcome))
+        if hello.role == "worker":
+            await self._serve_worker(comm)
+        else:
+            await self._serve_client(comm, hello.name or f"client-{uuid.uuid4().hex}")
+
+    async def _refuse(self, comm: Comm, refusal: Refused) -> None:
+        try:
+            await comm.send_frame(encode_handshake(refusal))
+        except CommClosedError:
+            pass
+
+    async def _serve_worker(self, comm: Comm) -> None:
+        decoder = FrameDecoder(WORKER_TO_SCHEDULER)
+        try:
+            first = decoder.decode(await comm.recv_frame())
+            if not first or not isinstance(first[0], RegisterWorker):
+                raise ProtocolError("a worker's first message must be RegisterWorker")
+        except ProtocolError as exc:
+            self._protocol_error(comm, exc)
+            return
+        reg = first[0]
+        assert isinstance(reg, RegisterWorker)
+        encoder = FrameEncoder(SCHEDULER_TO_WORKER)
+        state = self.state
+
+        def encode(batch: list[Any]) -> list[bytes]:
+            return encoder.encode_frames(batch, batch=state.batch)
+
+        async with BatchedSender(comm, encode) as sender:
+            conn = WorkerConn(comm, sender, reg.address)
+            old = self.workers.get(reg.address)
+            if old is not None:  # the same address again: the old process is gone
+                del self.workers[reg.address]
+                await old.comm.aclose("replaced by a new worker at the same address")
+            self.workers[reg.address] = conn
+            self.push(sc.WorkerAdded(reg.address, reg.nthreads, reg.memory_limit, dict(reg.resources), reg.name))
+            try:
+                self.push_many(worker_events(self, conn, first[1:]))
+                while not conn.closing and not comm.closed:
+                    payload = await comm.recv_frame()
+                    conn.last_heard = time.monotonic()
+                    self.push_many(worker_events(self, conn, decoder.decode(payload)))
+            except ProtocolError as exc:
+                self._protocol_error(comm, exc)
+            except CommClosedError as exc:
+                logger.info("worker %s disconnected: %s", conn.address, exc.reason)
+            finally:
+                self.drop_worker(conn, expected=conn.closing)
+                if not conn.closing:
+                    await comm.aclose("worker connection ended")  # nothing to flush to
+
+    async def _serve_client(self, comm: Comm, client: str) -> None:
+        decoder = FrameDecoder(CLIENT_TO_SCHEDULER)
+        encoder = FrameEncoder(SCHEDULER_TO_CLIENT)
+
+        def encode(batch: list[Any]) -> list[bytes]:
+            return encoder.encode_frames(batch)
+
+        async with BatchedSender(comm, encode) as sender:
+            conn = ClientConn(comm, sender, client)
+            self.clients[client] = conn
+            self.push(sc.ClientAdded(client))
+            try:
+                while not conn.closing and not comm.closed:
+                    payload = await comm.recv_frame()
+                    self.push_many(client_events(self, conn, decoder.decode(payload)))
+            except ProtocolError as exc:
+                self._protocol_error(comm, exc)
+            except CommClosedError as exc:
+                logger.info("client %s disconnected: %s", client, exc.reason)
+            finally:
+                self.drop_client(conn)
+                if not conn.closing:
+                    await comm.aclose("client connection ended")
+
+    def _protocol_error(self, comm: Comm, exc: ProtocolError) -> None:
+        self.protocol_errors += 1
+        logger.warning("protocol error from %s, closing the connection: %s", comm.peer, exc)
+
