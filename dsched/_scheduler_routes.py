@@ -144,14 +144,38 @@ def _graph_events(server: SchedulerServer, client: str, msg: p.SubmitGraph) -> l
         return [sc.GraphSubmitted(client, specs, msg.wanted)]
     # Feed the core in chunks (one per tick), in submission order: a chunk's
     # dependencies must come in it or earlier, so the client sends a topological order.
+    # The core forgets what nobody holds, so each chunk is submitted by a private
+    # pseudo-client holding the keys later chunks depend on (and the client's wanted
+    # keys, until the client's own hold is taken right after); it is removed after the
+    # last chunk.  Its ClientErrors are forwarded to the client, its other news dropped.
     chunk_of: dict[str, int] = {}
     for i, spec in enumerate(specs):
         chunk_of[spec.key] = i // size
     n_chunks = (len(specs) + size - 1) // size
+    holds: list[list[str]] = [[] for _ in range(n_chunks)]
     wanted: list[list[str]] = [[] for _ in range(n_chunks)]
     for key in msg.wanted:
-        wanted[chunk_of.get(key, n_chunks - 1)].append(key)
-    return [sc.GraphSubmitted(client, specs[i * size : (i + 1) * size], wanted[i]) for i in range(n_chunks)]
+        j = chunk_of.get(key, -1)
+        if j >= 0:
+            holds[j].append(key)
+        wanted[j].append(key)  # keys already known: the client's hold is taken at the end
+    seen: set[str] = set(msg.wanted)
+    for i, spec in enumerate(specs):
+        j = i // size
+        for dep in spec.dependencies:
+            k = chunk_of.get(dep, j)
+            if k < j and dep not in seen:
+                seen.add(dep)
+                holds[k].append(dep)
+    server.chunked_graphs += 1
+    holder = f"{client}\x00chunking-{server.chunked_graphs}"
+    out: list[Event] = [sc.ClientAdded(holder)]
+    for i in range(n_chunks):
+        out.append(sc.GraphSubmitted(holder, specs[i * size : (i + 1) * size], holds[i]))
+        if wanted[i]:
+            out.append(sc.ClientWantsKeys(client, wanted[i]))
+    out.append(sc.ClientRemoved(holder))
+    return out
 
 
 # -- instructions -> messages --------------------------------------------------------
@@ -199,6 +223,8 @@ def route(server: SchedulerServer, instructions: list[sc.Instruction]) -> None:
                 _send(wconn.sender, p.StealRequest(ins.key, ins.run_id))
         elif isinstance(ins, sc.ClientInstruction):
             cconn = clients.get(ins.client)
+            if cconn is None and isinstance(ins, sc.ClientError) and "\x00" in ins.client:
+                cconn = clients.get(ins.client.partition("\x00")[0])  # a chunked graph's holder
             if cconn is not None:
                 _send(cconn.sender, _client_message(ins))
         else:

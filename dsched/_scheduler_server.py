@@ -150,6 +150,7 @@ class SchedulerServer:
         self.clients: dict[str, ClientConn] = {}
         self.gc = GcPolicy(gc_interval)
         self.protocol_errors = 0
+        self.chunked_graphs = 0
         self._pending: deque[sc.SchedulerEvent | tuple[str, Any]] = deque()
         self._wake = anyio.Event()
         self._last_busy = time.monotonic()
@@ -230,8 +231,10 @@ class SchedulerServer:
         events: list[sc.SchedulerEvent] = []
         queries: list[tuple[str, Any]] = []
         budget = self.chunk_size
-        while pending and budget > 0:
+        while pending:
             item = pending[0]
+            if budget <= 0:
+                break
             if isinstance(item, tuple):
                 # A query sees the state after every event queued before it.
                 if events:

@@ -215,3 +215,20 @@ async def test_worker_close_is_expected_and_client_disconnect_releases() -> None
         with anyio.fail_after(5):
             while server.state.workers:
                 await anyio.sleep(0.01)
+
+
+async def test_large_graph_fed_in_chunks() -> None:
+    async with SchedulerServer(chunk_size=3) as server:
+        w = await fake_worker(server, "tcp://w1:1", nthreads=4)
+        c = await fake_client(server, "c1")
+        keys = [f"k{i}" for i in range(8)]
+        tasks = [task(k, [keys[i - 1]] if i else []) for i, k in enumerate(keys)]
+        batch_before = server.state.batch
+        await c.send(p.SubmitGraph([b"fn"], tasks, keys[-1:]))
+        for key in keys:
+            (compute,) = await w.expect(p.Compute)
+            assert compute.key == key
+            await w.send(p.TaskFinished(key, 1, 0.0, compute.run_id))
+        (done,) = await c.expect(p.KeysInMemory)
+        assert done.keys == ["k7"]
+        assert server.state.batch - batch_before >= 3
