@@ -174,13 +174,18 @@ class Hello(Struct, tag="hello", tag_field="op", frozen=True, gc=False):
 
 
 class Welcome(Struct, tag="welcome", tag_field="op", frozen=True, gc=False):
-    """The listening side accepts.  ``max_messages``: the most messages per frame it decodes."""
+    """The listening side accepts.  ``max_messages``: the most messages per frame it decodes.
+
+    ``client_id`` tells a client the id the scheduler knows it by: its
+    ``Hello.name``, or one the scheduler generated when the name was empty.
+    """
 
     protocol: int
     scheduler_id: str
     name: str = ""
     max_messages: int = MAX_MESSAGES
     heartbeat_interval: float = 0.0
+    client_id: str = ""
 
 
 class Refused(Struct, tag="refused", tag_field="op", frozen=True, gc=False):

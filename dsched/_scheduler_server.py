@@ -318,14 +318,21 @@ class SchedulerServer:
             logger.info("refused %s: %s", comm.peer, refusal.reason)
             await self._refuse(comm, refusal)
             return
+        client_id = ""
+        if hello.role == "client":
+            client_id = hello.name or f"client-{uuid.uuid4().hex}"
         welcome = Welcome(
-            PROTOCOL_VERSION, self.scheduler_id, name=self.address, heartbeat_interval=self.heartbeat_interval()
+            PROTOCOL_VERSION,
+            self.scheduler_id,
+            name=self.address,
+            heartbeat_interval=self.heartbeat_interval(),
+            client_id=client_id,
         )
         await comm.send_frame(encode_handshake(welcome))
         if hello.role == "worker":
             await self._serve_worker(comm)
         else:
-            await self._serve_client(comm, hello.name or f"client-{uuid.uuid4().hex}")
+            await self._serve_client(comm, client_id)
 
     async def _refuse(self, comm: Comm, refusal: Refused) -> None:
         try:

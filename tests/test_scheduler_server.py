@@ -75,6 +75,14 @@ async def test_handshake_accept_and_refuse() -> None:
         assert server.address.startswith("tcp://127.0.0.1:")
         comm, reply = await _open(server.address, "client", "c1")
         assert isinstance(reply, p.Welcome) and reply.scheduler_id == server.scheduler_id
+        assert reply.client_id == "c1"
+        await comm.aclose()
+        # A client without a name is given one, and told which.
+        comm, reply = await _open(server.address, "client", "")
+        assert isinstance(reply, p.Welcome) and reply.client_id.startswith("client-")
+        with anyio.fail_after(5):
+            while reply.client_id not in server.state.clients:
+                await anyio.sleep(0.01)
         await comm.aclose()
         comm, reply = await _open(server.address, "client", "c2", protocol=99)
         assert isinstance(reply, p.Refused) and "version" in reply.reason
