@@ -338,7 +338,7 @@ class SchedulerServer:
         try:
             await comm.send_frame(encode_handshake(refusal))
         except CommClosedError:
-            pass
+            pass  # it hung up first; the refusal only explains why we close
 
     async def _serve_worker(self, comm: Comm) -> None:
         decoder = FrameDecoder(WORKER_TO_SCHEDULER)

@@ -312,6 +312,3 @@ class StealResponse(SchedulerEvent):
 
 class Tick(SchedulerEvent):
     """The runtime's periodic wake-up (a few times a second): balance load by stealing."""
-
-    def __init__(self) -> None:
-        pass

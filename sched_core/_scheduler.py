@@ -40,7 +40,7 @@ from sched_core._instructions import (
 from sched_core._model import EMA_WEIGHT, ClientState, TaskState, WorkerState
 from sched_core._placement import placement_cost, queue_capacity, transfer_bytes
 from sched_core._states import ERRED, MEMORY, NO_WORKER, PROCESSING, RELEASED
-from sched_core._transitions import TransitionEngine
+from sched_core._transitions import TransitionEngine, priority_of
 
 DEFAULT_ALLOWED_FAILURES: Final = 3
 DEFAULT_MAX_QUEUE_DEPTH: Final = 64
@@ -275,7 +275,7 @@ class SchedulerState(TransitionEngine):
             self.aliases[ws.name] = ws
         self.total_nthreads += ws.nthreads
         if self.unrunnable:
-            waiting = sorted(self.unrunnable, key=_priority_of)
+            waiting = sorted(self.unrunnable, key=priority_of)
             for ts in waiting:
                 if ts.state == NO_WORKER:
                     chosen = self._decide_worker(ts)
@@ -323,7 +323,7 @@ class SchedulerState(TransitionEngine):
         ws.nbytes = 0
         if lost:
             self._lose_data(lost)
-        rerun.sort(key=_priority_of)
+        rerun.sort(key=priority_of)
         for ts in rerun:
             if ts.state == RELEASED:
                 if ts.who_wants is not None or ts.n_waiters > 0:
@@ -561,10 +561,6 @@ class SchedulerState(TransitionEngine):
     def n_queued(self) -> int:
         return len(self.queue)
 
-
-
-def _priority_of(ts: TaskState) -> int:
-    return ts.priority
 
 
 def _load_of(ws: WorkerState) -> float:

@@ -349,7 +349,7 @@ class TransitionEngine:
                     if dep.state == RELEASED:
                         stack.append(dep)
         if len(ready) > 1:
-            ready.sort(key=_priority_of)
+            ready.sort(key=priority_of)
         for ts in ready:
             if ts.state == WAITING and ts.n_waiting == 0:
                 self._ready(ts)
@@ -560,7 +560,7 @@ class TransitionEngine:
                 if dependent.state == WAITING and dependent.n_waiting == 0:
                     ready.append(dependent)
             if len(ready) > 1:
-                ready.sort(key=_priority_of)
+                ready.sort(key=priority_of)
             for dependent in ready:
                 self._ready(dependent)
         if ts.who_wants is None and ts.n_waiters == 0:
@@ -620,7 +620,7 @@ class TransitionEngine:
                     self._unassign(dependent)
                     self._set_state(dependent, WAITING)
         if len(lost) > 1:
-            lost.sort(key=_priority_of)
+            lost.sort(key=priority_of)
         for ts in lost:
             if ts.state == RELEASED and (ts.who_wants is not None or ts.n_waiters > 0):
                 self.n_recomputed += 1
@@ -688,7 +688,8 @@ class TransitionEngine:
         ts.traceback = None
 
 
-def _priority_of(ts: TaskState) -> int:
+def priority_of(ts: TaskState) -> int:
+    """Sort key: most urgent first."""
     return ts.priority
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from _driver import Cluster, computed_keys, computes, freed, of_type, spec
+from _helpers import cluster
 
 from sched_core import (
     ClientKeyErred,
@@ -18,13 +19,6 @@ from sched_core import (
     TaskFinished,
     WorkerAdded,
 )
-
-
-def cluster(*workers: tuple[str, int], **kwargs: object) -> Cluster:
-    c = Cluster(**kwargs)
-    for address, nthreads in workers:
-        c.add_worker(address, nthreads)
-    return c
 
 
 # ----------------------------------------------------------------------
