@@ -1,0 +1,244 @@
+"""What user objects become on the wire: functions, arguments, results and exceptions.
+
+The scheduler never looks inside any of this (the payloads are opaque bytes to
+it); only clients and workers call these functions.
+
+Functions are pickled with cloudpickle, once per submission (a ``map`` over a
+million inputs pickles its function once).
+
+A task's arguments are one pickle of ``(args, kwargs)``.  Where an argument
+refers to another task's result (a client ``Future``, or a :class:`Ref` made
+from a key of a task-graph dict), the pickle holds a *persistent id* - the
+key - instead of the object: :func:`dumps_args` collects those keys as the
+task's dependencies, and the worker's unpickler substitutes each key's value
+from its data store (:func:`loads_args`).  So references nested anywhere in
+the arguments (lists, dicts, custom objects) cost nothing extra to find and
+nothing extra to fill in.  Plain :mod:`pickle` is tried first (it is several
+times faster); cloudpickle is the fallback for lambdas, local classes and the
+like.
+
+Results travel between workers and to clients as :func:`dumps_value`
+payloads (pickle protocol 5, cloudpickle fallback).  A task's exception travels
+as :func:`dumps_exception`: the pickled exception (or, if it cannot be
+pickled, a :class:`RemoteError` carrying its type and message) plus its
+formatted traceback, which :func:`loads_exception` attaches to the exception
+as a note so that it shows when the client re-raises it.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import sys
+import traceback as traceback_module
+from collections.abc import Callable, Mapping
+from typing import Any, Final
+
+import cloudpickle
+
+__all__ = [
+    "Ref",
+    "RemoteError",
+    "dumps_args",
+    "dumps_exception",
+    "dumps_function",
+    "dumps_value",
+    "loads_args",
+    "loads_exception",
+    "loads_function",
+    "loads_value",
+    "register_ref_type",
+    "sizeof",
+]
+
+PROTOCOL: Final = 5
+
+# Types whose instances stand for the result of the task ``obj.key``.
+_ref_types: set[type] = set()
+
+
+class Ref:
+    """A reference to the result of the task ``key`` inside a task's arguments."""
+
+    __slots__ = ("key",)
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+    def __repr__(self) -> str:
+        return f"Ref({self.key!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is Ref and other.key == self.key
+
+    def __hash__(self) -> int:
+        return hash(("dsched.Ref", self.key))
+
+
+_ref_types.add(Ref)
+
+
+def register_ref_type(cls: type) -> None:
+    """Pickle instances of ``cls`` (which must have a ``key: str``) as references."""
+    _ref_types.add(cls)
+
+
+class _RefPickler(pickle.Pickler):
+    def __init__(self, file: io.BytesIO) -> None:
+        super().__init__(file, protocol=PROTOCOL)
+        self.keys: list[str] = []
+
+    def persistent_id(self, obj: Any) -> str | None:
+        if type(obj) in _ref_types:
+            key: str = obj.key
+            self.keys.append(key)
+            return key
+        return None
+
+
+class _RefCloudPickler(cloudpickle.Pickler):  # type: ignore[misc]
+    def __init__(self, file: io.BytesIO) -> None:
+        super().__init__(file, protocol=PROTOCOL)
+        self.keys: list[str] = []
+
+    def persistent_id(self, obj: Any) -> str | None:
+        if type(obj) in _ref_types:
+            key: str = obj.key
+            self.keys.append(key)
+            return key
+        return None
+
+
+def dumps_args(args: tuple[Any, ...], kwargs: Mapping[str, Any] | None = None) -> tuple[bytes, list[str]]:
+    """Pickle a task's arguments; return the payload and the keys they refer to (in order, deduplicated)."""
+    obj = (args, dict(kwargs) if kwargs else None)
+    buf = io.BytesIO()
+    pickler: _RefPickler | _RefCloudPickler = _RefPickler(buf)
+    try:
+        pickler.dump(obj)
+    except (pickle.PicklingError, TypeError, AttributeError):
+        buf = io.BytesIO()
+        pickler = _RefCloudPickler(buf)
+        pickler.dump(obj)
+    keys = pickler.keys
+    if len(keys) > 1:
+        keys = list(dict.fromkeys(keys))
+    return buf.getvalue(), keys
+
+
+class _DataUnpickler(pickle.Unpickler):
+    def __init__(self, file: io.BytesIO, data: Mapping[str, object]) -> None:
+        super().__init__(file)
+        self._data = data
+
+    def persistent_load(self, pid: Any) -> object:
+        try:
+            return self._data[pid]
+        except (KeyError, TypeError):
+            raise KeyError(f"dependency {pid!r} is not in this worker's memory") from None
+
+
+def loads_args(payload: bytes | memoryview, data: Mapping[str, object]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """Unpickle a task's arguments, filling references from ``data`` (key -> value)."""
+    args, kwargs = _DataUnpickler(io.BytesIO(payload), data).load()
+    return args, kwargs or {}
+
+
+def dumps_function(func: Callable[..., Any]) -> bytes:
+    return cloudpickle.dumps(func, protocol=PROTOCOL)  # type: ignore[no-any-return]
+
+
+def loads_function(payload: bytes | memoryview) -> Callable[..., Any]:
+    func = pickle.loads(payload)
+    if not callable(func):
+        raise TypeError(f"the task's function is not callable: {type(func).__name__}")
+    return func  # type: ignore[no-any-return]
+
+
+def dumps_value(value: object) -> bytes:
+    try:
+        return pickle.dumps(value, protocol=PROTOCOL)
+    except (pickle.PicklingError, TypeError, AttributeError):
+        return cloudpickle.dumps(value, protocol=PROTOCOL)  # type: ignore[no-any-return]
+
+
+def loads_value(payload: bytes | memoryview) -> object:
+    return pickle.loads(payload)
+
+
+class RemoteError(Exception):
+    """Stands in for a remote exception that could not be pickled (or unpickled)."""
+
+    def __init__(self, type_name: str, message: str) -> None:
+        super().__init__(f"{type_name}: {message}")
+        self.type_name = type_name
+        self.message = message
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (RemoteError, (self.type_name, self.message))
+
+
+def dumps_exception(exc: BaseException) -> tuple[bytes, str]:
+    """The pickled exception and its formatted traceback (both safe to send)."""
+    text = "".join(traceback_module.format_exception(type(exc), exc, exc.__traceback__))
+    try:
+        payload = cloudpickle.dumps(exc.with_traceback(None), protocol=PROTOCOL)
+        pickle.loads(payload)  # some exceptions pickle but do not unpickle
+    except Exception:
+        payload = cloudpickle.dumps(RemoteError(type(exc).__qualname__, str(exc)), protocol=PROTOCOL)
+    return payload, text
+
+
+def loads_exception(payload: bytes | memoryview, traceback: str = "") -> BaseException:
+    """The remote exception, with the remote traceback attached as a note."""
+    try:
+        exc = pickle.loads(payload)
+    except Exception as load_error:
+        exc = RemoteError(type(load_error).__name__, f"the remote exception could not be unpickled: {load_error}")
+    if not isinstance(exc, BaseException):
+        exc = RemoteError(type(exc).__name__, repr(exc)[:200])
+    if traceback:
+        exc.add_note("\nRemote traceback (most recent call last, on the worker):\n" + _strip_header(traceback))
+    return exc  # type: ignore[no-any-return]
+
+
+def _strip_header(text: str) -> str:
+    header = "Traceback (most recent call last):\n"
+    return text[len(header) :] if text.startswith(header) else text
+
+
+# -- sizes ---------------------------------------------------------------------------
+
+_SAMPLE: Final = 10
+
+
+def sizeof(obj: object) -> int:
+    """An estimate of the bytes ``obj`` holds, in O(1) work (containers are sampled)."""
+    t = type(obj)
+    if t is bytes or t is bytearray or t is str:
+        return sys.getsizeof(obj)
+    if t is int or t is float or obj is None or t is bool:
+        return sys.getsizeof(obj)
+    if t is memoryview:
+        return obj.nbytes  # type: ignore[attr-defined, no-any-return]
+    nbytes = getattr(obj, "nbytes", None)  # numpy arrays, pandas objects, pyarrow ...
+    if isinstance(nbytes, int) and not callable(nbytes):
+        return nbytes + 100
+    if isinstance(obj, (list, tuple, set, frozenset)) and t in (list, tuple, set, frozenset):
+        n = len(obj)
+        if n == 0:
+            return sys.getsizeof(obj)
+        sample = obj[:_SAMPLE] if isinstance(obj, (list, tuple)) else list(obj)[:_SAMPLE]
+        return sys.getsizeof(obj) + n * sum(sizeof(x) for x in sample) // len(sample)
+    if t is dict and isinstance(obj, dict):
+        d: dict[Any, Any] = obj
+        n = len(d)
+        if n == 0:
+            return sys.getsizeof(d)
+        sample_items = list(d.items())[:_SAMPLE]
+        per_item = sum(sizeof(k) + sizeof(v) for k, v in sample_items) // len(sample_items)
+        return sys.getsizeof(d) + n * per_item
+    try:
+        return sys.getsizeof(obj)
+    except TypeError:
+        return 64
