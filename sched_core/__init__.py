@@ -49,6 +49,7 @@ from sched_core._worker import WorkerMachine
 from sched_core._worker_events import (
     AddReplicaMsg,
     ComputeTaskEvent,
+    DataPutEvent,
     Execute,
     ExecuteFailureEvent,
     ExecuteSuccessEvent,
@@ -97,6 +98,7 @@ __all__ = [
     "ClientWantsKeys",
     "ComputeTask",
     "ComputeTaskEvent",
+    "DataPutEvent",
     "Execute",
     "ExecuteFailureEvent",
     "ExecuteSuccessEvent",

@@ -19,6 +19,7 @@ from __future__ import annotations
 from sched_core._worker_events import (
     AddReplicaMsg,
     ComputeTaskEvent,
+    DataPutEvent,
     ExecuteFailureEvent,
     ExecuteSuccessEvent,
     FreeKeysEvent,
@@ -197,6 +198,8 @@ class WorkerMachine(WorkerQueues):
             self._on_steal_request(ev, out)
         elif isinstance(ev, RemoveReplicasEvent):
             self._on_remove_replicas(ev, out)
+        elif isinstance(ev, DataPutEvent):
+            self._on_data_put(ev, out)
         elif isinstance(ev, PauseEvent):
             self.paused = True
         elif isinstance(ev, UnpauseEvent):
@@ -407,6 +410,31 @@ class WorkerMachine(WorkerQueues):
                 self._need_data(ts, out)
             elif st == FLIGHT or st == FETCH or st == MISSING:
                 ts.run_spec = None
+
+    def _on_data_put(self, ev: DataPutEvent, out: list[WorkerMachineInstruction]) -> None:
+        tasks = self.tasks
+        for key, nbytes in ev.nbytes.items():
+            ts = tasks.get(key)
+            if ts is None:
+                ts = WorkerTask(key, 0)
+                tasks[key] = ts
+                ts.held = True
+                self._put_in_memory(ts, nbytes)
+                continue
+            st = ts.state
+            if st == FETCH or st == MISSING:
+                if st == FETCH:
+                    self._leave_fetch(ts)
+                self._clear_who_has(ts)
+                ts.held = True
+                self._put_in_memory(ts, nbytes)
+                if ts.pending is not None:
+                    ts.pending = None
+                    out.append(TaskFinishedMsg(key, nbytes, 0.0, 0.0))
+            elif st == MEMORY:
+                ts.held = True
+            # waiting/ready/executing/cancelled/error/flight: that course decides;
+            # the stored value is overwritten or released with it.
 
     def _on_remove_replicas(
         self, ev: RemoveReplicasEvent, out: list[WorkerMachineInstruction]

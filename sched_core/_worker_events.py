@@ -244,6 +244,23 @@ class UpdateWhoHasEvent(WorkerEvent):
         return f"UpdateWhoHasEvent(who_has={self.who_has!r})"
 
 
+class DataPutEvent(WorkerEvent):
+    """The runtime stored these values here on a peer's request (scatter).
+
+    ``nbytes`` maps each key to its size.  The keys are held by the scheduler
+    (which hears of them from the client) until it frees them.  A key this
+    worker is computing or fetching keeps that course; its value wins.
+    """
+
+    nbytes: dict[str, int]
+
+    def __init__(self, nbytes: dict[str, int]) -> None:
+        self.nbytes = nbytes
+
+    def __repr__(self) -> str:
+        return f"DataPutEvent(nbytes={self.nbytes!r})"
+
+
 class PauseEvent(WorkerEvent):
     """Memory pressure: start nothing new (no Execute, no GatherDep)."""
 

@@ -8,6 +8,7 @@ from sched_core._worker import STATE_NAMES, Transfer, WorkerMachine, WorkerTask
 from sched_core._worker_events import (
     AddReplicaMsg,
     ComputeTaskEvent,
+    DataPutEvent,
     Execute,
     ExecuteFailureEvent,
     ExecuteSuccessEvent,
@@ -619,3 +620,35 @@ def test_reprs() -> None:
         assert r.startswith(type(o).__name__ + "("), r
     assert STATE_NAMES[m.m.tasks["a"].state] == m.m.tasks["a"].state_name
     assert Execute("a", 1) != ReleaseData("a")
+
+
+# -- data put here by a peer (scatter) ---------------------------------------------
+
+
+def test_data_put_is_held_in_memory_and_feeds_dependents() -> None:
+    m = M()
+    assert m(DataPutEvent({"s": 40})) == []
+    assert m.state("s") == "memory" and m.m.nbytes_in_memory == 40
+    # A task depending on it runs without a fetch (its holder list names this worker).
+    assert m(compute("t", 1, {"s": [m.m.address]})) == [Execute("t", "spec-t")]
+    m(ok("t"))
+    assert m.state("s") == "memory"  # still held after its dependent finished
+    assert m(FreeKeysEvent(["s"])) == [ReleaseData("s")]
+    assert m.state("s") is None
+
+
+def test_data_put_ends_a_fetch_and_a_missing_dependency() -> None:
+    m = M(transfer_peers=1)
+    m(compute("t", 1, {"x": ["p1"], "y": ["p1"], "z": []}))
+    assert m.state("z") == "missing"
+    out = m(DataPutEvent({"z": 7}))
+    assert out == [] and m.state("z") == "memory"
+    assert m.m.tasks["t"].waiting_count == 2  # x and y still coming
+
+
+def test_data_put_does_not_disturb_a_running_task() -> None:
+    m = M()
+    m(compute("a", 1))
+    assert m(DataPutEvent({"a": 3})) == []
+    assert m.state("a") == "executing"
+    assert m(ok("a", 9)) == [TaskFinishedMsg("a", 9, 1.0, 2.0)]
