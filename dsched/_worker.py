@@ -1,0 +1,461 @@
+"""The worker: a ``sched_core.WorkerMachine`` driven by the scheduler, its peers and its threads.
+
+Everything that happens to a worker becomes a worker-machine event, appended to
+one list (``_events``): a frame of ``Compute`` / ``FreeKeys`` / ``StealRequest``
+messages from the scheduler, a batch of finished tasks from the task threads, a
+transfer's answer, values a peer put here.  One consumer task drains that list
+once per loop tick with a single ``handle_events`` call and carries out the
+instructions: start tasks on the threads, fetch dependencies from peers (one
+request per peer, several keys each), drop data, and queue reports for the
+scheduler on a :class:`~dsched._batched.BatchedSender` (one frame per tick).
+
+Bookkeeping the machine leaves to the runtime:
+
+* ``run_ids``: the scheduler's run id of each key's latest ``Compute``, echoed in
+  ``TaskFinished`` / ``TaskErred`` so that the scheduler can ignore a result
+  that crossed a reassignment on the wire.
+* ``seen_batch``: the largest scheduler batch number among the frames whose
+  messages have been handled, sent with replica and missing-data reports.
+* the data store (``data``): the values of the keys in memory here.
+
+Execution slots: the machine starts a task only when one of its ``nthreads``
+slots is free, and a slot frees only when the loop has handled the task's
+completion.  For tasks of a few microseconds that makes every task wait for a
+thread -> loop -> thread round trip (tens of microseconds, plus a GIL hand-off).
+So the worker gives the machine extra slots when its tasks are short:
+``nthreads * (1 + extra)`` where ``extra`` covers about ``PREFETCH_SECONDS`` of
+measured task time per thread (at most ``MAX_PREFETCH``, none for tasks longer
+than that).  The extra tasks wait in the executor's queue, so a thread never
+idles between short tasks and completions reach the loop - and the scheduler -
+in batches.  Long tasks get no extra slots, so they stay stealable and in
+priority order until a thread is free.
+
+The worker exits when its scheduler connection ends (or on ``close()``, which
+retires it: the scheduler is told with ``Close`` first).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from types import TracebackType
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup
+
+import sched_core as sc
+from dsched import _protocol as p
+from dsched._batched import BatchedSender
+from dsched._comm import Comm, CommClosedError, connect, listen, parse_address
+from dsched._worker_executor import FunctionCache, TaskExecutor
+from dsched._worker_peers import PeerPool, PeerServing, serve_peer
+from dsched._serialize import sizeof
+
+__all__ = ["Worker", "process_memory"]
+
+logger = logging.getLogger("dsched.worker")
+
+_BUSY_RETRY_DELAY = 0.05
+PREFETCH_SECONDS = 0.002
+MAX_PREFETCH = 32
+_DURATION_WEIGHT = 0.2
+
+
+def process_memory() -> int:
+    """Resident memory of this process in bytes (0 where it cannot be read)."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+class Worker:
+    """``async with Worker(scheduler_address) as worker:`` serves until the block ends.
+
+    ``worker.address`` is where it serves its data to peers.  ``serve_forever()``
+    returns when the scheduler goes away.
+    """
+
+    def __init__(
+        self,
+        scheduler_address: str,
+        *,
+        nthreads: int = 1,
+        name: str = "",
+        memory_limit: int = 0,
+        resources: dict[str, float] | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        auth: str = "",
+        connect_timeout: float = 10.0,
+    ) -> None:
+        if nthreads < 1:
+            raise ValueError(f"nthreads must be at least 1, not {nthreads}")
+        self.scheduler_address = scheduler_address
+        self.nthreads = nthreads
+        self.name = name
+        self.memory_limit = memory_limit
+        self.resources = dict(resources or {})
+        self.host = host
+        self.port = port
+        self.auth = auth
+        self.connect_timeout = connect_timeout
+        self.address = ""
+        self.scheduler_id = ""
+        self.data: dict[str, object] = {}
+        self.functions = FunctionCache()
+        self.run_ids: dict[str, int] = {}
+        self.seen_batch = -1
+        self.machine: sc.WorkerMachine | None = None
+        self.heartbeat_interval = 0.5
+        self.latency = 0.0
+        self.closed = anyio.Event()
+        self._steal_run_ids: dict[str, int] = {}
+        self._events: list[sc.WorkerEvent] = []
+        self._frame_batch = -1
+        self._wake = anyio.Event()
+        self._tg: TaskGroup | None = None
+        self._comm: Comm | None = None
+        self._sender: BatchedSender[p.WorkerToScheduler] | None = None
+        self._executor: TaskExecutor | None = None
+        self._peers: PeerPool | None = None
+        self._serving: PeerServing | None = None
+        self._heartbeat_sent: dict[int, float] = {}
+        self.task_duration = -1.0  # moving average of task run times (s); -1: none yet
+        self._closing = False
+
+    def __repr__(self) -> str:
+        return f"<Worker {self.address or '(not started)'} name={self.name!r} nthreads={self.nthreads}>"
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    async def __aenter__(self) -> Worker:
+        tg = anyio.create_task_group()
+        await tg.__aenter__()
+        self._tg = tg
+        try:
+            await tg.start(self._run)
+        except BaseException:
+            tg.cancel_scope.cancel()
+            await tg.__aexit__(None, None, None)
+            raise
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool | None:
+        await self.close("worker stopped")
+        tg = self._tg
+        assert tg is not None
+        self._tg = None
+        tg.cancel_scope.cancel()
+        return await tg.__aexit__(exc_type, exc, tb)
+
+    async def serve_forever(self) -> None:
+        """Serve until the scheduler connection ends or the caller is cancelled."""
+        if self._tg is None:
+            async with self:
+                await self.closed.wait()
+        else:
+            await self.closed.wait()
+
+    async def close(self, reason: str = "") -> None:
+        """Retire: tell the scheduler (``Close``), flush, stop the threads and the connections."""
+        if self._closing:
+            await self.closed.wait()
+            return
+        self._closing = True
+        try:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+                sender, comm = self._sender, self._comm
+                if sender is not None and comm is not None and not comm.closed:
+                    try:
+                        sender.send(p.Close(reason or "worker closing"))
+                    except CommClosedError:
+                        pass  # the scheduler is gone already
+                    await sender.close()
+                    await comm.aclose(reason or "worker closing")
+                if self._peers is not None:
+                    await self._peers.aclose()
+                if self._executor is not None:
+                    await anyio.to_thread.run_sync(self._executor.close)
+        finally:
+            self.closed.set()
+            if self._tg is not None:
+                self._tg.cancel_scope.cancel()
+
+    async def _run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        async with listen(self.host, self.port, self._handle_peer) as listener:
+            self.address = listener.address
+            if not self.name:
+                self.name = self.address
+            comm = await self._connect()
+            self.machine = sc.WorkerMachine(self.address, self.nthreads, self.resources or None)
+            self._executor = TaskExecutor(self.nthreads, self.data, self.functions, self._push_many)
+            self._peers = PeerPool(name=self.address, auth=self.auth)
+            self._serving = PeerServing(
+                self.data, self._data_put, scheduler_id=self.scheduler_id, address=self.address, auth=self.auth
+            )
+            encoder = p.FrameEncoder(p.WORKER_TO_SCHEDULER)
+            async with BatchedSender(comm, encoder.encode_frames) as sender:
+                self._sender = sender
+                sender.send(p.RegisterWorker(self.address, self.nthreads, self.memory_limit, self.resources, self.name))
+                logger.info("worker %s (%s) connected to %s", self.address, self.name, self.scheduler_address)
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._consume)
+                    tg.start_soon(self._heartbeats)
+                    task_status.started()
+                    await self._read_scheduler(comm)
+                    tg.cancel_scope.cancel()
+        if not self._closing:
+            logger.info("worker %s: the scheduler connection ended, shutting down", self.address)
+            self._closing = True
+            if self._executor is not None:
+                await anyio.to_thread.run_sync(self._executor.close)
+            if self._peers is not None:
+                await self._peers.aclose()
+            self.closed.set()
+
+    async def _connect(self) -> Comm:
+        _, host, port = parse_address(self.scheduler_address)
+        comm = await connect(host, port, timeout=self.connect_timeout)
+        hello = p.Hello(p.PROTOCOL_VERSION, "worker", self.name, address=self.address, auth=self.auth)
+        try:
+            await comm.send_frame(p.encode_handshake(hello))
+            with anyio.fail_after(self.connect_timeout):
+                reply = p.decode_reply(await comm.recv_frame())
+        except BaseException:
+            await comm.aclose("handshake failed")
+            raise
+        if isinstance(reply, p.Refused):
+            await comm.aclose("refused")
+            raise CommClosedError(f"the scheduler at {self.scheduler_address} refused this worker: {reply.reason}")
+        self.scheduler_id = reply.scheduler_id
+        if reply.heartbeat_interval > 0:
+            self.heartbeat_interval = reply.heartbeat_interval
+        self._comm = comm
+        return comm
+
+    # -- from the scheduler -----------------------------------------------------------
+
+    async def _read_scheduler(self, comm: Comm) -> None:
+        decoder = p.FrameDecoder(p.SCHEDULER_TO_WORKER)
+        while True:
+            try:
+                frame = decoder.decode_frame(await comm.recv_frame())
+            except p.ProtocolError as exc:
+                logger.error("protocol error from the scheduler, disconnecting: %s", exc)
+                await comm.aclose("protocol error")
+                return
+            except CommClosedError as exc:
+                if not self._closing:
+                    logger.warning("lost the scheduler connection: %s", exc.reason)
+                return
+            if self._scheduler_messages(frame.messages):
+                return  # the scheduler said Close
+            if frame.batch > self._frame_batch:
+                self._frame_batch = frame.batch
+            self._wake.set()
+
+    def _scheduler_messages(self, messages: list[p.SchedulerToWorker]) -> bool:
+        """Turn one frame's messages into machine events; True if the scheduler said goodbye."""
+        events = self._events
+        run_ids = self.run_ids
+        for msg in messages:
+            if isinstance(msg, p.Compute):
+                run_ids[msg.key] = msg.run_id
+                spec = (msg.function, msg.args, bool(msg.who_has))
+                events.append(sc.ComputeTaskEvent(msg.key, spec, msg.priority, msg.who_has, msg.nbytes, msg.resources))
+            elif isinstance(msg, p.FreeKeys):
+                for key in msg.keys:
+                    run_ids.pop(key, None)
+                events.append(sc.FreeKeysEvent(msg.keys))
+            elif isinstance(msg, p.DefineFunction):
+                self.functions.define(msg.ref, p.payload_bytes(msg.function))
+            elif isinstance(msg, p.StealRequest):
+                self._steal_run_ids[msg.key] = msg.run_id
+                events.append(sc.StealRequestEvent(msg.key))
+            elif isinstance(msg, p.HeartbeatAck):
+                sent = self._heartbeat_sent.pop(msg.seq, None)
+                if sent is not None:
+                    self.latency = time.monotonic() - sent
+                if msg.interval > 0:
+                    self.heartbeat_interval = msg.interval
+            elif isinstance(msg, p.ForgetFunctions):
+                self.functions.forget(msg.refs)
+            else:  # Close
+                logger.info("the scheduler closed the connection: %s", msg.reason)
+                return True
+        return False
+
+    # -- the machine ------------------------------------------------------------------
+
+    def _push_many(self, events: list[sc.WorkerEvent]) -> None:
+        self._events.extend(events)
+        self._wake.set()
+
+    def _push(self, event: sc.WorkerEvent) -> None:
+        self._events.append(event)
+        self._wake.set()
+
+    async def _consume(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake = anyio.Event()
+            if self._events:
+                self._step()
+
+    def _step(self) -> None:
+        machine = self.machine
+        assert machine is not None
+        events = self._events
+        self._events = []
+        batch = self._frame_batch
+        self._measure(events)
+        instructions = machine.handle_events(events)
+        self.seen_batch = batch
+        self._carry_out(instructions)
+
+    def _measure(self, events: list[sc.WorkerEvent]) -> None:
+        """Track task run times and size the machine's execution slots from them."""
+        average = self.task_duration
+        seen = False
+        for ev in events:
+            if isinstance(ev, sc.ExecuteSuccessEvent):
+                duration = ev.stop - ev.start
+                average = duration if average < 0 else average + _DURATION_WEIGHT * (duration - average)
+                seen = True
+        if not seen:
+            return
+        self.task_duration = average
+        extra = min(MAX_PREFETCH, int(PREFETCH_SECONDS / max(average, 1e-6)))
+        machine = self.machine
+        assert machine is not None
+        machine.nthreads = self.nthreads * (1 + extra)
+
+    def _carry_out(self, instructions: list[sc.WorkerMachineInstruction]) -> None:
+        sender = self._sender
+        executor = self._executor
+        assert sender is not None and executor is not None
+        out: list[p.WorkerToScheduler] = []
+        replicas: dict[str, int] = {}
+        run_ids = self.run_ids
+        for ins in instructions:
+            if isinstance(ins, sc.Execute):
+                executor.submit(ins.key, ins.run_spec)
+            elif isinstance(ins, sc.TaskFinishedMsg):
+                out.append(p.TaskFinished(ins.key, ins.nbytes, max(0.0, ins.stop - ins.start), run_ids.get(ins.key, -1)))
+            elif isinstance(ins, sc.ReleaseData):
+                self.data.pop(ins.key, None)
+            elif isinstance(ins, sc.GatherDep):
+                self._spawn(self._gather, ins.peer, ins.keys)
+            elif isinstance(ins, sc.AddReplicaMsg):
+                replicas[ins.key] = ins.nbytes
+            elif isinstance(ins, sc.TaskErredMsg):
+                exc = ins.exception if isinstance(ins.exception, bytes) else b""
+                tb = ins.traceback if isinstance(ins.traceback, str) else ""
+                out.append(p.TaskErred(ins.key, exc, tb, run_ids.get(ins.key, -1)))
+            elif isinstance(ins, sc.MissingDep):
+                out.append(p.MissingData(ins.key, ins.errant_worker, self.seen_batch))
+            elif isinstance(ins, sc.StealResponseMsg):
+                out.append(p.StealResponse(ins.key, ins.state, self._steal_run_ids.pop(ins.key, -1)))
+            elif isinstance(ins, sc.RetryBusyWorkerLater):
+                self._spawn(self._retry_later, ins.peer)
+            else:
+                logger.error("unknown worker instruction %r", ins)
+        if replicas:
+            out.append(p.ReplicasAdded(list(replicas), replicas, self.seen_batch))
+        if out:
+            try:
+                sender.send_many(out)
+            except CommClosedError:
+                pass  # the scheduler is gone; _read_scheduler ends the worker
+
+    def _spawn(self, func: Any, *args: Any) -> None:
+        if self._tg is not None:
+            self._tg.start_soon(func, *args)
+
+    # -- transfers ----------------------------------------------------------------------
+
+    async def _gather(self, peer: str, keys: list[str]) -> None:
+        """One GatherDep: fetch ``keys`` from ``peer``, store them, report to the machine."""
+        pool = self._peers
+        assert pool is not None
+        try:
+            reply = await pool.get_data(peer, keys)
+        except (CommClosedError, OSError) as exc:
+            logger.info("could not fetch %d keys from %s: %s", len(keys), peer, exc)
+            self._push(sc.GatherDepFailureEvent(peer, keys))
+            return
+        except Exception:
+            logger.exception("fetching %d keys from %s failed", len(keys), peer)
+            self._push(sc.GatherDepFailureEvent(peer, keys))
+            return
+        if reply.busy:
+            self._push(sc.GatherDepBusyEvent(peer, keys))
+            return
+        nbytes: dict[str, int] = {}
+        data = self.data
+        for key, value in reply.values.items():
+            data[key] = value
+            nbytes[key] = sizeof(value)
+        self._push(sc.GatherDepSuccessEvent(peer, nbytes))
+
+    async def _retry_later(self, peer: str) -> None:
+        await anyio.sleep(_BUSY_RETRY_DELAY)
+        self._push(sc.RetryBusyWorkerEvent(peer))
+
+    def _data_put(self, values: dict[str, object]) -> dict[str, int]:
+        """A peer (a client scattering) put values here."""
+        nbytes = {key: sizeof(value) for key, value in values.items()}
+        self.data.update(values)
+        self._push(sc.DataPutEvent(nbytes))
+        return nbytes
+
+    async def _handle_peer(self, comm: Comm) -> None:
+        if self._serving is None:  # not registered with the scheduler yet
+            return
+        await serve_peer(self._serving, comm)
+
+    # -- heartbeats ---------------------------------------------------------------------
+
+    async def _heartbeats(self) -> None:
+        seq = 0
+        while True:
+            await anyio.sleep(self.heartbeat_interval)
+            machine, sender = self.machine, self._sender
+            if machine is None or sender is None:
+                continue
+            seq += 1
+            self._heartbeat_sent[seq] = time.monotonic()
+            if len(self._heartbeat_sent) > 100:  # acks lost: keep the table bounded
+                self._heartbeat_sent.pop(next(iter(self._heartbeat_sent)))
+            beat = p.Heartbeat(
+                seq,
+                self.latency,
+                process_memory(),
+                executing=len(machine.running),
+                ready=machine.n_ready + machine.n_constrained,
+                in_memory=len(self.data),
+                nbytes_in_memory=machine.nbytes_in_memory,
+            )
+            try:
+                sender.send(beat)
+            except CommClosedError:
+                return
+
+    def info(self) -> dict[str, Any]:
+        """A snapshot for logs and tests (O(1))."""
+        machine = self.machine
+        return {
+            "address": self.address,
+            "name": self.name,
+            "nthreads": self.nthreads,
+            "in_memory": len(self.data),
+            "executed": machine.n_executed if machine else 0,
+            "fetched": machine.n_fetched if machine else 0,
+            "latency": self.latency,
+        }

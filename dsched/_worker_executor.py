@@ -1,0 +1,175 @@
+"""The worker's task threads: run tasks, store results, report completions in batches.
+
+The event loop hands a task to the pool with :meth:`TaskExecutor.submit` (a
+queue put, no coroutine).  Each of ``nthreads`` threads takes tasks off one
+queue, runs them and appends the outcome - an ``ExecuteSuccessEvent`` or
+``ExecuteFailureEvent`` for the worker machine - to a shared list.  Only the
+thread that finds the list empty wakes the loop (one ``call_soon_threadsafe``
+per batch, not per task), so a burst of short tasks costs the loop one wake-up.
+
+Running a task means: look up its function (unpickled once per function ref
+and cached), unpickle its arguments - filling references to dependencies from
+the worker's data store - call it, and store the value in the data store
+*before* reporting success, as the worker machine requires.  Anything raised
+along the way (including a function or argument that does not unpickle) is the
+task's error, sent with its formatted traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import pickle
+import queue
+import threading
+import time
+from collections.abc import Callable, MutableMapping
+from typing import Any, Final
+
+import sched_core as sc
+from dsched._protocol import Payload, payload_view
+from dsched._serialize import dumps_exception, loads_args, loads_function, sizeof
+
+__all__ = ["FunctionCache", "RunSpec", "TaskExecutor"]
+
+logger = logging.getLogger("dsched.worker")
+
+_STOP: Final = None
+
+# What the worker puts in ``ComputeTaskEvent.run_spec``: the function ref, the
+# pickled arguments, and whether they refer to dependencies.
+RunSpec = tuple[int, Payload, bool]
+
+
+class FunctionCache:
+    """Pickled functions by ref (from ``DefineFunction``), unpickled on first use."""
+
+    def __init__(self) -> None:
+        self.pickled: dict[int, bytes] = {}
+        self._loaded: dict[int, Callable[..., Any]] = {}
+
+    def define(self, ref: int, payload: bytes) -> None:
+        if self.pickled.get(ref) != payload:
+            self.pickled[ref] = payload
+            self._loaded.pop(ref, None)
+
+    def forget(self, refs: list[int]) -> None:
+        for ref in refs:
+            self.pickled.pop(ref, None)
+            self._loaded.pop(ref, None)
+
+    def get(self, ref: int) -> Callable[..., Any]:
+        func = self._loaded.get(ref)
+        if func is None:
+            try:
+                payload = self.pickled[ref]
+            except KeyError:
+                raise LookupError(f"function ref {ref} was never defined on this worker") from None
+            func = loads_function(payload)
+            self._loaded[ref] = func
+        return func
+
+
+class TaskExecutor:
+    """``nthreads`` daemon threads running tasks; outcomes go to ``deliver`` on the loop.
+
+    Create it on the event loop (it remembers the running loop); ``deliver``
+    receives lists of worker-machine events, called on the loop's thread.
+    """
+
+    def __init__(
+        self,
+        nthreads: int,
+        data: MutableMapping[str, object],
+        functions: FunctionCache,
+        deliver: Callable[[list[sc.WorkerEvent]], None],
+        *,
+        name: str = "dsched-worker",
+    ) -> None:
+        self.nthreads = nthreads
+        self.data = data
+        self.functions = functions
+        self._deliver = deliver
+        self._loop = asyncio.get_running_loop()
+        self._queue: queue.SimpleQueue[tuple[str, RunSpec] | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._done: list[sc.WorkerEvent] = []
+        self._closed = False
+        self.executing: dict[str, float] = {}  # key -> start time, for diagnostics
+        self._threads = [
+            threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True) for i in range(nthreads)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, key: str, run_spec: object) -> None:
+        """Run ``key`` on the next free thread (called from the loop)."""
+        if self._closed:
+            return
+        self._queue.put((key, run_spec))  # type: ignore[arg-type]
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Stop the threads after their current task; wait up to ``timeout`` seconds in total."""
+        if self._closed:
+            return
+        self._closed = True
+        for _ in self._threads:
+            self._queue.put(_STOP)
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        alive = [t.name for t in self._threads if t.is_alive()]
+        if alive:
+            logger.warning("task threads still running a task at shutdown: %s", ", ".join(alive))
+
+    # -- on the task threads ----------------------------------------------------------
+
+    def _work(self) -> None:
+        get = self._queue.get
+        while True:
+            item = get()
+            if item is None:
+                return
+            key, run_spec = item
+            event = self._run(key, run_spec)
+            with self._lock:
+                self._done.append(event)
+                wake = len(self._done) == 1
+            if wake:
+                try:
+                    self._loop.call_soon_threadsafe(self._flush)
+                except RuntimeError:  # the loop is closed: the worker is gone
+                    return
+
+    def _run(self, key: str, run_spec: RunSpec) -> sc.WorkerEvent:
+        start = time.time()
+        self.executing[key] = start
+        try:
+            ref, args_payload, has_deps = run_spec
+            func = self.functions.get(ref)
+            view = payload_view(args_payload)
+            if has_deps:
+                args, kwargs = loads_args(view, self.data)
+            else:
+                args, kwargs = pickle.loads(view)
+                if kwargs is None:
+                    kwargs = {}
+            value = func(*args, **kwargs)
+            stop = time.time()
+            self.data[key] = value
+            return sc.ExecuteSuccessEvent(key, sizeof(value), start, stop)
+        except BaseException as exc:  # a task's SystemExit is its error too, not the thread's end
+            stop = time.time()
+            payload, text = dumps_exception(exc)
+            return sc.ExecuteFailureEvent(key, payload, text, start, stop)
+        finally:
+            self.executing.pop(key, None)
+
+    # -- on the loop ------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        with self._lock:
+            done = self._done
+            self._done = []
+        if done:
+            self._deliver(done)

@@ -1,0 +1,238 @@
+"""Worker to worker (and client to worker) data transfer: the ``peer`` conversation.
+
+:class:`PeerPool` is the requesting side: one connection per peer address,
+reused, one request at a time on each (the worker machine never runs two
+transfers from the same peer at once; a client's gathers share the lock).
+:func:`serve_peer` is the serving side, run by a worker's listener for every
+incoming ``peer`` connection: ``GetData`` is answered with the pickled values
+held here (or ``Busy`` when too many transfers are already being served),
+``PutData`` stores values and answers their sizes.
+
+Values larger than ``OFFLOAD_BYTES`` are pickled and unpickled on a thread so
+that a big transfer does not stall the event loop.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import Final
+
+import anyio
+
+from dsched import _protocol as p
+from dsched._comm import Comm, CommClosedError, connect, parse_address
+from dsched._serialize import dumps_value, loads_value, sizeof
+
+__all__ = ["OFFLOAD_BYTES", "PeerPool", "PeerReply", "serve_peer"]
+
+logger = logging.getLogger("dsched.worker")
+
+OFFLOAD_BYTES: Final = 1_000_000
+
+
+class _PeerConn:
+    __slots__ = ("comm", "decoder", "encoder", "lock")
+
+    def __init__(self, comm: Comm) -> None:
+        self.comm = comm
+        self.encoder = p.FrameEncoder(p.PEER)
+        self.decoder = p.FrameDecoder(p.PEER)
+        self.lock = anyio.Lock()
+
+
+class PeerReply:
+    """What a peer answered to ``GetData``: the values it had, the keys it lacked, or busy."""
+
+    __slots__ = ("busy", "missing", "values")
+
+    def __init__(self, values: dict[str, object], missing: list[str], busy: bool = False) -> None:
+        self.values = values
+        self.missing = missing
+        self.busy = busy
+
+
+class PeerPool:
+    """Connections to peers (workers), opened on first use and kept."""
+
+    def __init__(self, *, name: str, auth: str = "", timeout: float = 10.0) -> None:
+        self.name = name
+        self.auth = auth
+        self.timeout = timeout
+        self._conns: dict[str, _PeerConn] = {}
+        self._request = 0
+
+    async def _conn(self, address: str) -> _PeerConn:
+        conn = self._conns.get(address)
+        if conn is not None and not conn.comm.closed:
+            return conn
+        _, host, port = parse_address(address)
+        comm = await connect(host, port, timeout=self.timeout)
+        try:
+            await comm.send_frame(p.encode_handshake(p.Hello(p.PROTOCOL_VERSION, "peer", self.name, auth=self.auth)))
+            with anyio.fail_after(self.timeout):
+                reply = p.decode_reply(await comm.recv_frame())
+        except (TimeoutError, p.ProtocolError) as exc:
+            await comm.aclose(f"peer handshake failed: {exc}")
+            raise CommClosedError(f"peer handshake with {address} failed: {exc}") from exc
+        except BaseException:
+            await comm.aclose("peer handshake interrupted")
+            raise
+        if isinstance(reply, p.Refused):
+            await comm.aclose("refused")
+            raise CommClosedError(f"peer {address} refused the connection: {reply.reason}")
+        conn = _PeerConn(comm)
+        self._conns[address] = conn
+        return conn
+
+    async def _exchange(self, address: str, message: p.PeerMessage) -> p.PeerMessage:
+        conn = await self._conn(address)
+        async with conn.lock:
+            try:
+                await conn.comm.send_frame(conn.encoder.encode([message]))
+                with anyio.fail_after(max(self.timeout, 60.0)):
+                    replies = conn.decoder.decode(await conn.comm.recv_frame())
+            except (p.ProtocolError, TimeoutError) as exc:
+                await self._drop(address, conn, f"bad answer: {exc}")
+                raise CommClosedError(f"peer {address} gave a bad answer: {exc}") from exc
+            except CommClosedError:
+                await self._drop(address, conn, "connection lost")
+                raise
+        if len(replies) != 1:
+            await self._drop(address, conn, "unexpected frame")
+            raise CommClosedError(f"peer {address} answered with {len(replies)} messages")
+        return replies[0]
+
+    async def _drop(self, address: str, conn: _PeerConn, reason: str) -> None:
+        if self._conns.get(address) is conn:
+            del self._conns[address]
+        await conn.comm.aclose(reason)
+
+    async def get_data(self, address: str, keys: list[str]) -> PeerReply:
+        """Fetch ``keys`` from ``address``.  Raises ``CommClosedError`` if it cannot be reached."""
+        self._request += 1
+        request = self._request
+        reply = await self._exchange(address, p.GetData(request, keys))
+        if isinstance(reply, p.Busy) and reply.request == request:
+            return PeerReply({}, [], busy=True)
+        if not isinstance(reply, p.DataReply) or reply.request != request:
+            raise CommClosedError(f"peer {address} answered GetData with {type(reply).__name__}")
+        total = sum(len(v) for v in reply.data.values())
+        if total > OFFLOAD_BYTES:
+            values = await anyio.to_thread.run_sync(_loads_all, reply.data)
+        else:
+            values = _loads_all(reply.data)
+        missing = [k for k in reply.missing]
+        return PeerReply(values, missing)
+
+    async def put_data(self, address: str, data: Mapping[str, bytes]) -> dict[str, int]:
+        """Store pickled values on ``address``; return their sizes as it accounted them."""
+        self._request += 1
+        request = self._request
+        reply = await self._exchange(address, p.PutData(request, dict(data)))
+        if not isinstance(reply, p.PutDataReply) or reply.request != request:
+            raise CommClosedError(f"peer {address} answered PutData with {type(reply).__name__}")
+        return dict(reply.nbytes)
+
+    async def aclose(self) -> None:
+        conns = list(self._conns.items())
+        self._conns.clear()
+        for _, conn in conns:
+            await conn.comm.aclose("closing")
+
+
+def _loads_all(data: Mapping[str, p.Payload]) -> dict[str, object]:
+    return {key: loads_value(p.payload_view(payload)) for key, payload in data.items()}
+
+
+def _dumps_all(values: Mapping[str, object]) -> dict[str, p.Payload]:
+    return {key: dumps_value(value) for key, value in values.items()}
+
+
+class PeerServing:
+    """The serving side's shared state: the data store and a limit on concurrent transfers."""
+
+    def __init__(
+        self,
+        data: Mapping[str, object],
+        on_put: Callable[[dict[str, object]], dict[str, int]],
+        *,
+        scheduler_id: str,
+        address: str,
+        auth: str = "",
+        max_concurrent: int = 10,
+    ) -> None:
+        self.data = data
+        self.on_put = on_put
+        self.scheduler_id = scheduler_id
+        self.address = address
+        self.auth = auth
+        self.max_concurrent = max_concurrent
+        self.serving = 0
+        self.served_keys = 0
+        self.busy_replies = 0
+
+
+async def serve_peer(serving: PeerServing, comm: Comm) -> None:
+    """Answer one peer connection until it closes (the listener's handler)."""
+    try:
+        with anyio.fail_after(10.0):
+            hello = p.decode_hello(await comm.recv_frame())
+    except (p.ProtocolError, TimeoutError) as exc:
+        logger.warning("bad peer handshake from %s: %s", comm.peer, exc)
+        return
+    refusal = p.check_hello(hello, roles=("peer",), auth=serving.auth)
+    if refusal is not None:
+        logger.info("refused peer %s: %s", comm.peer, refusal.reason)
+        try:
+            await comm.send_frame(p.encode_handshake(refusal))
+        except CommClosedError:
+            pass  # it left first; the refusal only explained why we close
+        return
+    await comm.send_frame(p.encode_handshake(p.Welcome(p.PROTOCOL_VERSION, serving.scheduler_id, name=serving.address)))
+    encoder = p.FrameEncoder(p.PEER)
+    decoder = p.FrameDecoder(p.PEER)
+    while True:
+        try:
+            messages = decoder.decode(await comm.recv_frame())
+        except p.ProtocolError as exc:
+            logger.warning("protocol error from peer %s, closing: %s", comm.peer, exc)
+            return
+        except CommClosedError:
+            return
+        for msg in messages:
+            if isinstance(msg, p.Close):
+                return
+            reply = await _answer(serving, msg)
+            if reply is None:
+                logger.warning("unexpected %s from peer %s, closing", type(msg).__name__, comm.peer)
+                return
+            await comm.send_frame(encoder.encode([reply]))
+
+
+async def _answer(serving: PeerServing, msg: p.PeerMessage) -> p.PeerMessage | None:
+    if isinstance(msg, p.GetData):
+        if serving.serving >= serving.max_concurrent:
+            serving.busy_replies += 1
+            return p.Busy(msg.request)
+        serving.serving += 1
+        try:
+            data = serving.data
+            held = {key: data[key] for key in msg.keys if key in data}
+            missing = [key for key in msg.keys if key not in held]
+            if sum(sizeof(v) for v in held.values()) > OFFLOAD_BYTES:
+                payloads = await anyio.to_thread.run_sync(_dumps_all, held)
+            else:
+                payloads = _dumps_all(held)
+            serving.served_keys += len(payloads)
+            return p.DataReply(msg.request, payloads, missing)
+        finally:
+            serving.serving -= 1
+    if isinstance(msg, p.PutData):
+        total = sum(len(v) for v in msg.data.values())
+        if total > OFFLOAD_BYTES:
+            values = await anyio.to_thread.run_sync(_loads_all, msg.data)
+        else:
+            values = _loads_all(msg.data)
+        return p.PutDataReply(msg.request, serving.on_put(values))
+    return None
