@@ -180,9 +180,11 @@ class SchedulerServer:
         self._tg = None
         tg.cancel_scope.cancel()
         try:
-            return await tg.__aexit__(exc_type, exc, tb)
+            # The body's own exception propagates as itself, not wrapped in a group.
+            await tg.__aexit__(None, None, None)
         finally:
             self.gc.stop()
+        return None
 
     async def serve_forever(self) -> None:
         """Serve until cancelled (enters the server if it is not running yet)."""

@@ -133,14 +133,21 @@ class Worker:
     # -- lifecycle --------------------------------------------------------------------
 
     async def __aenter__(self) -> Worker:
+        # Connect first, outside any task group, so that an unreachable or
+        # refusing scheduler raises a plain ConnectError / CommClosedError.
+        comm = await self._connect()
         tg = anyio.create_task_group()
         await tg.__aenter__()
         self._tg = tg
         try:
-            await tg.start(self._run)
-        except BaseException:
+            await tg.start(self._run, comm)
+        except BaseException as exc:
             tg.cancel_scope.cancel()
+            with anyio.CancelScope(shield=True):
+                await comm.aclose("worker failed to start")
             await tg.__aexit__(None, None, None)
+            if isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+                raise exc.exceptions[0] from None  # e.g. the port is taken: say so plainly
             raise
         return self
 
@@ -152,7 +159,9 @@ class Worker:
         assert tg is not None
         self._tg = None
         tg.cancel_scope.cancel()
-        return await tg.__aexit__(exc_type, exc, tb)
+        # The body's own exception propagates as itself, not wrapped in a group.
+        await tg.__aexit__(None, None, None)
+        return None
 
     async def serve_forever(self) -> None:
         """Serve until the scheduler connection ends or the caller is cancelled."""
@@ -187,12 +196,11 @@ class Worker:
             if self._tg is not None:
                 self._tg.cancel_scope.cancel()
 
-    async def _run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+    async def _run(self, comm: Comm, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         async with listen(self.host, self.port, self._handle_peer) as listener:
             self.address = listener.address
             if not self.name:
                 self.name = self.address
-            comm = await self._connect()
             self.machine = sc.WorkerMachine(self.address, self.nthreads, self.resources or None)
             self._executor = TaskExecutor(self.nthreads, self.data, self.functions, self._push_many)
             self._peers = PeerPool(name=self.address, auth=self.auth)
@@ -222,7 +230,7 @@ class Worker:
     async def _connect(self) -> Comm:
         _, host, port = parse_address(self.scheduler_address)
         comm = await connect(host, port, timeout=self.connect_timeout)
-        hello = p.Hello(p.PROTOCOL_VERSION, "worker", self.name, address=self.address, auth=self.auth)
+        hello = p.Hello(p.PROTOCOL_VERSION, "worker", self.name, auth=self.auth)
         try:
             await comm.send_frame(p.encode_handshake(hello))
             with anyio.fail_after(self.connect_timeout):
