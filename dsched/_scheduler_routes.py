@@ -58,7 +58,8 @@ class FunctionTable:
     """Pickled functions, stored once each, keyed by a digest of their bytes.
 
     ``intern(payload)`` returns the function's ref (a small int); ``functions[ref]``
-    its bytes.  Entries are never dropped yet (no ``ForgetFunctions``).
+    its bytes.  The server replaces the whole table when no task is left
+    (and tells the workers with ``ForgetFunctions``).
     """
 
     __slots__ = ("by_digest", "functions")

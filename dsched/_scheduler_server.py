@@ -48,6 +48,8 @@ from dsched._comm import DEFAULT_MAX_FRAME_SIZE, Comm, CommClosedError, listen
 from dsched._protocol import (
     CLIENT_TO_SCHEDULER,
     PROTOCOL_VERSION,
+    Close,
+    ForgetFunctions,
     SCHEDULER_TO_CLIENT,
     SCHEDULER_TO_WORKER,
     WORKER_TO_SCHEDULER,
@@ -178,6 +180,8 @@ class SchedulerServer:
         tg = self._tg
         assert tg is not None
         self._tg = None
+        with anyio.CancelScope(shield=True):
+            await self._say_goodbye()
         tg.cancel_scope.cancel()
         try:
             # The body's own exception propagates as itself, not wrapped in a group.
@@ -185,6 +189,19 @@ class SchedulerServer:
         finally:
             self.gc.stop()
         return None
+
+    async def _say_goodbye(self, timeout: float = 2.0) -> None:
+        """Tell every worker and client that the scheduler stops (workers then exit)."""
+        conns: list[WorkerConn | ClientConn] = [*self.workers.values(), *self.clients.values()]
+        for conn in conns:
+            conn.closing = True
+            try:
+                conn.sender.send(Close("the scheduler is shutting down"))
+            except CommClosedError:
+                pass  # already gone
+        with anyio.move_on_after(timeout):
+            for conn in conns:
+                await conn.sender.close()
 
     async def serve_forever(self) -> None:
         """Serve until cancelled (enters the server if it is not running yet)."""
@@ -271,7 +288,26 @@ class SchedulerServer:
                 next_check = now + min(1.0, self.heartbeat_deadline() / 4)
                 await self._check_heartbeats(now)
             if not self._pending and now - self._last_busy > 1.0:
+                self._forget_functions_if_idle()
                 self.gc.maybe_collect()
+
+    def _forget_functions_if_idle(self) -> None:
+        """With no task left, no function is needed: drop the table here and on the workers.
+
+        (Functions are not reference-counted per task; an empty scheduler is the
+        cheap moment at which the table is known to be garbage.)
+        """
+        if self.state.tasks or not self.functions.functions:
+            return
+        self.functions = FunctionTable()
+        for conn in self.workers.values():
+            if conn.functions_sent:
+                refs = sorted(conn.functions_sent)
+                conn.functions_sent = set()
+                try:
+                    conn.sender.send(ForgetFunctions(refs))
+                except CommClosedError:
+                    pass  # the worker is going away
 
     def heartbeat_interval(self) -> float:
         """Seconds between a worker's heartbeats: grows with the number of workers."""

@@ -271,3 +271,20 @@ async def test_port_in_use_raises_plain_oserror() -> None:
         with pytest.raises(OSError):
             async with Worker(s.address, port=port):
                 pass
+
+
+async def test_idle_scheduler_forgets_functions_here_and_on_workers() -> None:
+    async with SchedulerServer(tick_interval=0.05) as s, Worker(s.address) as w:
+        c = await BareClient.open(s.address)
+        await c.submit(c.task("x", inc, 1))
+        await c.wait_done(["x"])
+        assert s.functions.functions and w.functions.pickled
+        await c.send(p.ReleaseKeys(["x"]))
+        with anyio.fail_after(5):
+            while s.functions.functions or w.functions.pickled:
+                await anyio.sleep(0.05)
+        # A new submission defines its function afresh.
+        await c.submit(c.task("y", inc, 2))
+        await c.wait_done(["y"])
+        assert await c.fetch(["y"]) == {"y": 3}
+        await c.aclose()
