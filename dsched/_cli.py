@@ -112,6 +112,10 @@ def _register_subcommands(root: typer.Typer) -> None:
 
         _cli_worker.register(root)
     """
+    from dsched import _cli_scheduler, _cli_worker
+
+    _cli_scheduler.register(root)
+    _cli_worker.register(root)
 
 
 _register_subcommands(app)

@@ -1,0 +1,108 @@
+"""``dsched scheduler``: run a scheduler until SIGINT or SIGTERM."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import anyio
+import typer
+
+from dsched import _protocol as p
+from dsched._cli_signals import cancel_on_signal, signal_name
+from dsched._comm import CommClosedError
+from dsched._procs import adopt_parent_environment, remove_scheduler_file, write_scheduler_file
+from dsched._scheduler_server import SchedulerServer
+
+__all__ = ["register", "say_goodbye", "serve_scheduler"]
+
+logger = logging.getLogger("dsched.scheduler")
+
+_GOODBYE_TIMEOUT = 1.0
+
+
+async def say_goodbye(server: SchedulerServer, reason: str) -> None:
+    """Send ``Close(reason)`` to every worker and client and give the frames a moment to leave.
+
+    Workers and clients then know the scheduler stopped on purpose, rather
+    than guessing from a dropped connection.
+    """
+    senders: list[Any] = [c.sender for c in server.workers.values()] + [c.sender for c in server.clients.values()]
+    for sender in senders:
+        try:
+            sender.send(p.Close(reason))
+        except CommClosedError:
+            pass
+    with anyio.move_on_after(_GOODBYE_TIMEOUT):
+        while any(s.queued for s in senders if s.error is None):
+            await anyio.sleep(0.005)
+        await anyio.sleep(0.02)  # the last frames are being written
+
+
+async def serve_scheduler(host: str, port: int, scheduler_file: Path | None) -> None:
+    """Serve until a stop signal; write and remove the scheduler file around that."""
+    received: list[int] = []
+    async with SchedulerServer(host, port) as server:
+        logger.info("scheduler %s at %s", server.scheduler_id, server.address)
+        if scheduler_file is not None:
+            write_scheduler_file(
+                scheduler_file,
+                {
+                    "type": "Scheduler",
+                    "id": server.scheduler_id,
+                    "address": server.address,
+                    "pid": os.getpid(),
+                    "started": time.time(),
+                },
+            )
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(cancel_on_signal, tg.cancel_scope, received)
+            reason = f"scheduler stopped by {signal_name(received[0])}" if received else "scheduler stopped"
+            logger.info("%s: closing connections to %d workers and %d clients", reason, len(server.workers), len(server.clients))
+            with anyio.CancelScope(shield=True):
+                await say_goodbye(server, reason)
+        finally:
+            if scheduler_file is not None:
+                remove_scheduler_file(scheduler_file, server.address)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command(no_args_is_help=False)
+    def scheduler(
+        host: Annotated[
+            str, typer.Option(help="Interface to listen on (0.0.0.0 for every interface; there is no authentication).")
+        ] = "127.0.0.1",
+        port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on; 0 picks a free one.")] = 8786,
+        dashboard_port: Annotated[
+            int | None,
+            typer.Option(
+                min=0, max=65535,
+                help="Reserved for the dashboard, which is not available yet (accepted and ignored).",
+            ),
+        ] = None,
+        scheduler_file: Annotated[
+            Path | None,
+            typer.Option(
+                help="Write the scheduler's address to this JSON file once it listens "
+                "(workers and clients can read it; removed on exit).",
+                dir_okay=False,
+            ),
+        ] = None,
+    ) -> None:
+        """Run a scheduler: it accepts workers and clients until SIGINT (Ctrl-C) or SIGTERM.
+
+        Workers join with `dsched worker ADDRESS`; clients connect with
+        `Client("tcp://HOST:PORT")`.
+        """
+        adopt_parent_environment()
+        if dashboard_port is not None:
+            logger.warning("the dashboard is not available yet: --dashboard-port %d is ignored", dashboard_port)
+        try:
+            anyio.run(serve_scheduler, host, port, scheduler_file, backend="asyncio")
+        except OSError as exc:
+            typer.echo(f"dsched scheduler: cannot listen on {host}:{port}: {exc.strerror or exc}", err=True)
+            raise typer.Exit(1) from None
