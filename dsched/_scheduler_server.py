@@ -271,7 +271,10 @@ class SchedulerServer:
             pending.popleft()
             events.append(item)
         if events:
-            self._last_busy = time.monotonic()
+            for event in events:  # ticks and heartbeats are not work; stops at the first that is
+                if not isinstance(event, (sc.Tick, sc.WorkerHeartbeat)):
+                    self._last_busy = time.monotonic()
+                    break
             instructions = self.state.handle_events(events)
             route(self, instructions)
         for client, query in queries:
@@ -282,14 +285,14 @@ class SchedulerServer:
         next_check = time.monotonic()
         while True:
             await anyio.sleep(self.tick_interval)
-            self.push(sc.Tick())
             now = time.monotonic()
-            if now >= next_check:
-                next_check = now + min(1.0, self.heartbeat_deadline() / 4)
-                await self._check_heartbeats(now)
             if not self._pending and now - self._last_busy > 1.0:
                 self._forget_functions_if_idle()
                 self.gc.maybe_collect()
+            self.push(sc.Tick())
+            if now >= next_check:
+                next_check = now + min(1.0, self.heartbeat_deadline() / 4)
+                await self._check_heartbeats(now)
 
     def _forget_functions_if_idle(self) -> None:
         """With no task left, no function is needed: drop the table here and on the workers.
