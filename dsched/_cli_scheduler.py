@@ -6,40 +6,18 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import anyio
 import typer
 
-from dsched import _protocol as p
 from dsched._cli_signals import cancel_on_signal, signal_name
-from dsched._comm import CommClosedError
 from dsched._procs import adopt_parent_environment, remove_scheduler_file, write_scheduler_file
 from dsched._scheduler_server import SchedulerServer
 
-__all__ = ["register", "say_goodbye", "serve_scheduler"]
+__all__ = ["register", "serve_scheduler"]
 
 logger = logging.getLogger("dsched.scheduler")
-
-_GOODBYE_TIMEOUT = 1.0
-
-
-async def say_goodbye(server: SchedulerServer, reason: str) -> None:
-    """Send ``Close(reason)`` to every worker and client and give the frames a moment to leave.
-
-    Workers and clients then know the scheduler stopped on purpose, rather
-    than guessing from a dropped connection.
-    """
-    senders: list[Any] = [c.sender for c in server.workers.values()] + [c.sender for c in server.clients.values()]
-    for sender in senders:
-        try:
-            sender.send(p.Close(reason))
-        except CommClosedError:
-            pass
-    with anyio.move_on_after(_GOODBYE_TIMEOUT):
-        while any(s.queued for s in senders if s.error is None):
-            await anyio.sleep(0.005)
-        await anyio.sleep(0.02)  # the last frames are being written
 
 
 async def serve_scheduler(host: str, port: int, scheduler_file: Path | None) -> None:
@@ -61,10 +39,12 @@ async def serve_scheduler(host: str, port: int, scheduler_file: Path | None) -> 
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(cancel_on_signal, tg.cancel_scope, received)
-            reason = f"scheduler stopped by {signal_name(received[0])}" if received else "scheduler stopped"
-            logger.info("%s: closing connections to %d workers and %d clients", reason, len(server.workers), len(server.clients))
-            with anyio.CancelScope(shield=True):
-                await say_goodbye(server, reason)
+            reason = f"stopped by {signal_name(received[0])}" if received else "stopped"
+            # Leaving the server's block tells every worker and client (Close).
+            logger.info(
+                "scheduler %s: closing the connections of %d workers and %d clients",
+                reason, len(server.workers), len(server.clients),
+            )
         finally:
             if scheduler_file is not None:
                 remove_scheduler_file(scheduler_file, server.address)

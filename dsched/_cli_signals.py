@@ -12,7 +12,7 @@ import signal
 from typing import Final
 
 import anyio
-from anyio.abc import CancelScope
+from anyio import CancelScope
 
 __all__ = ["STOP_SIGNALS", "cancel_on_signal", "signal_name"]
 

@@ -83,7 +83,6 @@ async def run_worker(
     worker = await _enter_worker(Worker, address, deadline, **worker_kwargs)
     received: list[int] = []
     try:
-        logger.info("worker %s serving at %s for the scheduler at %s", worker_kwargs.get("name") or "", worker.address, address)
         async with anyio.create_task_group() as tg:
             tg.start_soon(cancel_on_signal, tg.cancel_scope, received)
             await worker.serve_forever()

@@ -197,7 +197,7 @@ class LocalCluster:
         self._run_future: Future[None] | None = None
         self._tg: TaskGroup | None = None
         self._saved_log_level: int | None = None
-        self._finalizer: weakref.finalize[..., None] | None = None
+        self._finalizer: weakref.finalize[[Backend, _LoopThread | None], LocalCluster] | None = None
         if not asynchronous:
             self._start_sync()
 
