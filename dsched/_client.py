@@ -1,0 +1,665 @@
+"""``Client``: submit work to a dsched cluster and get results back, as with dask.distributed.
+
+::
+
+    from dsched._client import Client          # instead of: from distributed import Client
+
+    with Client("tcp://127.0.0.1:8786") as client:
+        futures = client.map(inc, range(1000))
+        total = client.submit(sum, futures)
+        print(total.result())
+
+A synchronous client (the default) runs its event loop in a daemon thread and
+its methods block.  ``Client(address, asynchronous=True)`` runs in the
+caller's event loop: ``async with Client(..., asynchronous=True) as client:``
+or ``client = await Client(..., asynchronous=True)``; then the methods that
+talk to the cluster (``gather``, ``scatter``, ``get``, ``close`` ...) return
+awaitables, and ``await future`` gives a result.  ``submit`` and ``map``
+never wait for the network in either mode.
+
+``Client()`` without an address starts a ``LocalCluster`` (keyword arguments
+go to it) and closes it with the client; ``Client(cluster)`` connects to any
+object with a ``scheduler_address``.
+
+Costs: ``map`` pickles its function once and sends one ``SubmitGraph`` for
+all its tasks; per task it pickles the arguments, hashes them for the key and
+builds one record (a few microseconds).  Completions are applied per frame
+with plain dict lookups; ``gather`` waits on one counter and fetches from each
+worker in one request.  See docs/client.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Coroutine, Generator, Iterable, Mapping
+from types import TracebackType
+from typing import Any, Final
+
+import anyio
+
+from dsched import _protocol as p
+from dsched._client_errors import ClientDisconnectedError
+from dsched._client_loop import LoopThread, SchedulerLink
+from dsched._client_state import ClientState, run_notifications
+from dsched._dask_graph import build_graph
+from dsched._future import FINISHED, PENDING, CallbackWatcher, Future, KeyState
+from dsched._protocol import payload_view
+from dsched._serialize import dumps_args, loads_value
+from dsched._tokenize import funcname, pickle_function, random_token, token, value_key
+
+__all__ = ["Client"]
+
+logger = logging.getLogger("dsched.client")
+
+# A map's tasks are sent in SubmitGraph messages of at most this many argument bytes
+# (frames stay far below the 256 MiB limit); every task of a map is wanted, so
+# splitting changes nothing else.
+MAX_SUBMIT_BYTES: Final = 64 * 1024 * 1024
+_SKIP: Final = object()
+
+
+class _Done:
+    """An awaitable that is already done (what an asynchronous client's ``cancel`` returns)."""
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return
+        yield
+
+
+def _workers_list(workers: str | Iterable[str] | None) -> list[str] | None:
+    if workers is None:
+        return None
+    if isinstance(workers, str):
+        return [workers]
+    return [str(w) for w in workers] or None
+
+
+def _resources(resources: Mapping[str, float] | None) -> dict[str, float] | None:
+    return {str(k): float(v) for k, v in resources.items()} if resources else None
+
+
+def _collect(obj: object, out: list[Future]) -> None:
+    """The futures in a nested structure of lists, tuples, sets and dicts."""
+    if isinstance(obj, Future):
+        out.append(obj)
+    elif isinstance(obj, (list, tuple, set, frozenset)):
+        for item in obj:
+            _collect(item, out)
+    elif isinstance(obj, dict):
+        for item in obj.values():
+            _collect(item, out)
+
+
+def _pack(obj: object, values: Mapping[str, object]) -> Any:
+    """``obj`` with each future replaced by its value (futures without one are left out)."""
+    if isinstance(obj, Future):
+        return values.get(obj.key, _SKIP)
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        items = [v for v in (_pack(item, values) for item in obj) if v is not _SKIP]
+        return items if type(obj) is list else type(obj)(items)
+    if isinstance(obj, dict):
+        return {k: v for k, v in ((k, _pack(item, values)) for k, item in obj.items()) if v is not _SKIP}
+    return obj
+
+
+class Client:
+    """A connection to a dsched scheduler (see the module docstring)."""
+
+    def __init__(
+        self,
+        address: Any = None,
+        *,
+        asynchronous: bool = False,
+        name: str = "",
+        timeout: float = 10.0,
+        auth: str = "",
+        **cluster_kwargs: Any,
+    ) -> None:
+        self.asynchronous = asynchronous
+        self.timeout = timeout
+        self.status = "newly-created"
+        self.cluster: Any = None
+        self._owns_cluster = False
+        self._cluster_kwargs = cluster_kwargs
+        self._address = ""
+        if isinstance(address, str):
+            self._address = address
+        elif address is not None:
+            if not hasattr(address, "scheduler_address"):
+                raise TypeError(f"Client needs an address or a cluster, not {type(address).__name__}")
+            self.cluster = address
+        if cluster_kwargs and address is not None:
+            raise TypeError(f"unexpected arguments {sorted(cluster_kwargs)} (only used to start a LocalCluster)")
+        self._state = ClientState()
+        self._link = SchedulerLink(self._state, name=name, auth=auth, timeout=timeout)
+        self._thread: LoopThread | None = None
+        if not asynchronous:
+            self._start_sync()
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def _start_cluster_sync(self) -> None:
+        if self.cluster is None:
+            from dsched._cluster import LocalCluster
+
+            self.cluster = LocalCluster(**self._cluster_kwargs)
+            self._owns_cluster = True
+        self._address = self.cluster.scheduler_address
+
+    def _start_sync(self) -> None:
+        try:
+            if not self._address:
+                self._start_cluster_sync()
+            self._thread = LoopThread("dsched-client-loop")
+            self._thread.call(self._link.open, self._address)
+        except BaseException:
+            self._stop_sync()
+            self.status = "failed"
+            raise
+        self.status = "running"
+
+    async def _start_async(self) -> Client:
+        if self.status == "running":
+            return self
+        if self.status != "newly-created":
+            raise RuntimeError(f"the client is {self.status}: it can be started once")
+        try:
+            if not self._address:
+                if self.cluster is None:
+                    from dsched._cluster import LocalCluster
+
+                    self.cluster = await LocalCluster(asynchronous=True, **self._cluster_kwargs)
+                    self._owns_cluster = True
+                self._address = self.cluster.scheduler_address
+            await self._link.open(self._address)
+        except BaseException:
+            self.status = "failed"
+            if self._owns_cluster:
+                await self.cluster.close()
+            raise
+        self.status = "running"
+        return self
+
+    def __await__(self) -> Generator[Any, None, Client]:
+        return self._start_async().__await__()
+
+    async def __aenter__(self) -> Client:
+        return await self._start_async()
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self._close_async()
+
+    def __enter__(self) -> Client:
+        if self.asynchronous:
+            raise TypeError("an asynchronous Client is used with 'async with'")
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self, timeout: float | None = None) -> Any:
+        """Release everything, tell the scheduler ``Close``, disconnect; pending futures are cancelled.
+
+        Also closes a ``LocalCluster`` the client started.  Idempotent.  An
+        asynchronous client returns an awaitable.
+        """
+        if self.asynchronous:
+            return self._close_async()
+        if self.status in ("closing", "closed"):
+            return None
+        self.status = "closing"
+        try:
+            if self._thread is not None:
+                self._thread.call(self._link.close)
+        finally:
+            self._stop_sync()
+            self.status = "closed"
+        return None
+
+    def _stop_sync(self) -> None:
+        if self._thread is not None:
+            self._thread.stop()
+            self._thread = None
+        if self._owns_cluster and self.cluster is not None:
+            self._owns_cluster = False
+            self.cluster.close()
+
+    async def _close_async(self) -> None:
+        if self.status in ("closing", "closed"):
+            return
+        self.status = "closing"
+        try:
+            await self._link.close()
+            if self._owns_cluster and self.cluster is not None:
+                self._owns_cluster = False
+                await self.cluster.close()
+        finally:
+            self.status = "closed"
+
+    def __del__(self) -> None:
+        thread = getattr(self, "_thread", None)
+        if thread is not None and getattr(self, "status", "") == "running":
+            try:
+                self.close()
+            except Exception:
+                pass
+
+    # -- what it is connected to ---------------------------------------------------------
+
+    @property
+    def id(self) -> str:
+        """The id the scheduler knows this client by (its ``name``, or one it generated)."""
+        welcome = self._link.welcome
+        return welcome.client_id if welcome is not None else ""
+
+    @property
+    def scheduler_address(self) -> str:
+        return self._address
+
+    def __repr__(self) -> str:
+        return f"<Client: {self._address!r} id={self.id!r} status={self.status!r}>"
+
+    def _call(self, func: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> Any:
+        """An asynchronous client's coroutine, or a synchronous client's blocking call of it."""
+        if self.asynchronous:
+            return func(*args)
+        thread = self._thread
+        if thread is None:
+            raise ClientDisconnectedError(f"the client is {self.status}")
+        return thread.call(func, *args)
+
+    def _check_running(self) -> None:
+        if self.status != "running":
+            raise ClientDisconnectedError(f"the client is {self.status}")
+
+    # -- submitting ----------------------------------------------------------------------
+
+    def submit(
+        self,
+        func: Callable[..., Any],
+        *args: Any,
+        key: str | None = None,
+        workers: str | Iterable[str] | None = None,
+        resources: Mapping[str, float] | None = None,
+        retries: int | None = None,
+        priority: int = 0,
+        allow_other_workers: bool = False,
+        pure: bool = True,
+        **kwargs: Any,
+    ) -> Future:
+        """Run ``func(*args, **kwargs)`` on the cluster; a ``Future`` of its result.
+
+        Futures among the arguments (nested anywhere) become dependencies and are
+        replaced by their values on the worker.  ``pure=True`` names the key
+        after the function and arguments, so the same call made twice shares
+        one key; ``priority``: higher runs earlier; ``workers``: addresses or
+        names allowed to run it (``allow_other_workers`` makes that a preference).
+        """
+        if not callable(func):
+            raise TypeError(f"submit needs a callable, not {type(func).__name__}")
+        self._check_running()
+        function = pickle_function(func)
+        payload, deps = dumps_args(args, kwargs)
+        if key is None:
+            key = f"{funcname(func)}-{token(payload, function.digest) if pure else random_token()}"
+        task = p.GraphTask(
+            key, deps, 0, payload, priority, retries or 0, _workers_list(workers), _resources(resources),
+            allow_other_workers,
+        )
+        (state,) = self._state.submit([function.data], [task])
+        self._link.wake()
+        return Future(key, self, state)
+
+    def map(
+        self,
+        func: Callable[..., Any],
+        *iterables: Iterable[Any],
+        key: str | list[str] | None = None,
+        workers: str | Iterable[str] | None = None,
+        retries: int | None = None,
+        resources: Mapping[str, float] | None = None,
+        priority: int = 0,
+        allow_other_workers: bool = False,
+        pure: bool = True,
+        batch_size: int | None = None,
+        **kwargs: Any,
+    ) -> list[Future]:
+        """``submit(func, *args, **kwargs)`` for each ``args`` of ``zip(*iterables)``, as one submission.
+
+        The function is pickled once; ``key`` is a key prefix, or a list of keys;
+        ``batch_size`` splits the submission into messages of that many tasks.
+        """
+        if not callable(func):
+            raise TypeError(f"map needs a callable, not {type(func).__name__}")
+        if not iterables:
+            raise TypeError("map needs at least one iterable")
+        self._check_running()
+        function = pickle_function(func)
+        explicit = list(key) if isinstance(key, (list, tuple)) else None
+        prefix = (key if isinstance(key, str) else funcname(func)) + "-"
+        tasks = _map_tasks(
+            function.digest, prefix, explicit, zip(*iterables), kwargs or None, pure, priority, retries or 0,
+            _workers_list(workers), _resources(resources), allow_other_workers,
+        )
+        states: list[KeyState] = []
+        for batch in _batches(tasks, batch_size):
+            states.extend(self._state.submit([function.data], batch))
+        self._link.wake()
+        return [Future(task.key, self, state) for task, state in zip(tasks, states)]
+
+    def get(
+        self,
+        dsk: Mapping[Any, Any],
+        keys: Any,
+        *,
+        sync: bool = True,
+        priority: int = 0,
+        retries: int | None = None,
+        resources: Mapping[str, float] | None = None,
+        workers: str | Iterable[str] | None = None,
+        allow_other_workers: bool = False,
+        **kwargs: Any,
+    ) -> Any:
+        """Compute a Dask task graph (``{key: (func, *args) | value}``); results nested as ``keys``.
+
+        The keys are released once their results are here.  ``sync=False``
+        returns futures (in the same nesting) instead.
+        """
+        self._check_running()
+        graph = build_graph(
+            dsk, keys, priority=priority, retries=retries or 0, resources=_resources(resources),
+            workers=_workers_list(workers), allow_other_workers=allow_other_workers,
+        )
+        states = self._state.submit(graph.functions, graph.tasks, graph.wanted)
+        self._link.wake()
+        futures = {key: Future(key, self, state) for key, state in zip(graph.wanted, states)}
+        structure = graph.nest(futures)
+        if not sync:
+            return structure
+        if self.asynchronous:
+            return self._get_async(structure, list(futures.values()))
+        try:
+            return self.gather(structure)
+        finally:
+            for future in futures.values():
+                future.release()
+
+    async def _get_async(self, structure: Any, futures: list[Future]) -> Any:
+        try:
+            return await self._gather_async(structure, "raise")
+        finally:
+            for future in futures:
+                future.release()
+
+    # -- results -------------------------------------------------------------------------
+
+    def gather(self, futures: Any, errors: str = "raise", direct: bool | None = None) -> Any:
+        """The results of futures in any nesting of lists, tuples, sets and dicts (kept as given).
+
+        ``errors="raise"`` raises the first erred future's exception as soon as
+        it is known; ``"skip"`` leaves erred futures out.
+        """
+        if errors not in ("raise", "skip"):
+            raise ValueError(f"errors must be 'raise' or 'skip', not {errors!r}")
+        if self.asynchronous:
+            return self._gather_async(futures, errors)
+        found = _futures_in(futures)
+        raw = self._call(self._link.gather_raw, [f._state for f in found], errors == "raise", None)
+        return _unpack(futures, found, raw, errors)
+
+    async def _gather_async(self, futures: Any, errors: str) -> Any:
+        found = _futures_in(futures)
+        raw = await self._link.gather_raw([f._state for f in found], errors == "raise", None)
+        return _unpack(futures, found, raw, errors)
+
+    def _future_result(self, future: Future, timeout: float | None) -> Any:
+        if self.asynchronous:
+            return self._future_result_async(future, timeout)
+        state = future._state
+        raw = self._call(self._link.gather_raw, [state], True, timeout)
+        return _value_of(state, raw)
+
+    async def _future_result_async(self, future: Future, timeout: float | None) -> Any:
+        state = future._state
+        raw = await self._link.gather_raw([state], True, timeout)
+        return _value_of(state, raw)
+
+    def _future_exception(self, future: Future, timeout: float | None) -> Any:
+        if self.asynchronous:
+            return self._future_exception_async(future, timeout)
+        self._call(self._wait_one, future._state, timeout)
+        return None if future._state.status == FINISHED else future._state.error()
+
+    async def _future_exception_async(self, future: Future, timeout: float | None) -> BaseException | None:
+        await self._wait_one(future._state, timeout)
+        return None if future._state.status == FINISHED else future._state.error()
+
+    async def _wait_one(self, state: KeyState, timeout: float | None) -> None:
+        with anyio.fail_after(timeout):
+            await self._link.wait_done([state])
+
+    # -- scatter, cancel, callbacks --------------------------------------------------------
+
+    def scatter(
+        self,
+        data: Any,
+        workers: str | Iterable[str] | None = None,
+        broadcast: bool = False,
+        hash: bool = True,
+        direct: bool | None = None,
+    ) -> Any:
+        """Put data on workers; futures of it (already finished), shaped like ``data``.
+
+        ``data`` is one object, a list/tuple/set of objects (a list of futures)
+        or a dict (futures under the same keys, which become the keys on the
+        cluster).  Values are spread round robin over the workers (or the
+        ``workers`` given); ``broadcast=True`` puts every value on each of them.
+        """
+        self._check_running()
+        if isinstance(data, dict):
+            keys = [str(k) for k in data]
+            payloads = {key: value_key(value)[1] for key, value in zip(keys, data.values())}
+        else:
+            items = list(data) if isinstance(data, (list, tuple, set, frozenset)) else [data]
+            pairs = [value_key(value, pure=hash) for value in items]
+            keys = [key for key, _ in pairs]
+            payloads = dict(pairs)
+        if self.asynchronous:
+            return self._scatter_async(data, keys, payloads, _workers_list(workers), broadcast)
+        held = self._call(self._link.scatter, payloads, _workers_list(workers), broadcast)
+        return self._scattered_futures(data, keys, held)
+
+    async def _scatter_async(
+        self, data: Any, keys: list[str], payloads: dict[str, bytes], workers: list[str] | None, broadcast: bool
+    ) -> Any:
+        held = await self._link.scatter(payloads, workers, broadcast)
+        return self._scattered_futures(data, keys, held)
+
+    def _scattered_futures(self, data: Any, keys: list[str], held: dict[str, KeyState]) -> Any:
+        seen: set[str] = set()
+        extra = []
+        futures = []
+        for key in keys:
+            state = held[key]
+            if key in seen:
+                extra.append(state)  # the same value twice: one more hold on the shared state
+            seen.add(key)
+            futures.append(Future(key, self, state))
+        if extra:
+            self._state.hold(extra)
+        if isinstance(data, dict):
+            return dict(zip(data, futures))
+        if isinstance(data, (list, tuple, set, frozenset)):
+            return futures if isinstance(data, (list, set, frozenset)) else type(data)(futures)
+        return futures[0]
+
+    def cancel(self, futures: Any, force: bool = False) -> Any:
+        """Cancel futures: the scheduler drops this client's hold (every client's with ``force``).
+
+        Their status becomes "cancelled" before this returns; ``result()`` then
+        raises ``FutureCancelledError``.
+        """
+        found = _futures_in(futures)
+        states = [f._state for f in found]
+        if self.asynchronous:
+            self._link.cancel(states, force)
+            return _Done()
+        if self._thread is not None and self.status == "running":
+            self._thread.call(self._link.cancel, states, force)
+        return None
+
+    def _add_done_callback(self, future: Future, fn: Callable[[Future], object]) -> None:
+        watcher = CallbackWatcher(future, fn)
+        self._on_loop(self._watch, [future._state], watcher)
+
+    def _watch(self, states: list[KeyState], watcher: Any) -> None:
+        """Register a watcher (on the loop thread), telling it at once about done states."""
+        done = self._state.watch(states, watcher)
+        run_notifications([(state, [watcher]) for state in done])
+
+    def _on_loop(self, func: Callable[..., None], *args: Any) -> None:
+        """Run ``func(*args)`` on the loop thread: now if this is it, else soon."""
+        link = self._link
+        loop = link._loop
+        if loop is None or threading.get_ident() == link.loop_thread_id:
+            func(*args)
+        else:
+            loop.call_soon_threadsafe(func, *args)
+
+    def _release_state(self, state: KeyState) -> None:
+        self._state.queue_release(state)
+        self._link.wake()
+
+    # -- the cluster -----------------------------------------------------------------------
+
+    def wait_for_workers(self, n_workers: int = 1, timeout: float | None = None) -> Any:
+        """Block (or await) until at least ``n_workers`` workers are registered; ``TimeoutError`` after ``timeout``."""
+        if self.asynchronous:
+            return self._wait_for_workers_async(n_workers, timeout)
+        self._call(self._link.wait_for_workers, n_workers, timeout)
+        return None
+
+    async def _wait_for_workers_async(self, n_workers: int, timeout: float | None) -> None:
+        await self._link.wait_for_workers(n_workers, timeout)
+
+    def scheduler_info(self) -> Any:
+        """``{"id", "address", "type", "workers": {address: {"name", "nthreads", "memory_limit", "resources"}}}``."""
+        if self.asynchronous:
+            return self._scheduler_info_async()
+        return self._info(self._call(self._link.get_workers))
+
+    async def _scheduler_info_async(self) -> dict[str, Any]:
+        return self._info(await self._link.get_workers())
+
+    def _info(self, workers: list[p.WorkerInfo]) -> dict[str, Any]:
+        welcome = self._link.welcome
+        return {
+            "type": "Scheduler",
+            "id": welcome.scheduler_id if welcome is not None else "",
+            "address": self._address,
+            "workers": {
+                w.address: {
+                    "name": w.name, "nthreads": w.nthreads, "memory_limit": w.memory_limit,
+                    "resources": dict(w.resources),
+                }
+                for w in workers
+            },
+        }
+
+    def nthreads(self) -> Any:
+        """``{worker address: threads}`` (awaitable in an asynchronous client)."""
+        if self.asynchronous:
+            return self._nthreads_async()
+        return {w.address: w.nthreads for w in self._call(self._link.get_workers)}
+
+    async def _nthreads_async(self) -> dict[str, int]:
+        return {w.address: w.nthreads for w in await self._link.get_workers()}
+
+
+def _map_tasks(
+    salt: bytes,
+    prefix: str,
+    explicit: list[str] | None,
+    arguments: Iterable[tuple[Any, ...]],
+    kwargs: dict[str, Any] | None,
+    pure: bool,
+    priority: int,
+    retries: int,
+    workers: list[str] | None,
+    resources: dict[str, float] | None,
+    allow_other_workers: bool,
+) -> list[p.GraphTask]:
+    """One ``GraphTask`` per argument tuple: the hot loop of ``map`` (a few microseconds each)."""
+    GraphTask = p.GraphTask
+    tasks: list[p.GraphTask] = []
+    append = tasks.append
+    for i, args in enumerate(arguments):
+        payload, deps = dumps_args(args, kwargs)
+        if explicit is not None:
+            key = explicit[i]
+        elif pure:
+            key = prefix + token(payload, salt)
+        else:
+            key = prefix + random_token()
+        append(GraphTask(key, deps, 0, payload, priority, retries, workers, resources, allow_other_workers))
+    if explicit is not None and len(explicit) != len(tasks):
+        raise ValueError(f"map got {len(explicit)} keys for {len(tasks)} tasks")
+    return tasks
+
+
+def _batches(tasks: list[p.GraphTask], batch_size: int | None) -> list[list[p.GraphTask]]:
+    """Split a map's tasks by ``batch_size`` and by ``MAX_SUBMIT_BYTES`` of arguments."""
+    limit = batch_size if batch_size and batch_size > 0 else len(tasks) or 1
+    out: list[list[p.GraphTask]] = []
+    start = 0
+    size = 0
+    for i, task in enumerate(tasks):
+        size += len(task.args)
+        if i - start >= limit or (size > MAX_SUBMIT_BYTES and i > start):
+            out.append(tasks[start:i])
+            start = i
+            size = len(task.args)
+    out.append(tasks[start:])
+    return out
+
+
+def _futures_in(obj: Any) -> list[Future]:
+    if type(obj) is list and all(type(f) is Future for f in obj):
+        return obj
+    found: list[Future] = []
+    _collect(obj, found)
+    return found
+
+
+def _value_of(state: KeyState, raw: Mapping[str, Any]) -> Any:
+    data = raw.get(state.key)
+    if data is None or state.status != FINISHED:
+        raise state.error()
+    return loads_value(payload_view(data))
+
+
+def _unpack(structure: Any, found: list[Future], raw: Mapping[str, Any], errors: str) -> Any:
+    """Unpickle the gathered values (in the caller's thread) and put them in place of the futures."""
+    if errors == "raise":
+        for future in found:
+            state = future._state
+            if state.status != FINISHED and state.status != PENDING:
+                raise state.error()
+        for future in found:
+            if future.key not in raw:
+                raise future._state.error()
+    values = {key: loads_value(payload_view(data)) for key, data in raw.items()}
+    if isinstance(structure, Future):
+        if structure.key not in values:
+            raise structure._state.error()
+        return values[structure.key]
+    if type(structure) is list and structure is found:
+        if errors == "raise":
+            return [values[f.key] for f in found]
+        return [values[f.key] for f in found if f.key in values]
+    return _pack(structure, values)

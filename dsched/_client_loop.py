@@ -1,0 +1,423 @@
+"""A client's event-loop side: the scheduler connection, requests, gather and scatter I/O.
+
+Everything here runs on the client's event loop (the caller's loop for an
+asynchronous client, a daemon thread's loop for a synchronous one), except
+:meth:`SchedulerLink.wake`, which any thread may call.
+
+Outgoing: the caller's thread appends to the :class:`ClientState` outbox and
+calls ``wake()``, which schedules one ``flush`` per loop tick (a flag and one
+``call_soon_threadsafe``, not one per message); ``flush`` drains the outbox
+into the :class:`~dsched._batched.BatchedSender`, which writes one frame.
+
+Incoming: one task reads frames; answers to ``WhoHas``/``GetWorkers`` go to the
+waiting request, everything else to ``ClientState.handle`` in one call per frame.
+
+Gather: wait until the keys are done (one counter and one event per call),
+ask the scheduler who holds them, then fetch from the workers as a peer, one
+``GetData`` per worker (split every ``GET_DATA_CHUNK`` keys), all workers at
+once.  Keys no worker had (a worker died, the scheduler is recomputing) are
+asked about again after a short backoff, until their state changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import threading
+from collections.abc import Callable
+from typing import Any, Final
+
+import anyio
+from anyio.from_thread import BlockingPortal
+from msgspec import Raw
+
+from dsched import _protocol as p
+from dsched._batched import BatchedSender
+from dsched._client_errors import ClientDisconnectedError
+from dsched._client_peers import ClientPeers
+from dsched._client_state import ClientState, CountWaiter, run_notifications
+from dsched._comm import Comm, CommClosedError, ConnectError, connect, parse_address
+from dsched._future import FINISHED, PENDING, KeyState
+
+__all__ = ["LoopThread", "SchedulerLink"]
+
+logger = logging.getLogger("dsched.client")
+
+GET_DATA_CHUNK: Final = 10_000
+FIRST_RETRY: Final = 0.005
+MAX_RETRY: Final = 0.25
+WORKER_POLL: Final = 0.05
+
+
+class _Reply:
+    __slots__ = ("error", "event", "value")
+
+    def __init__(self) -> None:
+        self.event = anyio.Event()
+        self.value: p.SchedulerToClient | None = None
+        self.error: BaseException | None = None
+
+
+class SchedulerLink:
+    """The connection to the scheduler and the coroutines built on it."""
+
+    def __init__(self, state: ClientState, *, name: str = "", auth: str = "", timeout: float = 10.0) -> None:
+        self.state = state
+        self.name = name
+        self.auth = auth
+        self.timeout = timeout
+        self.welcome: p.Welcome | None = None
+        self.comm: Comm | None = None
+        self.sender: BatchedSender[p.ClientToScheduler] | None = None
+        self.peers = ClientPeers(name=name, auth=auth, timeout=timeout)
+        self.closing = False
+        self.lost: BaseException | None = None
+        self.loop_thread_id = -1
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake_pending = False
+        self._replies: dict[int, _Reply] = {}
+        self._request = 0
+        self._runner: asyncio.Task[None] | None = None
+        self._scatter_start = 0
+
+    # -- connecting and closing --------------------------------------------------------
+
+    async def open(self, address: str) -> p.Welcome:
+        """Connect, shake hands, start reading and sending.  Raises ``ConnectError`` if refused."""
+        _, host, port = parse_address(address)
+        comm = await connect(host, port, timeout=self.timeout)
+        try:
+            with anyio.fail_after(self.timeout):
+                await comm.send_frame(p.encode_handshake(p.Hello(p.PROTOCOL_VERSION, "client", self.name, auth=self.auth)))
+                reply = p.decode_reply(await comm.recv_frame())
+        except (TimeoutError, p.ProtocolError) as exc:
+            await comm.aclose("handshake failed")
+            raise ConnectError(f"handshake with the scheduler at {address} failed: {exc!r}") from exc
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await comm.aclose("handshake interrupted")
+            raise
+        if isinstance(reply, p.Refused):
+            await comm.aclose("refused")
+            raise ConnectError(f"the scheduler at {address} refused this client: {reply.reason}")
+        self.welcome = reply
+        self.comm = comm
+        self.peers.name = reply.client_id
+        encoder = p.FrameEncoder(p.CLIENT_TO_SCHEDULER, max_messages=reply.max_messages)
+        self.sender = BatchedSender(comm, encoder.encode_frames)
+        self._loop = asyncio.get_running_loop()
+        self.loop_thread_id = threading.get_ident()
+        self._runner = asyncio.get_running_loop().create_task(self._serve(comm, self.sender))
+        self.flush()  # anything submitted before the connection was up
+        return reply
+
+    async def _serve(self, comm: Comm, sender: BatchedSender[p.ClientToScheduler]) -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(sender.run)
+            reason = await self._receive(comm)
+            self._connection_ended(reason)
+            tg.cancel_scope.cancel()
+
+    async def _receive(self, comm: Comm) -> str:
+        decoder = p.FrameDecoder(p.SCHEDULER_TO_CLIENT)
+        try:
+            while True:
+                self._dispatch(decoder.decode(await comm.recv_frame()))
+        except CommClosedError as exc:
+            return exc.reason
+        except p.ProtocolError as exc:
+            logger.error("the scheduler sent a frame that does not decode: %s", exc)
+            await comm.aclose("protocol error")
+            return str(exc)
+
+    def _dispatch(self, messages: list[p.SchedulerToClient]) -> None:
+        news: list[p.SchedulerToClient] = []
+        for msg in messages:
+            kind = type(msg)
+            if kind is p.WhoHasReply or kind is p.WorkersReply:
+                slot = self._replies.get(msg.request)  # type: ignore[union-attr]
+                if slot is not None:
+                    slot.value = msg
+                    slot.event.set()
+            elif kind is p.Close:
+                logger.info("the scheduler is closing: %s", msg.reason)  # type: ignore[union-attr]
+            else:
+                news.append(msg)
+        if news:
+            run_notifications(self.state.handle(news))
+
+    def _connection_ended(self, reason: str) -> None:
+        if self.closing:
+            return
+        error = ClientDisconnectedError(f"lost the connection to the scheduler: {reason}")
+        self.lost = error
+        logger.warning("%s", error)
+        run_notifications(self.state.fail_all(error, cancelled=False))
+        self._fail_replies(error)
+
+    def _fail_replies(self, error: BaseException) -> None:
+        for slot in self._replies.values():
+            slot.error = error
+            slot.event.set()
+
+    async def close(self) -> None:
+        """Flush, say ``Close``, close the connections; pending futures become cancelled.  Idempotent."""
+        if self.closing:
+            return
+        self.closing = True
+        sender, comm = self.sender, self.comm
+        with anyio.CancelScope(shield=True):
+            if sender is not None and comm is not None and not comm.closed:
+                self.flush()
+                try:
+                    sender.send(p.Close("client closing"))
+                except CommClosedError:
+                    pass
+                with anyio.move_on_after(self.timeout):
+                    await sender.close()
+                await comm.aclose("client closed")
+            if self._runner is not None:
+                self._runner.cancel()
+                try:
+                    await self._runner
+                except asyncio.CancelledError:
+                    pass
+            await self.peers.aclose()
+        error = ClientDisconnectedError("the client was closed")
+        run_notifications(self.state.fail_all(error, cancelled=True))
+        self._fail_replies(error)
+
+    def check_open(self) -> None:
+        if self.lost is not None:
+            raise self.lost
+        if self.closing or self.sender is None:
+            raise ClientDisconnectedError("the client is not connected")
+
+    # -- sending -----------------------------------------------------------------------
+
+    def wake(self) -> None:
+        """Have the loop send what is queued, soon.  Safe from any thread (and from ``__del__``)."""
+        loop = self._loop
+        if not self._wake_pending and loop is not None:
+            self._wake_pending = True
+            try:
+                loop.call_soon_threadsafe(self.flush)
+            except RuntimeError:  # the loop is closed: nothing to send to anyway
+                pass
+
+    def flush(self) -> None:
+        """Move the outbox (and releases) to the sender (loop thread)."""
+        self._wake_pending = False
+        messages = self.state.drain()
+        if messages and self.sender is not None:
+            try:
+                self.sender.send_many(messages)
+            except CommClosedError:
+                pass  # the receiver reports the lost connection
+
+    async def _ask(self, make: Callable[[int], p.ClientToScheduler]) -> p.SchedulerToClient:
+        self.check_open()
+        assert self.sender is not None
+        self._request += 1
+        request = self._request
+        slot = self._replies[request] = _Reply()
+        try:
+            self.flush()  # the question must see everything sent before it
+            self.sender.send(make(request))
+            await slot.event.wait()
+        finally:
+            del self._replies[request]
+        if slot.error is not None:
+            raise slot.error
+        assert slot.value is not None
+        return slot.value
+
+    async def who_has(self, keys: list[str]) -> dict[str, list[str]]:
+        reply = await self._ask(lambda request: p.WhoHas(request, keys))
+        assert isinstance(reply, p.WhoHasReply)
+        return reply.who_has
+
+    async def get_workers(self) -> list[p.WorkerInfo]:
+        reply = await self._ask(p.GetWorkers)
+        assert isinstance(reply, p.WorkersReply)
+        return reply.workers
+
+    async def wait_for_workers(self, n_workers: int, timeout: float | None) -> list[p.WorkerInfo]:
+        with anyio.fail_after(timeout):
+            while True:
+                workers = await self.get_workers()
+                if len(workers) >= n_workers:
+                    return workers
+                await anyio.sleep(WORKER_POLL)
+
+    # -- waiting -----------------------------------------------------------------------
+
+    async def wait_done(self, states: list[KeyState], count: int | None = None, stop_on_error: bool = False) -> None:
+        """Wait until ``count`` (default: all) of ``states`` are done, or one errs with ``stop_on_error``."""
+        unique = list(dict.fromkeys(states))
+        needed = len(unique) if count is None else min(count, len(unique))
+        if needed <= 0:
+            return
+        waiter = CountWaiter(needed, stop_on_error)
+        for state in self.state.watch(unique, waiter):  # registered on the pending ones
+            waiter.key_done(state)
+        await waiter.event.wait()
+
+    async def gather_raw(self, states: list[KeyState], stop_on_error: bool, timeout: float | None) -> dict[str, Raw]:
+        """Wait for ``states``, then fetch the pickled values of the finished ones.
+
+        With ``stop_on_error``, returns nothing as soon as one key erred (the caller raises).
+        """
+        with anyio.fail_after(timeout):
+            await self.wait_done(states, stop_on_error=stop_on_error)
+            if stop_on_error and any(s.status != FINISHED and s.status != PENDING for s in states):
+                return {}
+            return await self.fetch([s for s in dict.fromkeys(states) if s.status == FINISHED])
+
+    async def fetch(self, states: list[KeyState]) -> dict[str, Raw]:
+        """The pickled values of finished keys, from whichever workers hold them."""
+        data: dict[str, Raw] = {}
+        todo = states
+        delay = FIRST_RETRY
+        while todo:
+            self.check_open()
+            who_has = await self.who_has([s.key for s in todo])
+            per_worker: dict[str, list[str]] = {}
+            retry: list[str] = []
+            for state in todo:
+                holders = who_has.get(state.key)
+                if not holders:
+                    retry.append(state.key)
+                    continue
+                worker = holders[0] if len(holders) == 1 else random.choice(holders)
+                keys = per_worker.get(worker)
+                if keys is None:
+                    per_worker[worker] = [state.key]
+                else:
+                    keys.append(state.key)
+            if per_worker:
+                async with anyio.create_task_group() as tg:
+                    for worker, keys in per_worker.items():
+                        for i in range(0, len(keys), GET_DATA_CHUNK):
+                            tg.start_soon(self._fetch_from, worker, keys[i : i + GET_DATA_CHUNK], data, retry)
+            if not retry:
+                break
+            by_key = {s.key: s for s in todo}
+            todo = [by_key[k] for k in retry if k in by_key and by_key[k].status == FINISHED]
+            if todo:
+                await anyio.sleep(delay)
+                delay = min(delay * 2, MAX_RETRY)
+        return data
+
+    async def _fetch_from(self, worker: str, keys: list[str], data: dict[str, Raw], retry: list[str]) -> None:
+        try:
+            reply = await self.peers.get_data(worker, keys)
+        except CommClosedError as exc:
+            logger.info("could not fetch %d keys from %s: %s", len(keys), worker, exc.reason)
+            retry.extend(keys)
+            return
+        if reply is None:  # busy
+            retry.extend(keys)
+            return
+        data.update(reply.data)  # type: ignore[arg-type]
+        if reply.missing:
+            retry.extend(reply.missing)
+
+    # -- scatter and cancel --------------------------------------------------------------
+
+    async def scatter(
+        self, payloads: dict[str, bytes], workers: list[str] | None, broadcast: bool
+    ) -> dict[str, KeyState]:
+        """Put values on workers (round robin, or all of them), then tell the scheduler."""
+        with anyio.fail_after(self.timeout):
+            while True:
+                infos = await self.get_workers()
+                targets = [w.address for w in infos if not workers or w.address in workers or w.name in workers]
+                if targets:
+                    break
+                await anyio.sleep(WORKER_POLL)
+        if broadcast:
+            plan = {address: dict(payloads) for address in targets}
+        else:
+            plan = {}
+            start = self._scatter_start
+            for i, key in enumerate(payloads):
+                address = targets[(start + i) % len(targets)]
+                plan.setdefault(address, {})[key] = payloads[key]
+            self._scatter_start = start + len(payloads)
+        sizes: dict[str, dict[str, int]] = {}
+
+        async def put(address: str, data: dict[str, bytes]) -> None:
+            sizes[address] = await self.peers.put_data(address, data)
+
+        async with anyio.create_task_group() as tg:
+            for address, data in plan.items():
+                tg.start_soon(put, address, data)
+        held: dict[str, KeyState] = {}
+        if broadcast:
+            first = sizes[targets[0]]
+            nbytes = {k: first.get(k, len(v)) for k, v in payloads.items()}
+            states = self.state.scattered(nbytes, list(targets))
+            held.update(zip(nbytes, states))
+        else:
+            for address, data in plan.items():
+                got = sizes[address]
+                nbytes = {k: got.get(k, len(v)) for k, v in data.items()}
+                held.update(zip(nbytes, self.state.scattered(nbytes, [address])))
+        self.flush()
+        return held
+
+    def cancel(self, states: list[KeyState], force: bool) -> None:
+        run_notifications(self.state.cancel(states, force))
+        self.flush()
+
+
+class LoopThread:
+    """An event loop (anyio, asyncio backend) in a daemon thread, driven through a portal.
+
+    A daemon thread, so that a client nobody closed never blocks interpreter exit.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._ready = threading.Event()
+        self._portal: BlockingPortal | None = None
+        self._error: BaseException | None = None
+        self.thread = threading.Thread(target=self._main, name=name, daemon=True)
+        self.thread.start()
+        self._ready.wait()
+        if self._portal is None:
+            raise RuntimeError("the client's event loop thread did not start") from self._error
+
+    @property
+    def portal(self) -> BlockingPortal:
+        assert self._portal is not None
+        return self._portal
+
+    def call(self, func: Callable[..., Any], *args: Any) -> Any:
+        """Run ``func(*args)`` (a coroutine function or a plain one) on the loop; return its result."""
+        return self.portal.call(func, *args)
+
+    def _main(self) -> None:
+        try:
+            anyio.run(self._serve, backend="asyncio")
+        except BaseException as exc:
+            self._error = exc
+        finally:
+            self._ready.set()
+
+    async def _serve(self) -> None:
+        async with BlockingPortal() as portal:
+            self._portal = portal
+            self._ready.set()
+            await portal.sleep_until_stopped()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the loop (cancelling what still runs there) and wait for the thread."""
+        if threading.current_thread() is self.thread or not self.thread.is_alive():
+            return
+        try:
+            self.portal.call(self.portal.stop, True)
+        except RuntimeError:  # already stopped
+            pass
+        self.thread.join(timeout)

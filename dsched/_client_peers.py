@@ -1,0 +1,114 @@
+"""A client's connections to workers, as a ``peer``: ``GetData`` to gather, ``PutData`` to scatter.
+
+Unlike a worker's pool (one connection per peer, values unpickled on arrival),
+a client keeps a few idle connections per worker, so concurrent gathers from
+one worker do not queue behind each other, and hands back the values still
+pickled (zero-copy views into the received frame): a synchronous client
+unpickles them in the caller's thread, off the event loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Final
+
+import anyio
+
+from dsched import _protocol as p
+from dsched._comm import Comm, CommClosedError, connect, parse_address
+
+__all__ = ["ClientPeers"]
+
+MAX_IDLE_PER_WORKER: Final = 4
+
+
+class _PeerConn:
+    __slots__ = ("comm", "decoder", "encoder")
+
+    def __init__(self, comm: Comm) -> None:
+        self.comm = comm
+        self.encoder = p.FrameEncoder(p.PEER)
+        self.decoder = p.FrameDecoder(p.PEER)
+
+
+class ClientPeers:
+    """Idle connections to workers, reused; one request at a time on each."""
+
+    def __init__(self, *, name: str, auth: str = "", timeout: float = 10.0) -> None:
+        self.name = name
+        self.auth = auth
+        self.timeout = timeout
+        self._idle: dict[str, list[_PeerConn]] = {}
+        self._request = 0
+        self._closed = False
+
+    async def _connect(self, address: str) -> _PeerConn:
+        _, host, port = parse_address(address)
+        comm = await connect(host, port, timeout=self.timeout)
+        try:
+            with anyio.fail_after(self.timeout):
+                await comm.send_frame(p.encode_handshake(p.Hello(p.PROTOCOL_VERSION, "peer", self.name, auth=self.auth)))
+                reply = p.decode_reply(await comm.recv_frame())
+        except (TimeoutError, p.ProtocolError) as exc:
+            await comm.aclose(f"peer handshake failed: {exc}")
+            raise CommClosedError(f"peer handshake with {address} failed: {exc}") from exc
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await comm.aclose("peer handshake interrupted")
+            raise
+        if isinstance(reply, p.Refused):
+            await comm.aclose("refused")
+            raise CommClosedError(f"worker {address} refused the connection: {reply.reason}")
+        return _PeerConn(comm)
+
+    async def exchange(self, address: str, message: p.PeerMessage) -> p.PeerMessage:
+        """Send one request to ``address`` and return its one reply.  ``CommClosedError`` on failure."""
+        idle = self._idle.get(address)
+        conn = idle.pop() if idle else await self._connect(address)
+        ok = False
+        try:
+            await conn.comm.send_frame(conn.encoder.encode([message]))
+            replies = conn.decoder.decode(await conn.comm.recv_frame())
+            if len(replies) != 1:
+                raise CommClosedError(f"worker {address} answered with {len(replies)} messages")
+            ok = True
+        except p.ProtocolError as exc:
+            raise CommClosedError(f"worker {address} gave a bad answer: {exc}") from exc
+        finally:
+            pool = self._idle.setdefault(address, [])
+            if ok and not self._closed and len(pool) < MAX_IDLE_PER_WORKER:
+                pool.append(conn)
+            else:
+                with anyio.CancelScope(shield=True):
+                    await conn.comm.aclose("done" if ok else "request failed")
+        return replies[0]
+
+    def _next_request(self) -> int:
+        self._request += 1
+        return self._request
+
+    async def get_data(self, address: str, keys: list[str]) -> p.DataReply | None:
+        """The pickled values ``address`` holds of ``keys``; None if it answered ``Busy``."""
+        request = self._next_request()
+        reply = await self.exchange(address, p.GetData(request, keys))
+        if isinstance(reply, p.Busy) and reply.request == request:
+            return None
+        if not isinstance(reply, p.DataReply) or reply.request != request:
+            raise CommClosedError(f"worker {address} answered GetData with {type(reply).__name__}")
+        return reply
+
+    async def put_data(self, address: str, data: Mapping[str, bytes]) -> dict[str, int]:
+        """Store pickled values on ``address``; return their sizes as it accounted them."""
+        request = self._next_request()
+        reply = await self.exchange(address, p.PutData(request, dict(data)))
+        if not isinstance(reply, p.PutDataReply) or reply.request != request:
+            raise CommClosedError(f"worker {address} answered PutData with {type(reply).__name__}")
+        return dict(reply.nbytes)
+
+    async def aclose(self) -> None:
+        self._closed = True
+        pools = list(self._idle.values())
+        self._idle.clear()
+        for pool in pools:
+            for conn in pool:
+                await conn.comm.aclose("client closing")

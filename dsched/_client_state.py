@@ -1,0 +1,338 @@
+"""A client's bookkeeping, without I/O: which keys it holds, their states, what to send next.
+
+:class:`ClientState` is shared by the caller's thread (which submits, scatters
+and drops futures) and the client's event loop thread (which applies the
+scheduler's news and sends messages).  One lock guards the key table, the
+reference counts and the outbox; it is taken once per call or per received
+frame, never per key.  Watchers are told *after* the lock is released, on the
+loop thread, so a done callback may submit more work.
+
+Ordering is what keeps holds right: every message for the scheduler goes
+through one outbox, appended under the lock, and releases are turned into a
+``ReleaseKeys`` under the same lock when the loop drains the outbox.  So a key
+released and then submitted again reaches the scheduler as "release, then
+submit", and a key still held is never submitted twice.
+
+A refused submission (``ClientError``) names keys, not the submission: recent
+submissions are remembered (their keys and dependencies) until all their keys
+are done or released, so the refusal can fail exactly the futures it stranded.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from collections.abc import Iterable
+from typing import Final
+
+import anyio
+
+from dsched import _protocol as p
+from dsched._client_errors import (
+    ClientDisconnectedError,
+    FutureCancelledError,
+    GraphError,
+    failure_for,
+)
+from dsched._future import CANCELLED, ERROR, FINISHED, LOST, PENDING, KeyState, Watcher
+from dsched._serialize import RemoteError
+
+__all__ = ["ClientState", "CountWaiter", "Notifications", "run_notifications"]
+
+logger = logging.getLogger("dsched.client")
+
+MAX_RECORDS: Final = 10_000
+
+# States whose watchers are to be told, with the watchers taken from them.
+Notifications = list[tuple[KeyState, list[Watcher]]]
+
+
+def run_notifications(notifications: Notifications) -> None:
+    """Tell watchers their keys are done (call without holding the lock)."""
+    for state, watchers in notifications:
+        for watcher in watchers:
+            try:
+                watcher.key_done(state)
+            except Exception:
+                logger.exception("a watcher of %r failed", state.key)
+
+
+class CountWaiter:
+    """Waits for a number of keys to be done, or for the first error (one event per waiting call)."""
+
+    __slots__ = ("errored", "event", "remaining", "stop_on_error")
+
+    def __init__(self, remaining: int, stop_on_error: bool = False) -> None:
+        self.remaining = remaining
+        self.stop_on_error = stop_on_error
+        self.errored = False
+        self.event = anyio.Event()
+        if remaining <= 0:
+            self.event.set()
+
+    def key_done(self, state: KeyState) -> None:
+        self.remaining -= 1
+        if state.status != FINISHED:
+            self.errored = True
+        if self.remaining <= 0 or (self.errored and self.stop_on_error):
+            self.event.set()
+
+
+class _Submission:
+    """A recent submission: what a ``ClientError`` about it may name, and the states it created."""
+
+    __slots__ = ("checked", "dependencies", "keys", "states")
+
+    def __init__(self, keys: list[str], dependencies: list[str], states: list[KeyState]) -> None:
+        self.keys = keys
+        self.dependencies = dependencies
+        self.states = states
+        self.checked = 0  # states before this index are done or released
+
+    def settled(self) -> bool:
+        states = self.states
+        i = self.checked
+        n = len(states)
+        while i < n and (states[i].status != PENDING or states[i].refs <= 0):
+            i += 1
+        self.checked = i
+        return i == n
+
+    def names_any(self, keys: set[str]) -> bool:
+        return not keys.isdisjoint(self.keys) or not keys.isdisjoint(self.dependencies)
+
+
+class ClientState:
+    """Held keys, their shared states and reference counts, and the outbox to the scheduler."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.states: dict[str, KeyState] = {}
+        self.closed: BaseException | None = None  # why no more work is accepted
+        self._outbox: list[p.ClientToScheduler] = []
+        self._releases: deque[KeyState] = deque()
+        self._submissions: deque[_Submission] = deque()
+
+    def _check_open(self) -> None:
+        if self.closed is not None:
+            raise ClientDisconnectedError(f"the client is closed: {self.closed}")
+
+    # -- the caller's side (any thread) ------------------------------------------------
+
+    def submit(
+        self, functions: list[bytes], tasks: list[p.GraphTask], wanted: list[str] | None = None
+    ) -> list[KeyState]:
+        """Hold keys and queue the submission; return the held states.
+
+        ``wanted=None`` (``submit``/``map``): every task is wanted; tasks whose key
+        is held already are not sent again, and the states align with ``tasks``.
+        Otherwise (a task graph) every task is sent, ``wanted`` keys are held and
+        the states align with ``wanted``.
+        """
+        with self.lock:
+            self._check_open()
+            states = self.states
+            new_states: list[KeyState] = []
+            held: list[KeyState] = []
+            if wanted is None:
+                send: list[p.GraphTask] = []
+                for task in tasks:
+                    state = states.get(task.key)
+                    if state is None:
+                        state = states[task.key] = KeyState(task.key)
+                        send.append(task)
+                        new_states.append(state)
+                    state.refs += 1
+                    held.append(state)
+            else:
+                send = tasks
+                for key in wanted:
+                    state = states.get(key)
+                    if state is None:
+                        state = states[key] = KeyState(key)
+                        new_states.append(state)
+                    state.refs += 1
+                    held.append(state)
+            if send:
+                new_keys = [s.key for s in new_states]
+                self._outbox.append(p.SubmitGraph(functions, send, new_keys))
+                deps = [d for t in send if t.dependencies for d in t.dependencies]
+                self._remember(_Submission([t.key for t in send], deps, new_states))
+        return held
+
+    def scattered(self, nbytes: dict[str, int], workers: list[str]) -> list[KeyState]:
+        """Hold keys whose values were just put on ``workers``; queue ``Scattered``."""
+        with self.lock:
+            self._check_open()
+            states = self.states
+            held: list[KeyState] = []
+            for key in nbytes:
+                state = states.get(key)
+                if state is None:
+                    state = states[key] = KeyState(key, FINISHED)
+                state.refs += 1
+                held.append(state)
+            self._outbox.append(p.Scattered(workers, nbytes))
+        return held
+
+    def hold(self, states: Iterable[KeyState]) -> None:
+        """One more reference on each state (a new Future on a held key)."""
+        with self.lock:
+            for state in states:
+                state.refs += 1
+
+    def queue_release(self, state: KeyState) -> None:
+        """A future of ``state`` is gone.  Safe from any thread, even inside ``__del__``."""
+        self._releases.append(state)
+
+    def _remember(self, submission: _Submission) -> None:
+        records = self._submissions
+        records.append(submission)
+        while records and (len(records) > MAX_RECORDS or records[0].settled()):
+            records.popleft()
+
+    # -- the loop's side ---------------------------------------------------------------
+
+    def drain(self) -> list[p.ClientToScheduler]:
+        """The messages to send now, in order; releases become one ``ReleaseKeys`` at the end."""
+        with self.lock:
+            out = self._outbox
+            self._outbox = []
+            releases = self._releases
+            states = self.states
+            released: list[str] = []
+            while releases:
+                state = releases.popleft()
+                state.refs -= 1
+                if state.refs <= 0 and states.get(state.key) is state:
+                    del states[state.key]
+                    released.append(state.key)
+            if released:
+                out.append(p.ReleaseKeys(released))
+        return out
+
+    def has_outgoing(self) -> bool:
+        return bool(self._outbox or self._releases)
+
+    def cancel(self, states: list[KeyState], force: bool, reason: str = "cancelled by the client") -> Notifications:
+        """Queue ``CancelKeys`` and mark the states cancelled (they no longer stand for held keys)."""
+        with self.lock:
+            keys = list(dict.fromkeys(s.key for s in states))
+            if self.closed is None and keys:
+                self._outbox.append(p.CancelKeys(keys, force))
+            out: Notifications = []
+            for state in states:
+                self._detach(state)
+                if state.status == PENDING or state.status == FINISHED:
+                    self._finish(state, CANCELLED, FutureCancelledError(state.key, reason), out)
+        return out
+
+    def watch(self, states: Iterable[KeyState], watcher: Watcher) -> list[KeyState]:
+        """Register ``watcher`` on the pending states; return those already done (tell it yourself)."""
+        done: list[KeyState] = []
+        with self.lock:
+            for state in states:
+                if state.status != PENDING:
+                    done.append(state)
+                elif state.watchers is None:
+                    state.watchers = [watcher]
+                else:
+                    state.watchers.append(watcher)
+        return done
+
+    def handle(self, messages: list[p.SchedulerToClient]) -> Notifications:
+        """Apply a frame of scheduler news; return the watchers to tell (outside the lock)."""
+        out: Notifications = []
+        with self.lock:
+            states = self.states
+            for msg in messages:
+                if type(msg) is p.KeysInMemory:
+                    for key in msg.keys:
+                        state = states.get(key)
+                        if state is not None and state.status != FINISHED:
+                            state.status = FINISHED
+                            state.failure = state.exception = None
+                            if state.watchers is not None:
+                                out.append((state, state.watchers))
+                                state.watchers = None
+                else:
+                    self._handle_other(msg, out)
+        return out
+
+    def _handle_other(self, msg: p.SchedulerToClient, out: Notifications) -> None:
+        states = self.states
+        if isinstance(msg, p.KeyErred):
+            state = states.get(msg.key)
+            if state is not None:
+                try:
+                    state.exception = p.payload_bytes(msg.exception)
+                except p.ProtocolError as exc:
+                    state.failure = RemoteError("ProtocolError", f"the task's exception did not decode: {exc}")
+                state.traceback = msg.traceback
+                self._finish(state, ERROR, None, out)
+        elif isinstance(msg, p.KeyFailed):
+            state = states.get(msg.key)
+            if state is not None:
+                self._finish(state, ERROR, failure_for(msg.key, msg.blamed_key, msg.kind, msg.message), out)
+        elif isinstance(msg, p.KeyLost):
+            state = states.get(msg.key)
+            if state is not None:
+                error = failure_for(msg.key, msg.key, "lost-data", f"the data of {msg.key!r} was lost")
+                self._finish(state, LOST, error, out)
+        elif isinstance(msg, p.KeysCancelled):
+            for key in msg.keys:
+                state = states.get(key)
+                if state is not None:
+                    self._detach(state)
+                    self._finish(state, CANCELLED, FutureCancelledError(key, "cancelled"), out)
+        elif isinstance(msg, p.ClientError):
+            self._refused(msg, out)
+        else:
+            logger.warning("unexpected message from the scheduler: %r", msg)
+
+    def _refused(self, msg: p.ClientError, out: Notifications) -> None:
+        named = set(msg.keys)
+        for submission in reversed(self._submissions):
+            if submission.names_any(named):
+                error = GraphError(msg.kind, msg.message, list(msg.keys))
+                for state in submission.states:
+                    if state.status == PENDING:
+                        self._detach(state)  # the scheduler holds nothing for it
+                        self._finish(state, ERROR, error, out)
+                self._submissions.remove(submission)
+                return
+        logger.warning("the scheduler refused a request: %s: %s", msg.kind, msg.message)
+
+    def _detach(self, state: KeyState) -> None:
+        if self.states.get(state.key) is state:
+            del self.states[state.key]
+
+    @staticmethod
+    def _finish(state: KeyState, status: str, failure: BaseException | None, out: Notifications) -> None:
+        state.status = status
+        if failure is not None:
+            state.failure = failure
+            state.exception = None
+        if state.watchers is not None:
+            out.append((state, state.watchers))
+            state.watchers = None
+
+    def fail_all(self, reason: BaseException, *, cancelled: bool) -> Notifications:
+        """The client closed (``cancelled``) or lost the scheduler: every pending key fails."""
+        out: Notifications = []
+        with self.lock:
+            if self.closed is None:
+                self.closed = reason
+            for state in self.states.values():
+                if state.status == PENDING:
+                    if cancelled:
+                        self._finish(state, CANCELLED, FutureCancelledError(state.key, str(reason)), out)
+                    else:
+                        self._finish(state, ERROR, reason, out)
+            for submission in self._submissions:  # stranded states no longer in the table
+                for state in submission.states:
+                    if state.status == PENDING:
+                        self._finish(state, ERROR, reason, out)
+            self._outbox.clear()
+        return out
