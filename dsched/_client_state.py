@@ -45,17 +45,24 @@ logger = logging.getLogger("dsched.client")
 MAX_RECORDS: Final = 10_000
 
 # States whose watchers are to be told, with the watchers taken from them.
-Notifications = list[tuple[KeyState, list[Watcher]]]
+Notifications = list[tuple[KeyState, Watcher | list[Watcher]]]
 
 
 def run_notifications(notifications: Notifications) -> None:
     """Tell watchers their keys are done (call without holding the lock)."""
     for state, watchers in notifications:
-        for watcher in watchers:
-            try:
-                watcher.key_done(state)
-            except Exception:
-                logger.exception("a watcher of %r failed", state.key)
+        if type(watchers) is list:
+            for watcher in watchers:
+                _tell(watcher, state)
+        else:
+            _tell(watchers, state)  # type: ignore[arg-type]
+
+
+def _tell(watcher: Watcher, state: KeyState) -> None:
+    try:
+        watcher.key_done(state)
+    except Exception:
+        logger.exception("a watcher of %r failed", state.key)
 
 
 class CountWaiter:
@@ -233,12 +240,15 @@ class ClientState:
         done: list[KeyState] = []
         with self.lock:
             for state in states:
+                watchers = state.watchers
                 if state.status != PENDING:
                     done.append(state)
-                elif state.watchers is None:
-                    state.watchers = [watcher]
+                elif watchers is None:
+                    state.watchers = watcher
+                elif type(watchers) is list:
+                    watchers.append(watcher)
                 else:
-                    state.watchers.append(watcher)
+                    state.watchers = [watchers, watcher]  # type: ignore[list-item]
         return done
 
     def handle(self, messages: list[p.SchedulerToClient]) -> Notifications:

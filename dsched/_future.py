@@ -62,7 +62,8 @@ class KeyState:
         self.key = key
         self.status = status
         self.refs = 0
-        self.watchers: list[Watcher] | None = None
+        # One watcher (the common case: a single gather) or a list of them.
+        self.watchers: Watcher | list[Watcher] | None = None
         self.exception: bytes | None = None
         self.traceback = ""
         self.failure: BaseException | None = None

@@ -18,14 +18,15 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import pickle
 import types
 import uuid
 from collections.abc import Callable
 from typing import Any, Final
 
-from dsched._serialize import dumps_function, dumps_value
+from dsched._serialize import PROTOCOL, dumps_args, dumps_function, dumps_value
 
-__all__ = ["PickledFunction", "funcname", "pickle_function", "random_token", "token", "value_key"]
+__all__ = ["PickledFunction", "funcname", "pickle_args", "pickle_function", "random_token", "token", "value_key"]
 
 TOKEN_BYTES: Final = 16  # 32 hex digits, as Dask's tokens
 _MAX_NAME: Final = 50
@@ -83,6 +84,27 @@ def pickle_function(func: Callable[..., Any]) -> PickledFunction:
             _cache.clear()
         _cache[func] = pickled
     return pickled
+
+
+# Arguments of these types cannot hold a dependency reference, so they are pickled
+# with plain ``pickle.dumps`` (8x cheaper than the reference-collecting pickler,
+# and the same bytes).
+_ATOMIC: Final = frozenset({int, float, str, bytes, bool, type(None), complex})
+
+
+def pickle_args(args: tuple[Any, ...], kwargs: dict[str, Any] | None) -> tuple[bytes, list[str]]:
+    """A task's pickled arguments and the keys they refer to (``dsched._serialize.dumps_args``),
+    with a fast path for the common case of a few plain scalars."""
+    atomic = _ATOMIC
+    for arg in args:
+        if type(arg) not in atomic:
+            return dumps_args(args, kwargs)
+    if kwargs:
+        for value in kwargs.values():
+            if type(value) not in atomic:
+                return dumps_args(args, kwargs)
+        return pickle.dumps((args, dict(kwargs)), PROTOCOL), []
+    return pickle.dumps((args, None), PROTOCOL), []
 
 
 def token(payload: bytes, salt: bytes) -> str:

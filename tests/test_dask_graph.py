@@ -1,0 +1,120 @@
+"""Dask tuple-format graphs -> SubmitGraph tasks, checked by running the tasks as a worker would."""
+
+from __future__ import annotations
+
+import operator
+from typing import Any
+
+import pytest
+from _client_helpers import add, inc, total
+
+from dsched._dask_graph import DaskGraph, build_graph, istask, stringify
+from dsched._serialize import Ref, loads_args, loads_function
+
+
+def run(graph: DaskGraph) -> dict[str, Any]:
+    """Run the tasks in the order given, like workers that receive them in that order.
+
+    Asserts that every task comes after its dependencies and that the
+    dependencies are exactly the keys its arguments refer to.
+    """
+    functions = [loads_function(f) for f in graph.functions]
+    data: dict[str, Any] = {}
+    for task in graph.tasks:
+        missing = [d for d in task.dependencies if d not in data]
+        assert not missing, f"{task.key} comes before its dependencies {missing}"
+        args, kwargs = loads_args(bytes(task.args), data)  # type: ignore[arg-type]
+        data[task.key] = functions[task.function](*args, **kwargs)
+    return data
+
+
+def results(dsk: dict[Any, Any], keys: Any) -> Any:
+    graph = build_graph(dsk, keys)
+    return graph.nest(run(graph))
+
+
+def test_istask_and_stringify() -> None:
+    assert istask((inc, 1)) and not istask((1, 2)) and not istask(()) and not istask([inc, 1])
+    assert stringify("x") == "x"
+    assert stringify(("x", 0)) == "('x', 0)"
+
+
+def test_chain_diamond_and_list_arguments() -> None:
+    dsk = {
+        "x": 1,
+        "y": (inc, "x"),
+        "z": (add, "y", (inc, 10)),
+        "w": (sum, ["x", "y"]),
+        "left": (inc, "z"),
+        "right": (operator.mul, "z", 2),
+        "bottom": (add, "left", "right"),
+    }
+    assert results(dsk, ["z", "w", "bottom"]) == [13, 3, 14 + 26]
+    assert results(dsk, "y") == 2
+    assert results(dsk, [["x", "y"], ["w"]]) == [[1, 2], [3]]
+
+
+def test_only_needed_tasks_are_sent_dependencies_first() -> None:
+    dsk = {"a": 1, "b": (inc, "a"), "c": (inc, "b"), "unused": (inc, "c"), "other": 5}
+    graph = build_graph(dsk, "c")
+    assert [t.key for t in graph.tasks] == ["a", "b", "c"]
+    assert [t.dependencies for t in graph.tasks] == [[], ["a"], ["b"]]
+    assert graph.wanted == ["c"]
+
+
+def test_tuple_keys_and_aliases() -> None:
+    dsk = {("x", 0): 1, ("x", 1): (inc, ("x", 0)), "alias": ("x", 1), "s": (sum, [("x", 0), ("x", 1)])}
+    graph = build_graph(dsk, [("x", 1), "alias", "s"])
+    assert graph.wanted == ["('x', 1)", "alias", "s"]
+    assert graph.nest(run(graph)) == [2, 2, 3]
+
+
+def test_nested_tasks_in_lists_and_dicts() -> None:
+    dsk = {
+        "a": 2,
+        "deep": (add, (inc, (inc, "a")), (operator.mul, "a", 10)),
+        "listed": (total, [(inc, "a"), "a", [(inc, 0), 7]]),
+        "mapping": (total, {"p": (inc, "a"), "q": ["a", 1]}),
+        "literal_list": [(inc, "a"), "a"],
+    }
+    assert results(dsk, ["deep", "listed", "mapping", "literal_list"]) == [24, 3 + 2 + 1 + 7, 3 + 2 + 1, [3, 2]]
+
+
+def test_literals_are_not_references() -> None:
+    """Strings that are not keys, tuples that are not tasks, and unhashable values pass as they are."""
+    dsk = {"x": 1, "y": (lambda *a: a, "not-a-key", (1, "x"), {"k": "x"}, "x")}
+    ((text, tup, mapping, value),) = [results(dsk, "y")]
+    assert text == "not-a-key" and tup == (1, "x") and value == 1
+    assert mapping == {"k": 1}  # dict values are searched for keys (as Dask's task spec does)
+
+
+def test_shared_function_pickled_once() -> None:
+    dsk: dict[Any, Any] = {("leaf", i): (inc, i) for i in range(100)}
+    dsk["root"] = (sum, [("leaf", i) for i in range(100)])
+    graph = build_graph(dsk, "root")
+    assert len(graph.functions) == 2  # inc and sum
+    assert {t.function for t in graph.tasks if t.key != "root"} == {graph.tasks[0].function}
+    assert graph.nest(run(graph)) == sum(range(1, 101))
+
+
+def test_refs_and_unknown_keys() -> None:
+    graph = build_graph({"y": (inc, Ref("held-elsewhere"))}, "y")
+    assert graph.tasks[0].dependencies == ["held-elsewhere"]
+    with pytest.raises(KeyError, match="not a key"):
+        build_graph({"x": 1}, ["x", "nope"])
+
+
+def test_cycle_is_left_for_the_scheduler() -> None:
+    graph = build_graph({"a": (inc, "b"), "b": (inc, "a"), "c": (inc, "a")}, "c")
+    assert sorted(t.key for t in graph.tasks) == ["a", "b", "c"]
+    assert {t.key: t.dependencies for t in graph.tasks} == {"a": ["b"], "b": ["a"], "c": ["a"]}
+
+
+def test_deep_chain_does_not_recurse() -> None:
+    n = 5000
+    dsk: dict[Any, Any] = {"k0": 0}
+    for i in range(1, n):
+        dsk[f"k{i}"] = (inc, f"k{i - 1}")
+    graph = build_graph(dsk, f"k{n - 1}")
+    assert [t.key for t in graph.tasks[:3]] == ["k0", "k1", "k2"]
+    assert graph.nest(run(graph)) == n - 1
