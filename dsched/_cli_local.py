@@ -21,6 +21,10 @@ __all__ = ["register"]
 logger = logging.getLogger("dsched.cluster")
 
 
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
 def _wait_for_stop(cluster: LocalCluster) -> tuple[str, bool]:
     """Block until SIGINT/SIGTERM (True) or the scheduler process ends (False); say which."""
     stop = threading.Event()
@@ -75,8 +79,8 @@ def register(app: typer.Typer) -> None:
                 write_scheduler_file(scheduler_file, {"type": "Scheduler", "address": cluster.scheduler_address})
             memory = f", {format_bytes(cluster.memory_limit)} each" if cluster.memory_limit else ""
             typer.echo(
-                f"Scheduler at {cluster.scheduler_address} with {len(cluster.workers)} workers "
-                f"x {cluster.threads_per_worker} threads{memory}. Press Ctrl-C to stop."
+                f"Scheduler at {cluster.scheduler_address} with {_plural(len(cluster.workers), 'worker')} "
+                f"x {_plural(cluster.threads_per_worker, 'thread')}{memory}. Press Ctrl-C to stop."
             )
             why, clean = _wait_for_stop(cluster)
             logger.info("dsched local: %s; stopping the workers and the scheduler", why)

@@ -192,7 +192,7 @@ def test_local_runs_a_cluster_until_ctrl_c() -> None:
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
-        assert line.startswith("Scheduler at tcp://127.0.0.1:") and "2 workers x 1 threads" in line, stop(proc)
+        assert line.startswith("Scheduler at tcp://127.0.0.1:") and "2 workers x 1 thread." in line, stop(proc)
         address = line.split()[2]
         workers = workers_of(address, 2)
     finally:
