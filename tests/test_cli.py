@@ -147,10 +147,15 @@ def test_scheduler_and_worker_meet_through_the_scheduler_file(tmp_path: Path) ->
         assert registered.name == "w1" and registered.nthreads == 2
     finally:
         sched_out, sched_err = stop(scheduler, signal.SIGINT)
-        worker_out, worker_err = stop(worker, signal.SIGTERM)
-    # The scheduler stopped cleanly, said goodbye, and removed its file; the worker left when told.
+        try:  # the worker leaves by itself once its scheduler is gone
+            worker_out, worker_err = worker.communicate(timeout=15)
+        finally:
+            if worker.poll() is None:
+                stop(worker, signal.SIGKILL)
+    # The scheduler stopped cleanly, said goodbye, and removed its file; the worker followed.
     assert scheduler.returncode == 0, sched_err
     assert worker.returncode == 0, worker_err
+    assert "the scheduler is shutting down" in worker_err
     assert not path.exists()
     assert "stopped by SIGINT" in sched_err
     assert "dashboard is not available yet" in sched_err
@@ -218,3 +223,16 @@ def test_probe_is_refused_by_a_wrong_protocol_peer() -> None:
                     pass
 
     anyio.run(main)
+
+
+def test_dsched_demo_end_to_end() -> None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.run(  # the README's first command, made small
+        [sys.executable, "-m", "dsched", "demo", "--tasks", "2000"],
+        capture_output=True, text=True, timeout=120, env=env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "dsched demo: 1,999 tasks" in proc.stdout
+    assert "is correct" in proc.stdout and "tasks/s" in proc.stdout
+    # Not a terminal: the progress bar prints lines, ending at 100%.
+    assert proc.stderr.rstrip().splitlines()[-1].startswith("[" + "#" * 30 + "] 100%")
