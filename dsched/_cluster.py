@@ -209,8 +209,14 @@ class LocalCluster:
 
     @property
     def workers(self) -> list[str]:
-        """The addresses of the workers this cluster started (and has not stopped)."""
-        return list(self._backend.worker_addresses.values())
+        """The addresses of the workers this cluster started and that still run."""
+        backend = self._backend
+        if isinstance(backend, ProcessBackend):
+            return [
+                address for name, address in backend.worker_addresses.items()
+                if name in backend.worker_children and backend.worker_children[name].alive()
+            ]
+        return list(backend.worker_addresses.values())
 
     @property
     def worker_processes(self) -> list[subprocess.Popen[bytes]]:

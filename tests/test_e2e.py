@@ -142,11 +142,13 @@ def test_worker_killed_mid_graph_and_the_graph_completes() -> None:
         total = client.submit(sum, doubles)
         wait_until(lambda: sum(f.done() for f in incs) >= n // 4, what="a quarter of the graph")
         victim = cluster.worker_processes[0]
+        assert len(cluster.workers) == 3
         victim.send_signal(signal.SIGKILL)
         assert not total.done()  # the kill landed in the middle of the graph
         assert total.result(timeout=60) == sum(2 * (i + 1) for i in range(n))
         assert client.gather(doubles) == [2 * (i + 1) for i in range(n)]
         assert victim.wait(timeout=5) == -signal.SIGKILL
+        assert len(cluster.workers) == 2  # the dead one is no longer listed
     assert_all_exited(cluster)
 
 
