@@ -1,9 +1,54 @@
 """dsched: a distributed task scheduler in the style of dask.distributed.
 
+Common Dask code runs after changing one import::
+
+    from dsched import Client, LocalCluster, as_completed, wait
+
 The scheduling logic lives in the separate package ``sched_core`` (sans-I/O,
 compiled with mypyc); ``dsched`` is the runtime around it.
 """
 
+from dsched._as_completed import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, DoneAndNotDoneFutures, as_completed, wait
+from dsched._client import Client
+from dsched._client_errors import (
+    ClientDisconnectedError,
+    FutureCancelledError,
+    GraphError,
+    KilledWorker,
+    LostDataError,
+    NoWorkerError,
+    TaskFailedError,
+)
+from dsched._cluster import LocalCluster
+from dsched._future import Future
+from dsched._scheduler_server import SchedulerServer
+from dsched._serialize import RemoteError
 from dsched._version import __version__ as __version__
+from dsched._worker import Worker
 
-__all__ = ["__version__"]
+# Dask's name for the scheduler server.
+Scheduler = SchedulerServer
+
+__all__ = [
+    "ALL_COMPLETED",
+    "FIRST_COMPLETED",
+    "FIRST_EXCEPTION",
+    "Client",
+    "ClientDisconnectedError",
+    "DoneAndNotDoneFutures",
+    "Future",
+    "FutureCancelledError",
+    "GraphError",
+    "KilledWorker",
+    "LocalCluster",
+    "LostDataError",
+    "NoWorkerError",
+    "RemoteError",
+    "Scheduler",
+    "SchedulerServer",
+    "TaskFailedError",
+    "Worker",
+    "__version__",
+    "as_completed",
+    "wait",
+]

@@ -144,6 +144,7 @@ class TaskExecutor:
     def _run(self, key: str, run_spec: RunSpec) -> sc.WorkerEvent:
         start = time.time()
         self.executing[key] = start
+        calling = False
         try:
             ref, args_payload, has_deps = run_spec
             func = self.functions.get(ref)
@@ -154,12 +155,17 @@ class TaskExecutor:
                 args, kwargs = pickle.loads(view)
                 if kwargs is None:
                     kwargs = {}
+            calling = True
             value = func(*args, **kwargs)
+            calling = False
             stop = time.time()
             self.data[key] = value
             return sc.ExecuteSuccessEvent(key, sizeof(value), start, stop)
         except BaseException as exc:  # a task's SystemExit is its error too, not the thread's end
             stop = time.time()
+            tb = exc.__traceback__
+            if calling and tb is not None and tb.tb_next is not None:
+                exc = exc.with_traceback(tb.tb_next)  # start the traceback in the task's own code
             payload, text = dumps_exception(exc)
             return sc.ExecuteFailureEvent(key, payload, text, start, stop)
         finally:
