@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -93,7 +94,8 @@ def test_version() -> None:
     [
         ("scheduler", ["--host", "--port", "--dashboard-port", "--scheduler-file"]),
         ("worker", ["--nthreads", "--name", "--memory-limit", "--resources", "--host", "--scheduler-file"]),
-        ("local", ["--workers", "--threads", "--port"]),
+        ("local", ["--workers", "--threads", "--port", "--memory-limit", "--scheduler-file"]),
+        ("demo", ["--tasks", "--workers", "--threads"]),
     ],
 )
 def test_subcommand_help_names_every_option(command: str, options: list[str]) -> None:
@@ -236,3 +238,28 @@ def test_dsched_demo_end_to_end() -> None:
     assert "is correct" in proc.stdout and "tasks/s" in proc.stdout
     # Not a terminal: the progress bar prints lines, ending at 100%.
     assert proc.stderr.rstrip().splitlines()[-1].startswith("[" + "#" * 30 + "] 100%")
+
+
+def test_demo_plan_and_progress_bar() -> None:
+    from dsched._demo import ProgressBar, plan_demo
+
+    for tasks in (3, 10, 101, 2000, 100_000):
+        plan = plan_demo(tasks)
+        assert tasks - 3 <= plan.total_tasks <= tasks
+        assert plan.expected == sum(i * i for i in range(1, plan.n_inputs + 1))
+    terminal = io.StringIO()
+    bar = ProgressBar(200, terminal, tty=True)
+    bar.update(50)
+    bar.update(100)
+    assert terminal.getvalue().count("\r") == 2 and "\n" not in terminal.getvalue()
+    assert "100/200 tasks" in terminal.getvalue() and "50%" in terminal.getvalue()
+    bar.finish(200)
+    assert terminal.getvalue().endswith("\n") and "[" + "#" * 30 + "] 100%" in terminal.getvalue()
+    piped = io.StringIO()
+    bar = ProgressBar(200, piped, tty=False, interval=3600)
+    for done in range(0, 200, 10):
+        bar.update(done)
+    bar.finish(200)
+    lines = piped.getvalue().splitlines()
+    assert "\r" not in piped.getvalue()
+    assert len(lines) == 2 and "0/200" in lines[0] and "200/200" in lines[1]

@@ -190,6 +190,24 @@ def test_children_stop_when_the_parent_dies(tmp_path: Path) -> None:
     wait_until(lambda: all(pid_gone(pid) for pid in pids), timeout=15)
 
 
+def test_unclosed_cluster_is_stopped_at_interpreter_exit(tmp_path: Path) -> None:
+    script = tmp_path / "forgetful.py"
+    script.write_text(
+        "from dsched._cluster import LocalCluster\n"
+        "cluster = LocalCluster(n_workers=2, threads_per_worker=1)\n"
+        "print(' '.join(str(p.pid) for p in [*cluster.worker_processes, cluster.scheduler_process]))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    assert done.returncode == 0, done.stderr
+    pids = [int(x) for x in done.stdout.split()]
+    assert len(pids) == 3
+    # Stopped (and reaped) by the exiting interpreter itself, not later by their own parent watch.
+    assert all(pid_gone(pid) for pid in pids)
+
+
 def test_start_failure_raises_with_the_childs_log() -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
