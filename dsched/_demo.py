@@ -84,6 +84,7 @@ class ProgressBar:
         self.interval = interval
         self.started = time.perf_counter()
         self._last_line = -1.0
+        self._width = 0
 
     def render(self, done: int) -> str:
         fraction = min(1.0, done / self.total)
@@ -95,7 +96,7 @@ class ProgressBar:
 
     def update(self, done: int) -> None:
         if self.tty:
-            self.stream.write("\r" + self.render(done))
+            self.stream.write("\r" + self._padded(self.render(done)))
             self.stream.flush()
             return
         now = time.perf_counter()
@@ -105,8 +106,14 @@ class ProgressBar:
             self.stream.flush()
 
     def finish(self, done: int) -> None:
-        self.stream.write(("\r" if self.tty else "") + self.render(done) + "\n")
+        line = self.render(done)
+        self.stream.write(("\r" + self._padded(line) if self.tty else line) + "\n")
         self.stream.flush()
+
+    def _padded(self, line: str) -> str:
+        """The line, padded to cover a longer one drawn before it."""
+        self._width = max(self._width, len(line))
+        return line.ljust(self._width)
 
 
 def _isatty(stream: IO[str]) -> bool:
