@@ -242,12 +242,18 @@ def subprocess_cluster(system: str, n_workers: int) -> Iterator[Cluster]:
 
 @contextlib.contextmanager
 def inprocess_cluster(system: str, n_workers: int) -> Iterator[Cluster]:
-    """``LocalCluster(processes=False, n_workers=n, threads_per_worker=1)`` and a client, in this process."""
+    """``LocalCluster(processes=False, n_workers=n, threads_per_worker=1, memory_limit=0)`` and a client, here.
+
+    No memory limit, for both systems: in one process every dask worker takes
+    the whole process's memory for its own, and with 128 workers each one's
+    share of the machine (the default limit) is below what the process uses,
+    so they pause and the run crawls (minutes for 10,000 tasks).
+    """
     if system == "dsched":
         from dsched._client import Client
         from dsched._cluster import LocalCluster
 
-        cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=False)
+        cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=False, memory_limit=0)
         try:
             client = Client(cluster)
             try:
@@ -264,7 +270,7 @@ def inprocess_cluster(system: str, n_workers: int) -> Iterator[Cluster]:
 
     saturation = math.inf if system == "dask-tuned" else dask.config.get("distributed.scheduler.worker-saturation")
     with dask.config.set({"distributed.scheduler.worker-saturation": saturation}):
-        with DaskLocalCluster(n_workers=n_workers, threads_per_worker=1, processes=False,
+        with DaskLocalCluster(n_workers=n_workers, threads_per_worker=1, processes=False, memory_limit=0,
                               dashboard_address=None) as dask_cluster:
             with DaskClient(dask_cluster, set_as_default=False) as client:
                 _wait_for_workers(system, client, n_workers)

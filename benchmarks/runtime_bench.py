@@ -65,8 +65,10 @@ def plan(args: argparse.Namespace) -> list[dict[str, Any]]:
     def add(workload: str, n: int, workers: int) -> None:
         for system in systems:
             runs = repeat
-            if system != "dsched" and n >= LARGE_TASKS:
-                runs = min(repeat, args.dask_large_repeat)
+            if system != "dsched":
+                runs = args.dask_repeat if args.dask_repeat is not None else repeat
+                if n >= LARGE_TASKS:
+                    runs = min(runs, args.dask_large_repeat)
             specs.append({"workload": workload, "system": system, "n": n, "workers": workers, "repeats": runs})
 
     if "a" in args.only or "e" in args.only:  # (e) reads the scheduler during (a)
@@ -160,6 +162,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes, 1 run each: a smoke run")
     parser.add_argument("--repeat", type=int, default=None, help=f"measured runs per measurement (default {DEFAULT_REPEAT}; --quick 1)")
+    parser.add_argument("--dask-repeat", type=int, default=None,
+                        help="measured runs per dask measurement (default: as --repeat); nox -s bench uses 1")
     parser.add_argument("--dask-large-repeat", type=int, default=DEFAULT_DASK_LARGE_REPEAT,
                         help=f"at most this many dask runs of {LARGE_TASKS:,}+ tasks (default {DEFAULT_DASK_LARGE_REPEAT})")
     parser.add_argument("--only", default=WORKLOADS, help="workloads to run, e.g. a,c (default: all)")
