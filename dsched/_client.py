@@ -87,6 +87,18 @@ def _gc_paused() -> Iterator[None]:
         gc.enable()
 
 
+def core_priority(priority: int) -> int:
+    """A Dask user priority (higher runs earlier) as ``sched_core.TaskSpec.priority``.
+
+    The core already follows Dask's convention (it subtracts the user priority,
+    shifted left by 62 bits, from a task's order), but its priorities must
+    still fit the wire's 64-bit ints, which only -1, 0 and 1 do.  So only the
+    sign is kept: every positive priority runs before priority 0, every
+    negative one after it.
+    """
+    return 1 if priority > 0 else -1 if priority < 0 else 0
+
+
 def _workers_list(workers: str | Iterable[str] | None) -> list[str] | None:
     if workers is None:
         return None
@@ -328,8 +340,8 @@ class Client:
         if key is None:
             key = f"{funcname(func)}-{token(payload, function.digest) if pure else random_token()}"
         task = p.GraphTask(
-            key, deps, 0, payload, priority, retries or 0, _workers_list(workers), _resources(resources),
-            allow_other_workers,
+            key, deps, 0, payload, core_priority(priority), retries or 0, _workers_list(workers),
+            _resources(resources), allow_other_workers,
         )
         (state,) = self._state.submit([function.data], [task])
         self._link.wake()
@@ -364,7 +376,8 @@ class Client:
         prefix = (key if isinstance(key, str) else funcname(func)) + "-"
         with _gc_paused():
             tasks = _map_tasks(
-                function.digest, prefix, explicit, zip(*iterables), kwargs or None, pure, priority, retries or 0,
+                function.digest, prefix, explicit, zip(*iterables), kwargs or None, pure, core_priority(priority),
+                retries or 0,
                 _workers_list(workers), _resources(resources), allow_other_workers,
             )
             states: list[KeyState] = []
@@ -394,7 +407,7 @@ class Client:
         self._check_running()
         with _gc_paused():
             graph = build_graph(
-                dsk, keys, priority=priority, retries=retries or 0, resources=_resources(resources),
+                dsk, keys, priority=core_priority(priority), retries=retries or 0, resources=_resources(resources),
                 workers=_workers_list(workers), allow_other_workers=allow_other_workers,
             )
             states = self._state.submit(graph.functions, graph.tasks, graph.wanted)
@@ -623,6 +636,8 @@ def _map_tasks(
     for i, args in enumerate(arguments):
         payload, deps = pickle_args(args, kwargs)
         if explicit is not None:
+            if i >= len(explicit):
+                raise ValueError(f"map got {len(explicit)} keys for more tasks")
             key = explicit[i]
         elif pure:
             key = prefix + token(payload, salt)

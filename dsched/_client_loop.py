@@ -365,7 +365,10 @@ class SchedulerLink:
                 got = sizes[address]
                 nbytes = {k: got.get(k, len(v)) for k, v in data.items()}
                 held.update(zip(nbytes, self.state.scattered(nbytes, [address])))
-        self.flush()
+        if held:
+            # The scheduler answers a query after everything sent before it: once this
+            # returns it knows the data, as after Dask's scatter.
+            await self.who_has([next(iter(held))])
         return held
 
     def cancel(self, states: list[KeyState], force: bool) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Iterator
+from concurrent.futures import CancelledError, Future
 from typing import Any
 
 import anyio
@@ -17,6 +18,7 @@ from anyio.abc import TaskStatus
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from dsched._scheduler_server import SchedulerServer
+from sched_core._states import state_name
 from dsched._worker import Worker
 
 GATES: dict[str, threading.Event] = {}
@@ -92,15 +94,30 @@ async def serve_cluster(
 class BackgroundCluster:
     """A scheduler and workers running in a portal thread (for the synchronous client)."""
 
-    def __init__(self, portal: BlockingPortal, server: SchedulerServer, workers: list[Worker]) -> None:
+    def __init__(
+        self, portal: BlockingPortal, server: SchedulerServer, workers: list[Worker], running: Future[None]
+    ) -> None:
         self.portal = portal
+        self._running = running
         self.server = server
         self.workers = workers
         self.address = server.address
 
+    def stop(self) -> None:
+        """Stop the scheduler and the workers (as if the cluster went away)."""
+        open_all_gates()
+        self._running.cancel()
+        with contextlib.suppress(CancelledError):
+            self._running.result(timeout=10)
+
     def known(self, key: str) -> bool:
         """Whether the scheduler still has ``key`` (read on the scheduler's loop)."""
         return bool(self.portal.call(lambda: key in self.server.state.tasks))
+
+    def task_state(self, key: str) -> str:
+        """The scheduler's state of ``key`` ("forgotten" if it does not know it); call on its loop."""
+        ts = self.server.state.tasks.get(key)
+        return "forgotten" if ts is None else state_name(ts.state)
 
     def holders(self, key: str) -> list[str]:
         def read() -> list[str]:
@@ -118,8 +135,8 @@ class BackgroundCluster:
 def background_cluster(n_workers: int = 2, nthreads: int = 2) -> Iterator[BackgroundCluster]:
     with start_blocking_portal(backend="asyncio") as portal:
         future, (server, workers) = portal.start_task(serve_cluster, n_workers, nthreads)
+        cluster = BackgroundCluster(portal, server, workers, future)
         try:
-            yield BackgroundCluster(portal, server, workers)
+            yield cluster
         finally:
-            open_all_gates()
-            future.cancel()
+            cluster.stop()
