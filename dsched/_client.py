@@ -30,35 +30,28 @@ worker in one request.  See docs/client.md.
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import logging
 import threading
-from collections.abc import Callable, Coroutine, Generator, Iterable, Iterator, Mapping
+from collections.abc import Callable, Coroutine, Generator, Iterable, Mapping
 from types import TracebackType
-from typing import Any, Final
+from typing import Any
 
 import anyio
 
 from dsched import _protocol as p
 from dsched._client_errors import ClientDisconnectedError
 from dsched._client_loop import LoopThread, SchedulerLink
+from dsched._client_results import futures_in, unpack, value_of
 from dsched._client_state import ClientState, run_notifications
+from dsched._client_tasks import batches, core_priority, gc_paused, map_tasks, resources_dict, workers_list
 from dsched._dask_graph import build_graph
-from dsched._future import FINISHED, PENDING, CallbackWatcher, Future, KeyState
-from dsched._protocol import payload_view
-from dsched._serialize import loads_value
+from dsched._future import FINISHED, CallbackWatcher, Future, KeyState
 from dsched._tokenize import funcname, pickle_args, pickle_function, random_token, token, value_key
 
 __all__ = ["Client"]
 
 logger = logging.getLogger("dsched.client")
 
-# A map's tasks are sent in SubmitGraph messages of at most this many argument bytes
-# (frames stay far below the 256 MiB limit); every task of a map is wanted, so
-# splitting changes nothing else.
-MAX_SUBMIT_BYTES: Final = 64 * 1024 * 1024
-_SKIP: Final = object()
 
 
 class _Done:
@@ -67,72 +60,6 @@ class _Done:
     def __await__(self) -> Generator[Any, None, None]:
         return
         yield
-
-
-@contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Pause CPython's cyclic GC during a bulk submission.
-
-    A submission allocates several container objects per task (none of them
-    garbage); with the GC on, the collections they trigger walk every live
-    object again and again, which doubled ``map``'s cost per task.
-    """
-    if not gc.isenabled():
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
-
-
-def core_priority(priority: int) -> int:
-    """A Dask user priority (higher runs earlier) as ``sched_core.TaskSpec.priority``.
-
-    The core already follows Dask's convention (it subtracts the user priority,
-    shifted left by 62 bits, from a task's order), but its priorities must
-    still fit the wire's 64-bit ints, which only -1, 0 and 1 do.  So only the
-    sign is kept: every positive priority runs before priority 0, every
-    negative one after it.
-    """
-    return 1 if priority > 0 else -1 if priority < 0 else 0
-
-
-def _workers_list(workers: str | Iterable[str] | None) -> list[str] | None:
-    if workers is None:
-        return None
-    if isinstance(workers, str):
-        return [workers]
-    return [str(w) for w in workers] or None
-
-
-def _resources(resources: Mapping[str, float] | None) -> dict[str, float] | None:
-    return {str(k): float(v) for k, v in resources.items()} if resources else None
-
-
-def _collect(obj: object, out: list[Future]) -> None:
-    """The futures in a nested structure of lists, tuples, sets and dicts."""
-    if isinstance(obj, Future):
-        out.append(obj)
-    elif isinstance(obj, (list, tuple, set, frozenset)):
-        for item in obj:
-            _collect(item, out)
-    elif isinstance(obj, dict):
-        for item in obj.values():
-            _collect(item, out)
-
-
-def _pack(obj: object, values: Mapping[str, object]) -> Any:
-    """``obj`` with each future replaced by its value (futures without one are left out)."""
-    if isinstance(obj, Future):
-        return values.get(obj.key, _SKIP)
-    if isinstance(obj, (list, tuple, set, frozenset)):
-        items = [v for v in (_pack(item, values) for item in obj) if v is not _SKIP]
-        return items if type(obj) is list else type(obj)(items)
-    if isinstance(obj, dict):
-        return {k: v for k, v in ((k, _pack(item, values)) for k, item in obj.items()) if v is not _SKIP}
-    return obj
 
 
 class Client:
@@ -340,8 +267,8 @@ class Client:
         if key is None:
             key = f"{funcname(func)}-{token(payload, function.digest) if pure else random_token()}"
         task = p.GraphTask(
-            key, deps, 0, payload, core_priority(priority), retries or 0, _workers_list(workers),
-            _resources(resources), allow_other_workers,
+            key, deps, 0, payload, core_priority(priority), retries or 0, workers_list(workers),
+            resources_dict(resources), allow_other_workers,
         )
         (state,) = self._state.submit([function.data], [task])
         self._link.wake()
@@ -374,14 +301,14 @@ class Client:
         function = pickle_function(func)
         explicit = list(key) if isinstance(key, (list, tuple)) else None
         prefix = (key if isinstance(key, str) else funcname(func)) + "-"
-        with _gc_paused():
-            tasks = _map_tasks(
+        with gc_paused():
+            tasks = map_tasks(
                 function.digest, prefix, explicit, zip(*iterables), kwargs or None, pure, core_priority(priority),
                 retries or 0,
-                _workers_list(workers), _resources(resources), allow_other_workers,
+                workers_list(workers), resources_dict(resources), allow_other_workers,
             )
             states: list[KeyState] = []
-            for batch in _batches(tasks, batch_size):
+            for batch in batches(tasks, batch_size):
                 states.extend(self._state.submit([function.data], batch))
             self._link.wake()
             return [Future(task.key, self, state) for task, state in zip(tasks, states)]
@@ -405,10 +332,10 @@ class Client:
         returns futures (in the same nesting) instead.
         """
         self._check_running()
-        with _gc_paused():
+        with gc_paused():
             graph = build_graph(
-                dsk, keys, priority=core_priority(priority), retries=retries or 0, resources=_resources(resources),
-                workers=_workers_list(workers), allow_other_workers=allow_other_workers,
+                dsk, keys, priority=core_priority(priority), retries=retries or 0, resources=resources_dict(resources),
+                workers=workers_list(workers), allow_other_workers=allow_other_workers,
             )
             states = self._state.submit(graph.functions, graph.tasks, graph.wanted)
         self._link.wake()
@@ -443,26 +370,26 @@ class Client:
             raise ValueError(f"errors must be 'raise' or 'skip', not {errors!r}")
         if self.asynchronous:
             return self._gather_async(futures, errors)
-        found = _futures_in(futures)
+        found = futures_in(futures)
         raw = self._call(self._link.gather_raw, [f._state for f in found], errors == "raise", None)
-        return _unpack(futures, found, raw, errors)
+        return unpack(futures, found, raw, errors)
 
     async def _gather_async(self, futures: Any, errors: str) -> Any:
-        found = _futures_in(futures)
+        found = futures_in(futures)
         raw = await self._link.gather_raw([f._state for f in found], errors == "raise", None)
-        return _unpack(futures, found, raw, errors)
+        return unpack(futures, found, raw, errors)
 
     def _future_result(self, future: Future, timeout: float | None) -> Any:
         if self.asynchronous:
             return self._future_result_async(future, timeout)
         state = future._state
         raw = self._call(self._link.gather_raw, [state], True, timeout)
-        return _value_of(state, raw)
+        return value_of(state, raw)
 
     async def _future_result_async(self, future: Future, timeout: float | None) -> Any:
         state = future._state
         raw = await self._link.gather_raw([state], True, timeout)
-        return _value_of(state, raw)
+        return value_of(state, raw)
 
     def _future_exception(self, future: Future, timeout: float | None) -> Any:
         if self.asynchronous:
@@ -505,8 +432,8 @@ class Client:
             keys = [key for key, _ in pairs]
             payloads = dict(pairs)
         if self.asynchronous:
-            return self._scatter_async(data, keys, payloads, _workers_list(workers), broadcast)
-        held = self._call(self._link.scatter, payloads, _workers_list(workers), broadcast)
+            return self._scatter_async(data, keys, payloads, workers_list(workers), broadcast)
+        held = self._call(self._link.scatter, payloads, workers_list(workers), broadcast)
         return self._scattered_futures(data, keys, held)
 
     async def _scatter_async(
@@ -539,7 +466,7 @@ class Client:
         Their status becomes "cancelled" before this returns; ``result()`` then
         raises ``FutureCancelledError``.
         """
-        found = _futures_in(futures)
+        found = futures_in(futures)
         states = [f._state for f in found]
         if self.asynchronous:
             self._link.cancel(states, force)
@@ -614,89 +541,3 @@ class Client:
 
     async def _nthreads_async(self) -> dict[str, int]:
         return {w.address: w.nthreads for w in await self._link.get_workers()}
-
-
-def _map_tasks(
-    salt: bytes,
-    prefix: str,
-    explicit: list[str] | None,
-    arguments: Iterable[tuple[Any, ...]],
-    kwargs: dict[str, Any] | None,
-    pure: bool,
-    priority: int,
-    retries: int,
-    workers: list[str] | None,
-    resources: dict[str, float] | None,
-    allow_other_workers: bool,
-) -> list[p.GraphTask]:
-    """One ``GraphTask`` per argument tuple: the hot loop of ``map`` (a few microseconds each)."""
-    GraphTask = p.GraphTask
-    tasks: list[p.GraphTask] = []
-    append = tasks.append
-    for i, args in enumerate(arguments):
-        payload, deps = pickle_args(args, kwargs)
-        if explicit is not None:
-            if i >= len(explicit):
-                raise ValueError(f"map got {len(explicit)} keys for more tasks")
-            key = explicit[i]
-        elif pure:
-            key = prefix + token(payload, salt)
-        else:
-            key = prefix + random_token()
-        append(GraphTask(key, deps, 0, payload, priority, retries, workers, resources, allow_other_workers))
-    if explicit is not None and len(explicit) != len(tasks):
-        raise ValueError(f"map got {len(explicit)} keys for {len(tasks)} tasks")
-    return tasks
-
-
-def _batches(tasks: list[p.GraphTask], batch_size: int | None) -> list[list[p.GraphTask]]:
-    """Split a map's tasks by ``batch_size`` and by ``MAX_SUBMIT_BYTES`` of arguments."""
-    limit = batch_size if batch_size and batch_size > 0 else len(tasks) or 1
-    out: list[list[p.GraphTask]] = []
-    start = 0
-    size = 0
-    for i, task in enumerate(tasks):
-        size += len(task.args)
-        if i - start >= limit or (size > MAX_SUBMIT_BYTES and i > start):
-            out.append(tasks[start:i])
-            start = i
-            size = len(task.args)
-    out.append(tasks[start:])
-    return out
-
-
-def _futures_in(obj: Any) -> list[Future]:
-    if type(obj) is list and all(type(f) is Future for f in obj):
-        return obj
-    found: list[Future] = []
-    _collect(obj, found)
-    return found
-
-
-def _value_of(state: KeyState, raw: Mapping[str, Any]) -> Any:
-    data = raw.get(state.key)
-    if data is None or state.status != FINISHED:
-        raise state.error()
-    return loads_value(payload_view(data))
-
-
-def _unpack(structure: Any, found: list[Future], raw: Mapping[str, Any], errors: str) -> Any:
-    """Unpickle the gathered values (in the caller's thread) and put them in place of the futures."""
-    if errors == "raise":
-        for future in found:
-            state = future._state
-            if state.status != FINISHED and state.status != PENDING:
-                raise state.error()
-        for future in found:
-            if future.key not in raw:
-                raise future._state.error()
-    values = {key: loads_value(payload_view(data)) for key, data in raw.items()}
-    if isinstance(structure, Future):
-        if structure.key not in values:
-            raise structure._state.error()
-        return values[structure.key]
-    if type(structure) is list and structure is found:
-        if errors == "raise":
-            return [values[f.key] for f in found]
-        return [values[f.key] for f in found if f.key in values]
-    return _pack(structure, values)
