@@ -10,6 +10,7 @@ import types
 from collections.abc import Iterator
 from typing import Any
 
+import msgspec
 import pytest
 from _client_helpers import (
     RAN,
@@ -26,11 +27,19 @@ from _client_helpers import (
 )
 
 from dsched import _client_loop
+from dsched import _protocol as p
 from dsched._as_completed import FIRST_COMPLETED, as_completed, wait
 from dsched._client import Client
-from dsched._client_errors import ClientDisconnectedError, FutureCancelledError, GraphError
-from dsched._future import Future
-from dsched._serialize import Ref
+from dsched._client_errors import (
+    ClientDisconnectedError,
+    FutureCancelledError,
+    GraphError,
+    KilledWorker,
+    LostDataError,
+)
+from dsched._client_state import ClientState, run_notifications
+from dsched._future import Future, KeyState
+from dsched._serialize import Ref, RemoteError, dumps_exception
 
 KEY = re.compile(r"^(\w+)-[0-9a-f]{32}$")
 
@@ -335,3 +344,97 @@ def test_client_of_a_cluster_object_and_of_a_local_cluster(cluster: BackgroundCl
         own: Any = client.cluster
         assert client.submit(inc, 2).result() == 3
     assert own.status == "closed"
+
+
+# -- the bookkeeping alone (ClientState), no network ----------------------------------------
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.done: list[tuple[str, str]] = []
+
+    def key_done(self, state: KeyState) -> None:
+        self.done.append((state.key, state.status))
+
+
+def graph_task(key: str, deps: tuple[str, ...] = ()) -> p.GraphTask:
+    return p.GraphTask(key, list(deps), 0, b"args")
+
+
+def test_state_holds_release_and_resubmit_in_order() -> None:
+    state = ClientState()
+    (a,) = state.submit([b"f"], [graph_task("a")])
+    (again,) = state.submit([b"f"], [graph_task("a")])
+    assert again is a and a.refs == 2
+    (sent,) = state.drain()
+    assert isinstance(sent, p.SubmitGraph) and sent.wanted == ["a"] and len(sent.tasks) == 1  # once
+    state.queue_release(a)
+    assert state.drain() == []  # one future still holds it
+    state.queue_release(a)
+    (release,) = state.drain()
+    assert release == p.ReleaseKeys(["a"]) and "a" not in state.states
+    (fresh,) = state.submit([b"f"], [graph_task("a")])
+    assert fresh is not a and isinstance(state.drain()[0], p.SubmitGraph)
+    # Released in the same tick as other messages: the release comes last, batched.
+    state.submit([b"f"], [graph_task("b"), graph_task("c")])
+    state.queue_release(fresh)
+    messages = state.drain()
+    assert [type(m) for m in messages] == [p.SubmitGraph, p.ReleaseKeys]
+
+
+def test_state_applies_scheduler_news() -> None:
+    state = ClientState()
+    done, erred, failed, lost, cancelled = state.submit(
+        [b"f"], [graph_task(k) for k in ("done", "erred", "failed", "lost", "cancelled")]
+    )
+    recorder = Recorder()
+    assert state.watch([done, erred, failed, lost, cancelled], recorder) == []
+    exception, text = dumps_exception(KeyError("missing"))
+    notes = state.handle(
+        [
+            p.KeysInMemory(["done", "unknown-key"]),
+            p.KeyErred("erred", "erred", exception, text),
+            p.KeyFailed("failed", "other", "killed-worker", "worker died 3 times"),
+            p.KeyLost("lost"),
+            p.KeysCancelled(["cancelled"]),
+        ]
+    )
+    run_notifications(notes)
+    assert recorder.done == [
+        ("done", "finished"), ("erred", "error"), ("failed", "error"), ("lost", "lost"), ("cancelled", "cancelled")
+    ]
+    assert isinstance(erred.error(), KeyError) and "Remote traceback" in "".join(erred.error().__notes__)
+    killed = failed.error()
+    assert isinstance(killed, KilledWorker) and killed.blamed_key == "other" and "worker died" in str(killed)
+    assert isinstance(lost.error(), LostDataError)
+    assert isinstance(cancelled.error(), FutureCancelledError) and "cancelled" not in state.states
+    # A payload that is not a msgpack bin fails only that key.
+    (bad,) = state.submit([b"f"], [graph_task("bad")])
+    state.handle([p.KeyErred("bad", "bad", msgspec.Raw(msgspec.msgpack.encode(5)), "")])
+    assert bad.status == "error" and isinstance(bad.error(), RemoteError)
+
+
+def test_state_refusal_fails_the_submission_it_names() -> None:
+    state = ClientState()
+    (unrelated,) = state.submit([b"f"], [graph_task("ok")])
+    (out,) = state.submit([b"f"], [graph_task("p", ("q",)), graph_task("q", ("p",)), graph_task("out", ("p",))], ["out"])
+    (dependent,) = state.submit([b"f"], [graph_task("d", ("gone",))])
+    run_notifications(state.handle([p.ClientError("cycle", "p -> q -> p", ["p", "q", "p"])]))
+    error = out.error()
+    assert out.status == "error" and isinstance(error, GraphError) and error.kind == "cycle"
+    assert "out" not in state.states and unrelated.status == "pending"
+    state.handle([p.ClientError("missing-dependency", "no 'gone'", ["gone"])])
+    assert dependent.status == "error" and dependent.error().kind == "missing-dependency"  # type: ignore[attr-defined]
+    state.handle([p.ClientError("unknown-key", "never sent", ["zzz"])])  # matches nothing: logged only
+    assert unrelated.status == "pending"
+
+
+def test_state_fail_all_and_closed() -> None:
+    state = ClientState()
+    pending, finished = state.submit([b"f"], [graph_task("pending"), graph_task("finished")])
+    state.handle([p.KeysInMemory(["finished"])])
+    run_notifications(state.fail_all(ClientDisconnectedError("gone"), cancelled=False))
+    assert pending.status == "error" and isinstance(pending.error(), ClientDisconnectedError)
+    assert finished.status == "finished"
+    with pytest.raises(ClientDisconnectedError):
+        state.submit([b"f"], [graph_task("later")])

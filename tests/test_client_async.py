@@ -18,6 +18,7 @@ from dsched._as_completed import FIRST_COMPLETED, as_completed, wait
 from dsched._client import Client
 from dsched._client_errors import ClientDisconnectedError, FutureCancelledError, GraphError
 from dsched._comm import Comm, connect, listen, parse_address
+from dsched._future import Future
 from dsched._scheduler_server import SchedulerServer
 from dsched._serialize import dumps_value
 from dsched._worker import Worker
@@ -81,7 +82,12 @@ async def test_async_errors_cancel_and_callbacks() -> None:
         seen: list[str] = []
         done = anyio.Event()
         later = client.submit(inc, 99)
-        later.add_done_callback(lambda f: (seen.append(f.status), done.set()))
+
+        def on_done(f: Future) -> None:
+            seen.append(f.status)
+            done.set()
+
+        later.add_done_callback(on_done)
         with anyio.fail_after(5):
             await done.wait()
         assert seen == ["finished"]

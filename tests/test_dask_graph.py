@@ -23,7 +23,7 @@ def run(graph: DaskGraph) -> dict[str, Any]:
     for task in graph.tasks:
         missing = [d for d in task.dependencies if d not in data]
         assert not missing, f"{task.key} comes before its dependencies {missing}"
-        args, kwargs = loads_args(bytes(task.args), data)  # type: ignore[arg-type]
+        args, kwargs = loads_args(bytes(task.args), data)
         data[task.key] = functions[task.function](*args, **kwargs)
     return data
 
