@@ -38,7 +38,7 @@ from dsched._client_errors import ClientDisconnectedError
 from dsched._client_peers import ClientPeers
 from dsched._client_state import ClientState, CountWaiter, run_notifications
 from dsched._comm import Comm, CommClosedError, ConnectError, connect, parse_address
-from dsched._future import FINISHED, PENDING, KeyState
+from dsched._future import FINISHED, KeyState
 
 __all__ = ["LoopThread", "SchedulerLink"]
 
@@ -57,6 +57,31 @@ class _Reply:
         self.event = anyio.Event()
         self.value: p.SchedulerToClient | None = None
         self.error: BaseException | None = None
+
+
+class _Collector:
+    """Collects the finished keys of one gather; wakes it every ``batch`` keys, at the end, or on an error."""
+
+    __slots__ = ("batch", "errored", "event", "ready", "remaining", "stop_on_error")
+
+    def __init__(self, remaining: int, stop_on_error: bool, batch: int) -> None:
+        self.remaining = remaining
+        self.stop_on_error = stop_on_error
+        self.batch = batch
+        self.errored = False
+        self.ready: list[KeyState] = []
+        self.event = anyio.Event()
+        if remaining <= 0:
+            self.event.set()
+
+    def key_done(self, state: KeyState) -> None:
+        self.remaining -= 1
+        if state.status == FINISHED:
+            self.ready.append(state)
+        else:
+            self.errored = True
+        if self.remaining <= 0 or len(self.ready) >= self.batch or (self.errored and self.stop_on_error):
+            self.event.set()
 
 
 class SchedulerLink:
@@ -265,15 +290,43 @@ class SchedulerLink:
         await waiter.event.wait()
 
     async def gather_raw(self, states: list[KeyState], stop_on_error: bool, timeout: float | None) -> dict[str, Raw]:
-        """Wait for ``states``, then fetch the pickled values of the finished ones.
+        """The pickled values of ``states`` once they are done (erred ones are left out).
 
-        With ``stop_on_error``, returns nothing as soon as one key erred (the caller raises).
+        Keys are fetched in batches as they finish, while the others still
+        compute.  With ``stop_on_error``, returns nothing as soon as one key
+        erred (the caller raises its error).
         """
+        unique = list(dict.fromkeys(states))
+        collector = _Collector(len(unique), stop_on_error, max(1, min(GET_DATA_CHUNK, len(unique) // 8)))
+        for state in self.state.watch(unique, collector):  # registered on the pending ones
+            collector.key_done(state)
+        data: dict[str, Raw] = {}
+        failures: list[Exception] = []
         with anyio.fail_after(timeout):
-            await self.wait_done(states, stop_on_error=stop_on_error)
-            if stop_on_error and any(s.status != FINISHED and s.status != PENDING for s in states):
-                return {}
-            return await self.fetch([s for s in dict.fromkeys(states) if s.status == FINISHED])
+            async with anyio.create_task_group() as tg:
+                while not failures:
+                    await collector.event.wait()
+                    collector.event = anyio.Event()
+                    if collector.errored and stop_on_error:
+                        tg.cancel_scope.cancel()
+                        return {}
+                    ready, collector.ready = collector.ready, []
+                    if ready:
+                        tg.start_soon(self._fetch_into, ready, data, failures, collector)
+                    if collector.remaining <= 0:
+                        break
+        if failures:
+            raise failures[0]  # as itself, not wrapped in an exception group
+        return data
+
+    async def _fetch_into(
+        self, states: list[KeyState], data: dict[str, Raw], failures: list[Exception], collector: _Collector
+    ) -> None:
+        try:
+            data.update(await self.fetch(states))
+        except Exception as exc:
+            failures.append(exc)
+            collector.event.set()  # wake the gather to stop
 
     async def fetch(self, states: list[KeyState]) -> dict[str, Raw]:
         """The pickled values of finished keys, from whichever workers hold them."""
