@@ -45,6 +45,9 @@ __all__ = ["LoopThread", "SchedulerLink"]
 logger = logging.getLogger("dsched.client")
 
 GET_DATA_CHUNK: Final = 10_000
+# A gather fetches keys as they finish, in batches of at least this many (a
+# smaller gather waits for all its keys and fetches once: fewer round trips).
+MIN_PIPELINED_FETCH: Final = 1_000
 FIRST_RETRY: Final = 0.005
 MAX_RETRY: Final = 0.25
 WORKER_POLL: Final = 0.05
@@ -297,7 +300,8 @@ class SchedulerLink:
         erred (the caller raises its error).
         """
         unique = list(dict.fromkeys(states))
-        collector = _Collector(len(unique), stop_on_error, max(1, min(GET_DATA_CHUNK, len(unique) // 8)))
+        batch = max(MIN_PIPELINED_FETCH, min(GET_DATA_CHUNK, len(unique) // 8))
+        collector = _Collector(len(unique), stop_on_error, batch)
         for state in self.state.watch(unique, collector):  # registered on the pending ones
             collector.key_done(state)
         data: dict[str, Raw] = {}
