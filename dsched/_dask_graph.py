@@ -31,8 +31,8 @@ from collections.abc import Callable, Hashable, Iterator, Mapping
 from typing import Any
 
 from dsched import _protocol as p
-from dsched._serialize import Ref, dumps_args
-from dsched._tokenize import pickle_function
+from dsched._serialize import Ref
+from dsched._tokenize import pickle_args, pickle_function
 
 __all__ = ["DaskGraph", "build_graph", "identity", "istask", "run_nested", "stringify"]
 
@@ -252,7 +252,7 @@ def build_graph(
             index = function_index[id(func)] = len(functions)
             functions.append(pickle_function(func).data)
             keep_alive.append(func)  # ids stay unique while the table is built
-        payload, deps = dumps_args(conv.args)
+        payload, deps = pickle_args(conv.args, None)
         tasks.append(
             GraphTask(stringify(key), deps, index, payload, priority, retries, workers, resources, allow_other_workers)
         )

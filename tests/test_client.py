@@ -311,6 +311,7 @@ def test_lost_scheduler_fails_pending_futures() -> None:
 
 def test_many_keys_in_small_get_data_chunks(client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_client_loop, "GET_DATA_CHUNK", 7)
+    monkeypatch.setattr(_client_loop, "MIN_PIPELINED_FETCH", 5)  # fetch while the rest compute
     futures = client.map(double, range(500))
     assert client.gather(futures) == [2 * x for x in range(500)]
     assert client.submit(sum, futures).result() == sum(2 * x for x in range(500))
