@@ -494,8 +494,10 @@ class Client:
             loop.call_soon_threadsafe(func, *args)
 
     def _release_state(self, state: KeyState) -> None:
-        self._state.queue_release(state)
-        self._link.wake()
+        """A future of ``state`` is gone (any thread, maybe inside ``__del__``)."""
+        if self._state.closed is None:  # a closed client holds nothing any more
+            self._state.queue_release(state)
+            self._link.wake()
 
     # -- the cluster -----------------------------------------------------------------------
 
