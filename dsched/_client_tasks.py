@@ -44,13 +44,15 @@ def gc_paused() -> Iterator[None]:
 def core_priority(priority: int) -> int:
     """A Dask user priority (higher runs earlier) as ``sched_core.TaskSpec.priority``.
 
-    The core already follows Dask's convention (it subtracts the user priority,
-    shifted left by 62 bits, from a task's order), but its priorities must
-    still fit the wire's 64-bit ints, which only -1, 0 and 1 do.  So only the
-    sign is kept: every positive priority runs before priority 0, every
-    negative one after it.
+    The core follows Dask's convention already (it subtracts the user priority,
+    shifted far to the left, from a task's graph order); the wire's GraphTask
+    field is a 64-bit int, so priorities are clamped to that range.
     """
-    return 1 if priority > 0 else -1 if priority < 0 else 0
+    return max(_INT64_MIN, min(_INT64_MAX, int(priority)))
+
+
+_INT64_MIN = -(2**63)
+_INT64_MAX = 2**63 - 1
 
 
 def workers_list(workers: str | Iterable[str] | None) -> list[str] | None:

@@ -29,6 +29,13 @@ logger = logging.getLogger("dsched.scheduler")
 
 Event = sc.SchedulerEvent | tuple[str, Any]
 
+# The core's priorities are unbounded ints (a user priority is shifted far left
+# of the graph order); the wire carries int64.  A worker only orders the tasks
+# it holds, so clamping an extreme priority keeps it ahead of (or behind) every
+# ordinary task there; the scheduler itself orders by the exact value.
+_INT64_MIN = -(2**63)
+_INT64_MAX = 2**63 - 1
+
 
 class WorkerConn:
     """A connected, registered worker."""
@@ -210,9 +217,12 @@ def route(server: SchedulerServer, instructions: list[sc.Instruction]) -> None:
             if ref not in wconn.functions_sent:
                 wconn.functions_sent.add(ref)
                 _send(wconn.sender, p.DefineFunction(ref, functions[ref]))
+            priority = ins.priority
+            if not _INT64_MIN <= priority <= _INT64_MAX:
+                priority = _INT64_MIN if priority < 0 else _INT64_MAX
             _send(
                 wconn.sender,
-                p.Compute(ins.key, ref, args, ins.priority, ins.run_id, ins.who_has, ins.nbytes, ins.resources),
+                p.Compute(ins.key, ref, args, priority, ins.run_id, ins.who_has, ins.nbytes, ins.resources),
             )
         elif isinstance(ins, sc.FreeKeys):
             wconn = workers.get(ins.worker)

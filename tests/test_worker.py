@@ -288,3 +288,17 @@ async def test_idle_scheduler_forgets_functions_here_and_on_workers() -> None:
         await c.wait_done(["y"])
         assert await c.fetch(["y"]) == {"y": 3}
         await c.aclose()
+
+
+async def test_extreme_user_priorities_do_not_break_the_wire() -> None:
+    async with SchedulerServer() as s, Worker(s.address) as w:
+        c = await BareClient.open(s.address)
+        urgent = c.task("urgent", inc, 1)
+        later = c.task("later", inc, 2)
+        urgent = p.GraphTask(urgent.key, [], urgent.function, urgent.args, priority=2**63 - 1)
+        later = p.GraphTask(later.key, [], later.function, later.args, priority=-(2**63))
+        await c.submit(urgent, later)
+        await c.wait_done(["urgent", "later"])
+        assert await c.fetch(["urgent", "later"]) == {"urgent": 2, "later": 3}
+        assert w.address in s.workers  # the worker was not disconnected
+        await c.aclose()
