@@ -144,7 +144,8 @@ class ChildProcess:
         """``"worker-0 exited with code 1; its last log lines:\\n..."`` for error messages."""
         code = self.popen.poll()
         status = "is still running" if code is None else f"exited with code {code}"
-        self._drain.join(timeout=1.0)  # let the drain catch the last words
+        if code is not None:
+            self._drain.join(timeout=1.0)  # let the drain catch its last words
         tail = self.tail()
         return f"{self.name} (pid {self.pid}) {status}" + (f"; its last log lines:\n{tail}" if tail else "")
 
