@@ -31,11 +31,15 @@ interval grows with the number of workers.  A ``Tick`` is fed every
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import gc
 import logging
+import sys
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
@@ -111,7 +115,26 @@ class GcPolicy:
         now = time.monotonic()
         if now - self._last >= self.interval:
             gc.collect()
+            _trim_malloc()
             self._last = time.monotonic()
+
+
+def _load_malloc_trim() -> Callable[[int], int] | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim: Callable[[int], int] = libc.malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+    return trim
+
+
+_malloc_trim = _load_malloc_trim() if sys.platform.startswith("linux") else None
+
+
+def _trim_malloc() -> None:
+    """Hand memory freed by a finished graph back to the OS (glibc keeps it otherwise)."""
+    if _malloc_trim is not None:
+        _malloc_trim(0)
 
 
 class SchedulerServer:
