@@ -30,8 +30,11 @@ worker in one request.  See docs/client.md.
 
 from __future__ import annotations
 
+import atexit
 import logging
+import sys
 import threading
+import weakref
 from collections.abc import Callable, Coroutine, Generator, Iterable, Mapping
 from types import TracebackType
 from typing import Any
@@ -51,6 +54,30 @@ from dsched._tokenize import funcname, pickle_args, pickle_function, random_toke
 __all__ = ["Client"]
 
 logger = logging.getLogger("dsched.client")
+
+# Synchronous clients still open at interpreter exit are closed by an atexit
+# hook, while their loop threads still run (a close from ``__del__`` during
+# finalization would wait forever on a frozen daemon thread).  The hook is
+# registered when the first client starts, after any cluster's finalizer, so
+# (atexit being last-in first-out) clients say goodbye before clusters stop.
+_open_sync_clients: weakref.WeakSet[Client] = weakref.WeakSet()
+_exit_hook_registered = False
+
+
+def _track_open_client(client: Client) -> None:
+    global _exit_hook_registered
+    if not _exit_hook_registered:
+        _exit_hook_registered = True
+        atexit.register(_close_open_clients)
+    _open_sync_clients.add(client)
+
+
+def _close_open_clients() -> None:
+    for client in list(_open_sync_clients):
+        try:
+            client.close()
+        except Exception:
+            logger.debug("closing %r at exit failed", client, exc_info=True)
 
 
 
@@ -117,6 +144,7 @@ class Client:
             self.status = "failed"
             raise
         self.status = "running"
+        _track_open_client(self)
 
     async def _start_async(self) -> Client:
         if self.status == "running":
@@ -201,6 +229,8 @@ class Client:
             self.status = "closed"
 
     def __del__(self) -> None:
+        if sys.is_finalizing():  # too late: the loop thread may be frozen already
+            return
         thread = getattr(self, "_thread", None)
         if thread is not None and getattr(self, "status", "") == "running":
             try:
