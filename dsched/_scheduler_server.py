@@ -157,6 +157,7 @@ class SchedulerServer:
         gc_interval: float = 5.0,
         handshake_timeout: float = 10.0,
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+        manage_gc: bool = True,
     ) -> None:
         self.host = host
         self.port = port
@@ -173,7 +174,9 @@ class SchedulerServer:
         self.functions = FunctionTable()
         self.workers: dict[str, WorkerConn] = {}
         self.clients: dict[str, ClientConn] = {}
-        self.gc = GcPolicy(gc_interval)
+        # Turning the cyclic GC off is right for a scheduler process, not for a
+        # user's process hosting an in-process cluster: there, leave it alone.
+        self.gc = GcPolicy(gc_interval) if manage_gc else None
         self.protocol_errors = 0
         self.chunked_graphs = 0
         self._pending: deque[sc.SchedulerEvent | tuple[str, Any]] = deque()
@@ -187,11 +190,13 @@ class SchedulerServer:
         tg = anyio.create_task_group()
         await tg.__aenter__()
         self._tg = tg
-        self.gc.start()
+        if self.gc is not None:
+            self.gc.start()
         try:
             await tg.start(self._run)
         except BaseException:
-            self.gc.stop()
+            if self.gc is not None:
+                self.gc.stop()
             tg.cancel_scope.cancel()
             await tg.__aexit__(None, None, None)
             raise
@@ -210,7 +215,8 @@ class SchedulerServer:
             # The body's own exception propagates as itself, not wrapped in a group.
             await tg.__aexit__(None, None, None)
         finally:
-            self.gc.stop()
+            if self.gc is not None:
+                self.gc.stop()
         return None
 
     async def _say_goodbye(self, timeout: float = 2.0) -> None:
@@ -311,7 +317,8 @@ class SchedulerServer:
             now = time.monotonic()
             if not self._pending and now - self._last_busy > 1.0:
                 self._forget_functions_if_idle()
-                self.gc.maybe_collect()
+                if self.gc is not None:
+                    self.gc.maybe_collect()
             self.push(sc.Tick())
             if now >= next_check:
                 next_check = now + min(1.0, self.heartbeat_deadline() / 4)

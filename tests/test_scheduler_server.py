@@ -240,3 +240,23 @@ async def test_large_graph_fed_in_chunks() -> None:
         (done,) = await c.expect(p.KeysInMemory)
         assert done.keys == ["k7"]
         assert server.state.batch - batch_before >= 3
+
+
+async def test_gc_is_managed_only_when_asked() -> None:
+    import gc
+
+    assert gc.isenabled()
+    async with SchedulerServer():
+        assert not gc.isenabled()  # a scheduler process: the core breaks its own cycles
+    assert gc.isenabled()
+    async with SchedulerServer(manage_gc=False):
+        assert gc.isenabled()  # e.g. an in-process cluster inside a user's program
+
+
+def test_in_process_cluster_leaves_the_users_gc_alone() -> None:
+    import gc
+
+    from dsched import LocalCluster
+
+    with LocalCluster(n_workers=1, processes=False):
+        assert gc.isenabled()
