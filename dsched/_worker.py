@@ -48,7 +48,7 @@ from anyio.abc import TaskGroup
 import sched_core as sc
 from dsched import _protocol as p
 from dsched._batched import BatchedSender
-from dsched._comm import Comm, CommClosedError, connect, listen, parse_address
+from dsched._comm import Comm, CommClosedError, connect, format_address, listen, parse_address
 from dsched._worker_executor import FunctionCache, TaskExecutor
 from dsched._worker_peers import PeerPool, PeerServing, serve_peer
 from dsched._serialize import sizeof
@@ -199,6 +199,11 @@ class Worker:
     async def _run(self, comm: Comm, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         async with listen(self.host, self.port, self._handle_peer) as listener:
             self.address = listener.address
+            if listener.host in ("0.0.0.0", "::", ""):
+                # Bound to every interface: advertise the one that reaches the
+                # scheduler, which peers on the scheduler's network can reach too.
+                scheme, local_host, _ = parse_address(comm.local)
+                self.address = format_address(scheme, local_host, listener.port)
             if not self.name:
                 self.name = self.address
             self.machine = sc.WorkerMachine(self.address, self.nthreads, self.resources or None)

@@ -302,3 +302,13 @@ async def test_extreme_user_priorities_do_not_break_the_wire() -> None:
         assert await c.fetch(["urgent", "later"]) == {"urgent": 2, "later": 3}
         assert w.address in s.workers  # the worker was not disconnected
         await c.aclose()
+
+
+async def test_worker_on_all_interfaces_advertises_a_reachable_address() -> None:
+    async with SchedulerServer() as s, Worker(s.address, host="0.0.0.0") as w:
+        assert w.address.startswith("tcp://127.0.0.1:")
+        c = await BareClient.open(s.address)
+        await c.submit(c.task("x", inc, 1))
+        await c.wait_done(["x"])
+        assert await c.fetch(["x"]) == {"x": 2}
+        await c.aclose()
