@@ -43,11 +43,12 @@ import anyio
 
 from dsched import _protocol as p
 from dsched._client_errors import ClientDisconnectedError
-from dsched._client_loop import LoopThread, SchedulerLink
+from dsched._client_loop import SchedulerLink
 from dsched._client_results import futures_in, unpack, value_of
 from dsched._client_state import ClientState, run_notifications
 from dsched._client_tasks import batches, core_priority, gc_paused, map_tasks, resources_dict, workers_list
 from dsched._dask_graph import build_graph
+from dsched._loop_thread import LoopThread
 from dsched._future import FINISHED, CallbackWatcher, Future, KeyState
 from dsched._tokenize import funcname, pickle_args, pickle_function, random_token, token, value_key
 

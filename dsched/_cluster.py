@@ -24,7 +24,6 @@ from __future__ import annotations
 import logging
 import math
 import subprocess
-import threading
 import weakref
 from collections.abc import Awaitable, Callable, Generator
 from concurrent.futures import Future
@@ -33,7 +32,6 @@ from typing import Any, TypeVar
 
 import anyio
 from anyio.abc import TaskGroup
-from anyio.from_thread import BlockingPortal
 
 from dsched._cluster_backends import (
     ClusterStartError,
@@ -42,6 +40,7 @@ from dsched._cluster_backends import (
     ProcessBackend,
     WorkerOptions,
 )
+from dsched._loop_thread import LoopThread
 from dsched._sizes import cpu_count, format_bytes, parse_memory_limit
 
 __all__ = ["ClusterStartError", "ClusterStartTimeout", "LocalCluster", "default_workers_and_threads"]
@@ -87,54 +86,7 @@ def _level_name(level: int) -> str:
     return "error" if level <= logging.ERROR else "critical"
 
 
-class _LoopThread:
-    """An event loop (anyio, asyncio backend) in a daemon thread, driven through a portal.
-
-    A daemon thread rather than ``anyio.from_thread.start_blocking_portal``'s
-    executor thread: an unclosed cluster must not block interpreter exit.
-    """
-
-    def __init__(self, name: str) -> None:
-        self._ready = threading.Event()
-        self._portal: BlockingPortal | None = None
-        self._error: BaseException | None = None
-        self.thread = threading.Thread(target=self._main, name=name, daemon=True)
-        self.thread.start()
-        self._ready.wait()
-        if self._portal is None:
-            raise RuntimeError("the event loop thread did not start") from self._error
-
-    @property
-    def portal(self) -> BlockingPortal:
-        assert self._portal is not None
-        return self._portal
-
-    def _main(self) -> None:
-        try:
-            anyio.run(self._serve, backend="asyncio")
-        except BaseException as exc:  # reported by __init__ if it happens before the portal exists
-            self._error = exc
-        finally:
-            self._ready.set()
-
-    async def _serve(self) -> None:
-        async with BlockingPortal() as portal:
-            self._portal = portal
-            self._ready.set()
-            await portal.sleep_until_stopped()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop the loop (cancelling what still runs in it) and wait for the thread."""
-        if threading.current_thread() is self.thread or not self.thread.is_alive():
-            return
-        try:
-            self.portal.call(self.portal.stop, True)
-        except RuntimeError:  # already stopped
-            pass
-        self.thread.join(timeout)
-
-
-def _cleanup(backend: Backend, loop: _LoopThread | None) -> None:
+def _cleanup(backend: Backend, loop: LoopThread | None) -> None:
     """Last resort for a cluster that was not closed: kill its children, stop its loop."""
     if isinstance(backend, ProcessBackend):
         backend.stop_now()
@@ -193,11 +145,11 @@ class LocalCluster:
                 host=host, scheduler_port=scheduler_port, n_workers=n, options=options, start_timeout=start_timeout
             )
         self.status = "created"
-        self._loop: _LoopThread | None = None
+        self._loop: LoopThread | None = None
         self._run_future: Future[None] | None = None
         self._tg: TaskGroup | None = None
         self._saved_log_level: int | None = None
-        self._finalizer: weakref.finalize[[Backend, _LoopThread | None], LocalCluster] | None = None
+        self._finalizer: weakref.finalize[[Backend, LoopThread | None], LocalCluster] | None = None
         if not asynchronous:
             self._start_sync()
 
@@ -262,7 +214,7 @@ class LocalCluster:
             self._saved_log_level = None
 
     def _start_sync(self) -> None:
-        self._loop = _LoopThread("dsched-cluster-loop")
+        self._loop = LoopThread("dsched-cluster-loop")
         self._finalizer = weakref.finalize(self, _cleanup, self._backend, self._loop)
         self._silence()
         try:
