@@ -32,11 +32,12 @@ import anyio
 from msgspec import Raw
 
 from dsched import _protocol as p
+from dsched._handshake import open_comm
 from dsched._batched import BatchedSender
 from dsched._client_errors import ClientDisconnectedError
 from dsched._client_peers import ClientPeers
 from dsched._client_state import ClientState, CountWaiter, run_notifications
-from dsched._comm import Comm, CommClosedError, ConnectError, connect, parse_address
+from dsched._comm import Comm, CommClosedError, ConnectError
 from dsched._future import FINISHED, KeyState
 
 __all__ = ["SchedulerLink"]
@@ -112,22 +113,8 @@ class SchedulerLink:
 
     async def open(self, address: str) -> p.Welcome:
         """Connect, shake hands, start reading and sending.  Raises ``ConnectError`` if refused."""
-        _, host, port = parse_address(address)
-        comm = await connect(host, port, timeout=self.timeout)
-        try:
-            with anyio.fail_after(self.timeout):
-                await comm.send_frame(p.encode_handshake(p.Hello(p.PROTOCOL_VERSION, "client", self.name, auth=self.auth)))
-                reply = p.decode_reply(await comm.recv_frame())
-        except (TimeoutError, p.ProtocolError) as exc:
-            await comm.aclose("handshake failed")
-            raise ConnectError(f"handshake with the scheduler at {address} failed: {exc!r}") from exc
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await comm.aclose("handshake interrupted")
-            raise
-        if isinstance(reply, p.Refused):
-            await comm.aclose("refused")
-            raise ConnectError(f"the scheduler at {address} refused this client: {reply.reason}")
+        hello = p.Hello(p.PROTOCOL_VERSION, "client", self.name, auth=self.auth)
+        comm, reply = await open_comm(address, hello, timeout=self.timeout)
         self.welcome = reply
         self.comm = comm
         self.peers.name = reply.client_id

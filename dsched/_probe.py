@@ -13,7 +13,8 @@ from collections.abc import Callable
 import anyio
 
 from dsched import _protocol as p
-from dsched._comm import Comm, CommClosedError, connect, parse_address
+from dsched._handshake import open_comm
+from dsched._comm import Comm, CommClosedError
 
 __all__ = ["SchedulerProbe", "wait_for_workers"]
 
@@ -31,19 +32,8 @@ class SchedulerProbe:
         self._request = 0
 
     async def __aenter__(self) -> SchedulerProbe:
-        _, host, port = parse_address(self.address)
-        comm = await connect(host, port, timeout=self.timeout)
-        try:
-            with anyio.fail_after(self.timeout):
-                await comm.send_frame(p.encode_handshake(p.Hello(p.PROTOCOL_VERSION, "client", "", auth=self.auth)))
-                reply = p.decode_reply(await comm.recv_frame())
-        except BaseException:
-            await comm.aclose("handshake failed")
-            raise
-        if isinstance(reply, p.Refused):
-            await comm.aclose("refused")
-            raise CommClosedError(f"the scheduler at {self.address} refused the connection: {reply.reason}")
-        self._comm = comm
+        hello = p.Hello(p.PROTOCOL_VERSION, "client", "", auth=self.auth)
+        self._comm, _ = await open_comm(self.address, hello, timeout=self.timeout)
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:

@@ -48,7 +48,8 @@ from anyio.abc import TaskGroup
 import sched_core as sc
 from dsched import _protocol as p
 from dsched._batched import BatchedSender
-from dsched._comm import Comm, CommClosedError, connect, format_address, listen, parse_address
+from dsched._handshake import open_comm
+from dsched._comm import Comm, CommClosedError, format_address, listen, parse_address
 from dsched._worker_executor import FunctionCache, TaskExecutor
 from dsched._worker_peers import PeerPool, PeerServing, serve_peer
 from dsched._serialize import sizeof
@@ -233,19 +234,8 @@ class Worker:
             self.closed.set()
 
     async def _connect(self) -> Comm:
-        _, host, port = parse_address(self.scheduler_address)
-        comm = await connect(host, port, timeout=self.connect_timeout)
         hello = p.Hello(p.PROTOCOL_VERSION, "worker", self.name, auth=self.auth)
-        try:
-            await comm.send_frame(p.encode_handshake(hello))
-            with anyio.fail_after(self.connect_timeout):
-                reply = p.decode_reply(await comm.recv_frame())
-        except BaseException:
-            await comm.aclose("handshake failed")
-            raise
-        if isinstance(reply, p.Refused):
-            await comm.aclose("refused")
-            raise CommClosedError(f"the scheduler at {self.scheduler_address} refused this worker: {reply.reason}")
+        comm, reply = await open_comm(self.scheduler_address, hello, timeout=self.connect_timeout)
         self.scheduler_id = reply.scheduler_id
         if reply.heartbeat_interval > 0:
             self.heartbeat_interval = reply.heartbeat_interval

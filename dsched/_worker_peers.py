@@ -21,7 +21,8 @@ from typing import Final
 import anyio
 
 from dsched import _protocol as p
-from dsched._comm import Comm, CommClosedError, connect, parse_address
+from dsched._comm import Comm, CommClosedError
+from dsched._handshake import open_comm
 from dsched._serialize import dumps_value, loads_value, sizeof
 
 __all__ = ["OFFLOAD_BYTES", "PeerPool", "PeerReply", "serve_peer"]
@@ -66,21 +67,8 @@ class PeerPool:
         conn = self._conns.get(address)
         if conn is not None and not conn.comm.closed:
             return conn
-        _, host, port = parse_address(address)
-        comm = await connect(host, port, timeout=self.timeout)
-        try:
-            await comm.send_frame(p.encode_handshake(p.Hello(p.PROTOCOL_VERSION, "peer", self.name, auth=self.auth)))
-            with anyio.fail_after(self.timeout):
-                reply = p.decode_reply(await comm.recv_frame())
-        except (TimeoutError, p.ProtocolError) as exc:
-            await comm.aclose(f"peer handshake failed: {exc}")
-            raise CommClosedError(f"peer handshake with {address} failed: {exc}") from exc
-        except BaseException:
-            await comm.aclose("peer handshake interrupted")
-            raise
-        if isinstance(reply, p.Refused):
-            await comm.aclose("refused")
-            raise CommClosedError(f"peer {address} refused the connection: {reply.reason}")
+        hello = p.Hello(p.PROTOCOL_VERSION, "peer", self.name, auth=self.auth)
+        comm, _ = await open_comm(address, hello, timeout=self.timeout, peer_kind="worker")
         conn = _PeerConn(comm)
         self._conns[address] = conn
         return conn
