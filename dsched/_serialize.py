@@ -83,10 +83,10 @@ def register_ref_type(cls: type) -> None:
     _ref_types.add(cls)
 
 
-class _RefPickler(pickle.Pickler):
-    def __init__(self, file: io.BytesIO) -> None:
-        super().__init__(file, protocol=PROTOCOL)
-        self.keys: list[str] = []
+class _CollectRefs:
+    """Pickler mixin: references become persistent ids (their keys), collected in ``keys``."""
+
+    keys: list[str]
 
     def persistent_id(self, obj: Any) -> str | None:
         if type(obj) in _ref_types:
@@ -96,17 +96,16 @@ class _RefPickler(pickle.Pickler):
         return None
 
 
-class _RefCloudPickler(cloudpickle.Pickler):  # type: ignore[misc]
+class _RefPickler(_CollectRefs, pickle.Pickler):
     def __init__(self, file: io.BytesIO) -> None:
         super().__init__(file, protocol=PROTOCOL)
-        self.keys: list[str] = []
+        self.keys = []
 
-    def persistent_id(self, obj: Any) -> str | None:
-        if type(obj) in _ref_types:
-            key: str = obj.key
-            self.keys.append(key)
-            return key
-        return None
+
+class _RefCloudPickler(_CollectRefs, cloudpickle.Pickler):  # type: ignore[misc]
+    def __init__(self, file: io.BytesIO) -> None:
+        super().__init__(file, protocol=PROTOCOL)
+        self.keys = []
 
 
 def dumps_args(args: tuple[Any, ...], kwargs: Mapping[str, Any] | None = None) -> tuple[bytes, list[str]]:
