@@ -22,7 +22,7 @@ from dsched._client_errors import (
 from dsched._cluster import LocalCluster
 from dsched._future import Future
 from dsched._scheduler_server import SchedulerServer
-from dsched._serialize import RemoteError
+from dsched._serialize import RemoteError, SerializationError
 from dsched._version import __version__ as __version__
 from dsched._worker import Worker
 
@@ -46,6 +46,7 @@ __all__ = [
     "RemoteError",
     "Scheduler",
     "SchedulerServer",
+    "SerializationError",
     "TaskFailedError",
     "Worker",
     "__version__",

@@ -11,7 +11,7 @@ from typing import Any, Final
 
 from dsched._future import FINISHED, PENDING, Future, KeyState
 from dsched._protocol import payload_view
-from dsched._serialize import loads_value
+from dsched._serialize import loads_result
 
 __all__ = ["futures_in", "unpack", "value_of"]
 
@@ -54,7 +54,7 @@ def value_of(state: KeyState, raw: Mapping[str, Any]) -> Any:
     data = raw.get(state.key)
     if data is None or state.status != FINISHED:
         raise state.error()
-    return loads_value(payload_view(data))
+    return loads_result(payload_view(data))
 
 
 def unpack(structure: Any, found: list[Future], raw: Mapping[str, Any], errors: str) -> Any:
@@ -67,7 +67,7 @@ def unpack(structure: Any, found: list[Future], raw: Mapping[str, Any], errors: 
         for future in found:
             if future.key not in raw:
                 raise future._state.error()
-    values = {key: loads_value(payload_view(data)) for key, data in raw.items()}
+    values = {key: loads_result(payload_view(data)) for key, data in raw.items()}
     if isinstance(structure, Future):
         if structure.key not in values:
             raise structure._state.error()

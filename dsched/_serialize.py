@@ -39,13 +39,16 @@ import cloudpickle
 __all__ = [
     "Ref",
     "RemoteError",
+    "SerializationError",
     "dumps_args",
     "dumps_exception",
     "dumps_function",
     "dumps_value",
+    "dumps_value_or_error",
     "loads_args",
     "loads_exception",
     "loads_function",
+    "loads_result",
     "loads_value",
     "register_ref_type",
     "sizeof",
@@ -132,9 +135,12 @@ class _DataUnpickler(pickle.Unpickler):
 
     def persistent_load(self, pid: Any) -> object:
         try:
-            return self._data[pid]
+            value = self._data[pid]
         except (KeyError, TypeError):
             raise KeyError(f"dependency {pid!r} is not in this worker's memory") from None
+        if type(value) is SerializationError:  # it could not be sent here from its worker
+            raise value
+        return value
 
 
 def loads_args(payload: bytes | memoryview, data: Mapping[str, object]) -> tuple[tuple[Any, ...], dict[str, Any]]:
@@ -163,6 +169,34 @@ def dumps_value(value: object) -> bytes:
 
 def loads_value(payload: bytes | memoryview) -> object:
     return pickle.loads(payload)
+
+
+class SerializationError(Exception):
+    """A task's value could not be pickled to leave its worker.
+
+    The worker sends this in the value's place; a client's ``result()``
+    raises it, and a task that needs the value as a dependency fails with it.
+    """
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (SerializationError, self.args)
+
+
+def dumps_value_or_error(key: str, value: object) -> bytes:
+    """``dumps_value(value)``, or a pickled :class:`SerializationError` saying why not."""
+    try:
+        return dumps_value(value)
+    except Exception as exc:
+        message = f"the value of {key!r} (a {type(value).__qualname__}) cannot be pickled: {exc}"
+        return dumps_value(SerializationError(message))
+
+
+def loads_result(payload: bytes | memoryview) -> object:
+    """``loads_value`` for a client: a value that could not be sent raises its SerializationError."""
+    value = loads_value(payload)
+    if type(value) is SerializationError:
+        raise value
+    return value
 
 
 class RemoteError(Exception):

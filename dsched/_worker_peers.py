@@ -23,7 +23,7 @@ import anyio
 from dsched import _protocol as p
 from dsched._comm import Comm, CommClosedError
 from dsched._handshake import open_comm
-from dsched._serialize import dumps_value, loads_value, sizeof
+from dsched._serialize import dumps_value_or_error, loads_value, sizeof
 
 __all__ = ["OFFLOAD_BYTES", "PeerPool", "PeerReply", "serve_peer"]
 
@@ -134,7 +134,7 @@ def _loads_all(data: Mapping[str, p.Payload]) -> dict[str, object]:
 
 
 def _dumps_all(values: Mapping[str, object]) -> dict[str, p.Payload]:
-    return {key: dumps_value(value) for key, value in values.items()}
+    return {key: dumps_value_or_error(key, value) for key, value in values.items()}
 
 
 class PeerServing:

@@ -121,3 +121,16 @@ def test_sizeof_is_an_estimate_bounded_in_work() -> None:
 
     assert sizeof(WithNbytes()) == 5100
     assert sizeof(object()) > 0
+
+
+def test_a_value_that_cannot_be_pickled_travels_as_an_error() -> None:
+    from dsched._serialize import SerializationError, dumps_value_or_error, loads_result
+
+    payload = dumps_value_or_error("k", threading.Lock())
+    with pytest.raises(SerializationError, match="'k' .* cannot be pickled"):
+        loads_result(payload)
+    assert isinstance(loads_value(payload), SerializationError)  # a worker stores it as is
+    args, _ = dumps_args((Ref("k"),))
+    with pytest.raises(SerializationError):
+        loads_args(args, {"k": loads_value(payload)})  # and the dependent task fails with it
+    assert loads_result(dumps_value_or_error("ok", [1])) == [1]

@@ -312,3 +312,32 @@ async def test_worker_on_all_interfaces_advertises_a_reachable_address() -> None
         await c.wait_done(["x"])
         assert await c.fetch(["x"]) == {"x": 2}
         await c.aclose()
+
+
+def make_lock() -> object:
+    import threading
+
+    return threading.Lock()
+
+
+def is_locked(lock: Any) -> bool:
+    return bool(lock.locked())
+
+
+async def test_a_value_that_cannot_be_pickled_fails_its_remote_dependent() -> None:
+    async with SchedulerServer() as s, Worker(s.address) as w1, Worker(s.address) as w2:
+        with anyio.fail_after(5):
+            while len(s.state.workers) < 2:
+                await anyio.sleep(0.01)
+        c = await BareClient.open(s.address)
+        lock = c.task("lock", make_lock)
+        lock = p.GraphTask(lock.key, [], lock.function, lock.args, workers=[w1.address])
+        use = c.task("use", is_locked, Ref("lock"))
+        use = p.GraphTask(use.key, use.dependencies, use.function, use.args, workers=[w2.address])
+        await c.submit(lock, use, wanted=["use"])
+        err = await c.expect(p.KeyErred)
+        assert err.key == "use"
+        exc = loads_exception(p.payload_view(err.exception), err.traceback)
+        assert type(exc).__name__ == "SerializationError"
+        assert "'lock'" in str(exc) and "cannot be pickled" in str(exc)
+        await c.aclose()
