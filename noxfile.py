@@ -67,11 +67,12 @@ def _venv_python(venv: Path) -> Path:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Benchmark the core compiled vs interpreted (core_bench.py), then its flow control (flow_sim.py).
+    """Benchmark the core (core_bench.py, flow_sim.py), then the runtime against dask (runtime_bench.py).
 
     The session's own virtualenv gets the compiled build; a second virtualenv
     (under the session's tmp dir) gets the interpreted one.  Extra arguments
-    after `--` go to the benchmark script.
+    after `--` go to core_bench.py (runtime_bench.py gets `--quick` if given,
+    and the words of the environment variable RUNTIME_BENCH_ARGS).
     """
     script = ROOT / "benchmarks" / "core_bench.py"
     if not script.is_file():
@@ -98,6 +99,16 @@ def bench(session: nox.Session) -> None:
     )
     # What the core's flow control does under latency (simulated time).
     session.run("python", str(ROOT / "benchmarks" / "flow_sim.py"))
+    # The whole runtime (compiled core) side by side with dask.distributed.
+    # dask is slow (~600 tasks/s by default): one run per dask measurement and
+    # no 100,000-task run of default dask (3-4 minutes alone) keep the session
+    # under ~15 minutes; run the script alone for the full comparison.  Only
+    # --quick is shared with core_bench.py's options; RUNTIME_BENCH_ARGS passes
+    # anything else (e.g. "--only a,c --no-dask"), after these defaults.
+    runtime_args = ["--dask-repeat", "1", "--large-systems", "dsched,dask-tuned"]
+    runtime_args += ["--quick"] if "--quick" in session.posargs else []
+    runtime_args += os.environ.get("RUNTIME_BENCH_ARGS", "").split()
+    session.run("python", str(ROOT / "benchmarks" / "runtime_bench.py"), *runtime_args)
 
 
 # Markdown links [text](target) and reference definitions [label]: target.

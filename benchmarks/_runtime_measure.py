@@ -35,6 +35,11 @@ from _runtime_workloads import (
 __all__ = ["MeasureResult", "Spec", "WrongResult", "measure", "warmup_size"]
 
 WARMUP_MAX_TASKS = 1_000
+# Before the memory readings that count: longer than dsched's scheduler waits
+# before its idle-time housekeeping (1 s idle, then a gc.collect() at most
+# every 5 s), so that the reading sees what the scheduler keeps, not garbage
+# it has not collected yet.  The same wait for dask.
+QUIET_S = 6.5
 
 
 class Spec(TypedDict):
@@ -43,12 +48,13 @@ class Spec(TypedDict):
     n: int  # tasks, or steps of the chain
     workers: int
     repeats: int
+    quiet: bool  # wait QUIET_S before the idle and the final memory readings
 
 
 class Memory(TypedDict):
     fresh: int  # scheduler RSS once the workers joined, before any task
-    idle: int  # after the warm-up run, released and idle: the baseline
-    after: list[int]  # after each measured run, released and idle
+    idle: int  # after the warm-up run, released and idle (and quiet, if asked): the baseline
+    after: list[int]  # after each measured run, released and idle (the last one quiet, if asked)
     peak: int  # the scheduler's peak RSS (VmHWM)
 
 
@@ -121,6 +127,8 @@ def _measure_in(cluster: Cluster, spec: Spec) -> MeasureResult:
     fresh = stats.memory()[0] if stats is not None else 0
     runner(cluster.client, warmup_size(spec["n"]), 0)
     _settle(cluster)
+    if spec.get("quiet") and stats is not None:
+        time.sleep(QUIET_S)
     idle = stats.memory()[0] if stats is not None else 0
     seconds: list[float] = []
     cpu: list[float] = []
@@ -132,6 +140,8 @@ def _measure_in(cluster: Cluster, spec: Spec) -> MeasureResult:
         settle.append(_settle(cluster))
         if stats is not None:
             cpu.append(stats.cpu_seconds() - cpu_before)
+            if tag == spec["repeats"] and spec.get("quiet"):
+                time.sleep(QUIET_S)
             after.append(stats.memory()[0])
     memory: Memory | None = None
     if stats is not None:

@@ -64,12 +64,16 @@ def plan(args: argparse.Namespace) -> list[dict[str, Any]]:
 
     def add(workload: str, n: int, workers: int) -> None:
         for system in systems:
+            if n >= LARGE_TASKS and system not in args.large_systems:
+                continue
             runs = repeat
             if system != "dsched":
                 runs = args.dask_repeat if args.dask_repeat is not None else repeat
                 if n >= LARGE_TASKS:
                     runs = min(runs, args.dask_large_repeat)
-            specs.append({"workload": workload, "system": system, "n": n, "workers": workers, "repeats": runs})
+            quiet = workload == "a" and n == max(size["a"])  # (e)'s memory reading
+            specs.append({"workload": workload, "system": system, "n": n, "workers": workers, "repeats": runs,
+                          "quiet": quiet})
 
     if "a" in args.only or "e" in args.only:  # (e) reads the scheduler during (a)
         for n in size["a"]:
@@ -158,6 +162,13 @@ def machine() -> dict[str, Any]:
     }
 
 
+def _systems(parser: argparse.ArgumentParser, text: str) -> list[str]:
+    systems = [s.strip() for s in text.split(",") if s.strip()]
+    if set(systems) - set(SYSTEMS):
+        parser.error(f"unknown system(s) {sorted(set(systems) - set(SYSTEMS))}; choose from {', '.join(SYSTEMS)}")
+    return systems
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes, 1 run each: a smoke run")
@@ -166,6 +177,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="measured runs per dask measurement (default: as --repeat); nox -s bench uses 1")
     parser.add_argument("--dask-large-repeat", type=int, default=DEFAULT_DASK_LARGE_REPEAT,
                         help=f"at most this many dask runs of {LARGE_TASKS:,}+ tasks (default {DEFAULT_DASK_LARGE_REPEAT})")
+    parser.add_argument("--large-systems", default=",".join(SYSTEMS),
+                        help=f"systems that run the {LARGE_TASKS:,}+ task sizes (default: all; "
+                        "nox -s bench leaves out dask-default, whose one 100,000-task run takes 3-4 minutes)")
     parser.add_argument("--only", default=WORKLOADS, help="workloads to run, e.g. a,c (default: all)")
     parser.add_argument("--no-dask", action="store_true", help="measure dsched only")
     parser.add_argument("--systems", default=",".join(SYSTEMS), help=f"systems to measure (default: {','.join(SYSTEMS)})")
@@ -173,9 +187,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.only = {w for w in args.only.replace(",", "") if w.strip()}
-    args.systems = [s.strip() for s in args.systems.split(",") if s.strip()]
-    if set(args.systems) - set(SYSTEMS):
-        parser.error(f"unknown system(s) {sorted(set(args.systems) - set(SYSTEMS))}; choose from {', '.join(SYSTEMS)}")
+    args.systems = _systems(parser, args.systems)
+    args.large_systems = _systems(parser, args.large_systems)
     unknown = args.only - set(WORKLOADS)
     if unknown:
         parser.error(f"unknown workload(s) {sorted(unknown)}; choose from {', '.join(WORKLOADS)}")
