@@ -46,7 +46,10 @@ class Report(TypedDict):
     quick: bool
 
 
-def _find(results: list[dict[str, Any]], workload: str, n: int, workers: int | None = None) -> dict[str, dict[str, Any]]:
+def _find(
+    results: list[dict[str, Any]], workload: str, n: int, workers: int | None = None
+) -> dict[str, dict[str, Any]]:
+    """The successful results of one measurement, by system."""
     found: dict[str, dict[str, Any]] = {}
     for result in results:
         spec = result["spec"]

@@ -185,7 +185,7 @@ def _connect(system: str, address: str) -> Any:
         return Client(address)
     from distributed import Client as DaskClient
 
-    return DaskClient(address, set_as_default=False)
+    return DaskClient(address, set_as_default=False)  # type: ignore[no-untyped-call]
 
 
 def _wait_for_workers(system: str, client: Any, n_workers: int) -> None:
@@ -270,8 +270,10 @@ def inprocess_cluster(system: str, n_workers: int) -> Iterator[Cluster]:
 
     saturation = math.inf if system == "dask-tuned" else dask.config.get("distributed.scheduler.worker-saturation")
     with dask.config.set({"distributed.scheduler.worker-saturation": saturation}):
-        with DaskLocalCluster(n_workers=n_workers, threads_per_worker=1, processes=False, memory_limit=0,
-                              dashboard_address=None) as dask_cluster:
-            with DaskClient(dask_cluster, set_as_default=False) as client:
+        dask_cluster = DaskLocalCluster(  # type: ignore[no-untyped-call]
+            n_workers=n_workers, threads_per_worker=1, processes=False, memory_limit=0, dashboard_address=None
+        )
+        with dask_cluster:
+            with DaskClient(dask_cluster, set_as_default=False) as client:  # type: ignore[no-untyped-call]
                 _wait_for_workers(system, client, n_workers)
                 yield Cluster(system, client, n_workers, saturation=_dask_saturation(client))

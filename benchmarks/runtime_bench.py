@@ -91,8 +91,8 @@ def plan(args: argparse.Namespace) -> list[dict[str, Any]]:
 def timeout_for(spec: dict[str, Any]) -> float:
     """Generous: a stuck run is killed, a slow one (dask at ~500 tasks/s) is not."""
     per_task = 0.002 if spec["system"] == "dsched" else 0.01
-    tasks = spec["n"] * (spec["repeats"] + 1)
-    return 180.0 + tasks * per_task * (1 + spec["workers"] / 32)
+    tasks = int(spec["n"]) * (int(spec["repeats"]) + 1)
+    return 180.0 + tasks * per_task * (1 + int(spec["workers"]) / 32)
 
 
 def run_child(spec: dict[str, Any]) -> dict[str, Any]:
@@ -147,10 +147,9 @@ def versions(system: str) -> dict[str, Any]:
 
         return {"dsched": dsched.__version__, "sched_core_compiled": bool(sched_core.COMPILED),
                 "dsched_file": dsched.__file__}
-    import dask
-    import distributed
+    from importlib.metadata import version
 
-    return {"dask": dask.__version__, "distributed": distributed.__version__}
+    return {"dask": version("dask"), "distributed": version("distributed")}
 
 
 def machine() -> dict[str, Any]:
@@ -172,17 +171,20 @@ def _systems(parser: argparse.ArgumentParser, text: str) -> list[str]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes, 1 run each: a smoke run")
-    parser.add_argument("--repeat", type=int, default=None, help=f"measured runs per measurement (default {DEFAULT_REPEAT}; --quick 1)")
+    parser.add_argument("--repeat", type=int, default=None,
+                        help=f"measured runs per measurement (default {DEFAULT_REPEAT}; --quick 1)")
     parser.add_argument("--dask-repeat", type=int, default=None,
                         help="measured runs per dask measurement (default: as --repeat); nox -s bench uses 1")
     parser.add_argument("--dask-large-repeat", type=int, default=DEFAULT_DASK_LARGE_REPEAT,
-                        help=f"at most this many dask runs of {LARGE_TASKS:,}+ tasks (default {DEFAULT_DASK_LARGE_REPEAT})")
+                        help=f"at most this many dask runs of {LARGE_TASKS:,}+ tasks "
+                        f"(default {DEFAULT_DASK_LARGE_REPEAT})")
     parser.add_argument("--large-systems", default=",".join(SYSTEMS),
                         help=f"systems that run the {LARGE_TASKS:,}+ task sizes (default: all; "
                         "nox -s bench leaves out dask-default, whose one 100,000-task run takes 3-4 minutes)")
     parser.add_argument("--only", default=WORKLOADS, help="workloads to run, e.g. a,c (default: all)")
     parser.add_argument("--no-dask", action="store_true", help="measure dsched only")
-    parser.add_argument("--systems", default=",".join(SYSTEMS), help=f"systems to measure (default: {','.join(SYSTEMS)})")
+    parser.add_argument("--systems", default=",".join(SYSTEMS),
+                        help=f"systems to measure (default: {','.join(SYSTEMS)})")
     parser.add_argument("--json", dest="json_path", default=None, help="also write the results as JSON")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -210,13 +212,17 @@ def main(argv: list[str] | None = None) -> int:
             f"{spec['workers']} workers, {spec['repeats']} run(s) ...")
         result = run_child(spec)
         results.append(result)
-        log(f"    {'ERROR: ' + result['error'] if 'error' in result else 'runs (s): ' + ', '.join(f'{s:.3f}' for s in result['seconds'])}"
-            f"  [{result.get('wall_s', 0):.0f} s in all]")
+        if "error" in result:
+            log(f"    ERROR: {result['error']}")
+        else:
+            runs = ", ".join(f"{s:.3f}" for s in result["seconds"])
+            log(f"    runs (s): {runs}  [{result['wall_s']:.0f} s in all]")
     info["seconds"] = time.perf_counter() - started
     report: Report = build_report(results, args.only, quick=args.quick)
     print_report(report, info)
     if args.json_path:
-        Path(args.json_path).write_text(json.dumps({"machine": info, "results": results, "rows": report["rows"]}, indent=1))
+        document = {"machine": info, "results": results, "rows": report["rows"]}
+        Path(args.json_path).write_text(json.dumps(document, indent=1))
         log(f"wrote {args.json_path}")
     failed = [r for r in results if "error" in r and r["spec"]["system"] == "dsched"]
     return 1 if failed else 0
