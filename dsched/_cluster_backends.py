@@ -223,7 +223,7 @@ class InProcessBackend:
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         self._stop = anyio.Event()
-        async with SchedulerServer(self.host, self.scheduler_port, manage_gc=False) as server:
+        async with SchedulerServer(self.host, self.scheduler_port, gc_mode="relaxed") as server:
             self.server = server
             self.scheduler_address = server.address
             async with anyio.create_task_group() as tg:

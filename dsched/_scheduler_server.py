@@ -31,11 +31,7 @@ interval grows with the number of workers.  A ``Tick`` is fed every
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import gc
 import logging
-import sys
 import time
 import uuid
 from collections import deque
@@ -49,6 +45,7 @@ from anyio.abc import TaskGroup, TaskStatus
 import sched_core as sc
 from dsched._batched import BatchedSender
 from dsched._comm import DEFAULT_MAX_FRAME_SIZE, Comm, CommClosedError, listen
+from dsched._gc_policy import GcMode, GcPolicy
 from dsched._protocol import (
     CLIENT_TO_SCHEDULER,
     PROTOCOL_VERSION,
@@ -77,64 +74,9 @@ from dsched._scheduler_routes import (
     worker_events,
 )
 
-__all__ = ["GcPolicy", "SchedulerServer"]
+__all__ = ["SchedulerServer"]
 
 logger = logging.getLogger("dsched.scheduler")
-
-
-class GcPolicy:
-    """Cyclic GC off while the server runs, one ``gc.collect()`` at idle times.
-
-    The core breaks its own reference cycles, so reference counting frees its
-    objects; CPython's automatic collections would otherwise walk every live
-    task again and again (about as costly as the core itself, see docs/core.md).
-    Nested servers in one process share the switch: the GC is re-enabled (if it
-    was on) when the last one stops.  ``maybe_collect()`` collects at most every
-    ``interval`` seconds.
-    """
-
-    _active = 0
-    _was_enabled = True
-
-    def __init__(self, interval: float = 5.0) -> None:
-        self.interval = interval
-        self._last = time.monotonic()
-
-    def start(self) -> None:
-        if GcPolicy._active == 0:
-            GcPolicy._was_enabled = gc.isenabled()
-            gc.disable()
-        GcPolicy._active += 1
-
-    def stop(self) -> None:
-        GcPolicy._active -= 1
-        if GcPolicy._active == 0 and GcPolicy._was_enabled:
-            gc.enable()
-
-    def maybe_collect(self) -> None:
-        now = time.monotonic()
-        if now - self._last >= self.interval:
-            gc.collect()
-            _trim_malloc()
-            self._last = time.monotonic()
-
-
-def _load_malloc_trim() -> Callable[[int], int] | None:
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        trim: Callable[[int], int] = libc.malloc_trim
-    except (OSError, AttributeError):  # not glibc
-        return None
-    return trim
-
-
-_malloc_trim = _load_malloc_trim() if sys.platform.startswith("linux") else None
-
-
-def _trim_malloc() -> None:
-    """Hand memory freed by a finished graph back to the OS (glibc keeps it otherwise)."""
-    if _malloc_trim is not None:
-        _malloc_trim(0)
 
 
 class SchedulerServer:
@@ -157,7 +99,7 @@ class SchedulerServer:
         gc_interval: float = 5.0,
         handshake_timeout: float = 10.0,
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
-        manage_gc: bool = True,
+        gc_mode: GcMode = "off",
     ) -> None:
         self.host = host
         self.port = port
@@ -174,9 +116,9 @@ class SchedulerServer:
         self.functions = FunctionTable()
         self.workers: dict[str, WorkerConn] = {}
         self.clients: dict[str, ClientConn] = {}
-        # Turning the cyclic GC off is right for a scheduler process, not for a
-        # user's process hosting an in-process cluster: there, leave it alone.
-        self.gc = GcPolicy(gc_interval) if manage_gc else None
+        # "off" suits a scheduler process; an in-process cluster inside a user's
+        # program asks for "relaxed" (see dsched/_gc_policy.py).
+        self.gc = GcPolicy(gc_mode, gc_interval)
         self.protocol_errors = 0
         self.chunked_graphs = 0
         self._pending: deque[sc.SchedulerEvent | tuple[str, Any]] = deque()
@@ -190,13 +132,11 @@ class SchedulerServer:
         tg = anyio.create_task_group()
         await tg.__aenter__()
         self._tg = tg
-        if self.gc is not None:
-            self.gc.start()
+        self.gc.start()
         try:
             await tg.start(self._run)
         except BaseException:
-            if self.gc is not None:
-                self.gc.stop()
+            self.gc.stop()
             tg.cancel_scope.cancel()
             await tg.__aexit__(None, None, None)
             raise
@@ -215,8 +155,7 @@ class SchedulerServer:
             # The body's own exception propagates as itself, not wrapped in a group.
             await tg.__aexit__(None, None, None)
         finally:
-            if self.gc is not None:
-                self.gc.stop()
+            self.gc.stop()
         return None
 
     async def _say_goodbye(self, timeout: float = 2.0) -> None:
@@ -317,8 +256,7 @@ class SchedulerServer:
             now = time.monotonic()
             if not self._pending and now - self._last_busy > 1.0:
                 self._forget_functions_if_idle()
-                if self.gc is not None:
-                    self.gc.maybe_collect()
+                self.gc.maybe_collect()
             self.push(sc.Tick())
             if now >= next_check:
                 next_check = now + min(1.0, self.heartbeat_deadline() / 4)

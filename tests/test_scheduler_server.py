@@ -242,21 +242,30 @@ async def test_large_graph_fed_in_chunks() -> None:
         assert server.state.batch - batch_before >= 3
 
 
-async def test_gc_is_managed_only_when_asked() -> None:
+async def test_gc_modes() -> None:
     import gc
 
     assert gc.isenabled()
+    threshold = gc.get_threshold()
     async with SchedulerServer():
         assert not gc.isenabled()  # a scheduler process: the core breaks its own cycles
     assert gc.isenabled()
-    async with SchedulerServer(manage_gc=False):
-        assert gc.isenabled()  # e.g. an in-process cluster inside a user's program
+    async with SchedulerServer(gc_mode="relaxed"):
+        assert gc.isenabled() and gc.get_threshold()[0] >= 50_000  # a user's process: less often
+        async with SchedulerServer(gc_mode="relaxed"):
+            pass
+        assert gc.get_threshold()[0] >= 50_000  # the outer server still runs
+    assert gc.get_threshold() == threshold
+    async with SchedulerServer(gc_mode="default"):
+        assert gc.isenabled() and gc.get_threshold() == threshold
 
 
-def test_in_process_cluster_leaves_the_users_gc_alone() -> None:
+def test_in_process_cluster_keeps_the_users_gc_on() -> None:
     import gc
 
     from dsched import LocalCluster
 
+    threshold = gc.get_threshold()
     with LocalCluster(n_workers=1, processes=False):
         assert gc.isenabled()
+    assert gc.get_threshold() == threshold
