@@ -40,6 +40,7 @@ from sched_core._instructions import (
     StealRequest,
     WorkerInstruction,
 )
+from sched_core._layers import APPLY, REDUCE, Layer, LayerCall, LayerExpander, MapLayer, TasksLayer, TreeReduceLayer, layer_key
 from sched_core._mode import COMPILED, check_stale_build, warn_if_stale
 from sched_core._model import ClientState, TaskGroup, TaskPrefix, TaskState, WorkerState, key_group, key_split
 from sched_core._scheduler import SchedulerState
@@ -81,7 +82,9 @@ __version__ = "0.1.0"
 warn_if_stale()
 
 __all__ = [
+    "APPLY",
     "COMPILED",
+    "REDUCE",
     "STATE_NAMES",
     "AddReplicaMsg",
     "CancelKeys",
@@ -112,6 +115,10 @@ __all__ = [
     "GraphSubmitted",
     "Instruction",
     "KeysScattered",
+    "Layer",
+    "LayerCall",
+    "LayerExpander",
+    "MapLayer",
     "MissingData",
     "MissingDep",
     "PauseEvent",
@@ -135,7 +142,9 @@ __all__ = [
     "TaskPrefix",
     "TaskSpec",
     "TaskState",
+    "TasksLayer",
     "Tick",
+    "TreeReduceLayer",
     "UnpauseEvent",
     "UpdateWhoHasEvent",
     "WorkerAdded",
@@ -150,6 +159,7 @@ __all__ = [
     "check_stale_build",
     "key_group",
     "key_split",
+    "layer_key",
     "state_name",
     "validate_state",
     "__version__",
