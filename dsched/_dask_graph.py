@@ -1,6 +1,21 @@
-"""Dask's tuple-format task graphs, turned into one ``SubmitGraph``.
+"""Dask task graphs (the legacy tuple format and dask's task-spec objects), turned into one ``SubmitGraph``.
 
-A graph is a dict ``{key: computation}``.  A computation is a *task* - a
+A graph is a dict ``{key: computation}`` (or anything with
+``__dask_graph__()``, such as the expression ``dask.compute`` hands to a
+scheduler).  Since 2025 dask builds computations from ``dask._task_spec``
+objects: ``Task(key, func, *args, **kwargs)``, ``DataNode`` (a literal),
+``Alias`` (another key's value), ``TaskRef`` (a dependency inside a task's
+arguments) and the containers ``List``/``Tuple``/``Set``/``Dict`` (which are
+tasks too).  Only a task's *direct* arguments are references or nested nodes
+there; plain lists and dicts are literals (fused tasks carry whole inner
+graphs as such literals).  Each top-level ``Task`` becomes one dsched task
+whose function goes in the function table (so a function shared by 10,000
+chunks is pickled once), nested nodes become worker-side ``_Task`` objects,
+and a ``GraphNode`` subclass this module does not know is shipped whole and
+called with its dependencies' values (correct, if less compact).  Graphs may
+mix both formats (dask.dataframe still emits a few tuples).
+
+In the legacy format a computation is a *task* - a
 tuple whose first element is callable, ``(func, arg, ...)`` - or a value.
 Inside a task's arguments (recursively through lists, dicts and nested tasks):
 
@@ -31,10 +46,27 @@ from collections.abc import Callable, Hashable, Iterator, Mapping
 from typing import Any
 
 from dsched import _protocol as p
+from dsched._future import Future
 from dsched._serialize import Ref
 from dsched._tokenize import pickle_args, pickle_function
 
-__all__ = ["DaskGraph", "build_graph", "identity", "istask", "run_nested", "stringify"]
+__all__ = ["DaskGraph", "build_graph", "call_node", "graph_dict", "identity", "istask", "run_nested", "stringify"]
+
+
+_spec: Any = None  # dask._task_spec once looked up; False without dask
+
+
+def _task_spec() -> Any:
+    """``dask._task_spec`` if dask is installed (imported on first use: dsched does not need dask)."""
+    global _spec
+    if _spec is None:
+        try:
+            import dask._task_spec as spec_module
+        except ImportError:  # no dask: graphs can only be in the tuple format
+            _spec = False
+        else:
+            _spec = spec_module
+    return _spec or None
 
 
 def istask(obj: object) -> bool:
@@ -52,17 +84,23 @@ def identity(value: object) -> object:
     return value
 
 
+def call_node(node: Any, values: dict[Any, Any]) -> Any:
+    """Run a task-spec node of a kind this module does not convert (``values``: its dependencies' values)."""
+    return node(values)
+
+
 class _Task:
     """A task nested in another task's arguments: run on the worker before the outer call."""
 
-    __slots__ = ("args", "func")
+    __slots__ = ("args", "func", "kwargs")
 
-    def __init__(self, func: Callable[..., Any], args: tuple[Any, ...]) -> None:
+    def __init__(self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any] | None = None) -> None:
         self.func = func
         self.args = args
+        self.kwargs = kwargs
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_Task, (self.func, self.args))
+        return (_Task, (self.func, self.args, self.kwargs))
 
 
 class _List:
@@ -93,6 +131,9 @@ def _evaluate(obj: object) -> Any:
     kind = type(obj)
     if kind is _Task:
         task: _Task = obj  # type: ignore[assignment]
+        if task.kwargs:
+            kwargs = {k: _evaluate(v) for k, v in task.kwargs.items()}
+            return task.func(*[_evaluate(arg) for arg in task.args], **kwargs)
         return task.func(*[_evaluate(arg) for arg in task.args])
     if kind is _List:
         return [_evaluate(item) for item in obj.items]  # type: ignore[attr-defined]
@@ -101,8 +142,10 @@ def _evaluate(obj: object) -> Any:
     return obj
 
 
-def run_nested(func: Callable[..., Any], *args: Any) -> Any:
+def run_nested(func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
     """Call ``func`` with its arguments' nested tasks evaluated (innermost first)."""
+    if kwargs:
+        return func(*[_evaluate(arg) for arg in args], **{k: _evaluate(v) for k, v in kwargs.items()})
     return func(*[_evaluate(arg) for arg in args])
 
 
@@ -139,17 +182,95 @@ class _Converter:
         return obj
 
 
-class _Converted:
-    __slots__ = ("args", "dependencies", "function")
+class _SpecConverter:
+    """Rewrites a task-spec node's direct arguments: TaskRef/Alias -> Ref, nested nodes -> _Task."""
 
-    def __init__(self, function: Callable[..., Any], args: tuple[Any, ...], dependencies: list[Hashable]) -> None:
+    __slots__ = ("dependencies", "dsk", "nested", "spec")
+
+    def __init__(self, spec: Any, dsk: Mapping[Any, Any]) -> None:
+        self.spec = spec
+        self.dsk = dsk
+        self.dependencies: list[Hashable] = []
+        self.nested = 0
+
+    def ref(self, key: Hashable) -> Ref:
+        """A reference to ``key`` (followed only if the graph has it: else it is held on the cluster)."""
+        if key in self.dsk:
+            self.dependencies.append(key)
+        return Ref(stringify(key))
+
+    def convert(self, obj: Any) -> Any:
+        spec = self.spec
+        if isinstance(obj, spec.TaskRef):
+            return self.ref(obj.key)
+        if not isinstance(obj, spec.GraphNode):
+            return obj  # a literal: task-spec never looks inside plain containers
+        kind = type(obj)
+        if kind is spec.DataNode:
+            return obj.value
+        if kind is spec.Alias:
+            return self.ref(obj.target)
+        self.nested += 1
+        if kind is spec.Task or isinstance(obj, spec.NestedContainer):
+            args = tuple([self.convert(arg) for arg in obj.args])
+            kwargs = {k: self.convert(v) for k, v in obj.kwargs.items()} if obj.kwargs else None
+            return _Task(obj.func, args, kwargs)
+        return _Task(call_node, (obj, {dep: self.ref(dep) for dep in obj.dependencies}))
+
+    def top(self, key: Hashable, node: Any) -> _Converted | None:
+        """The dsched task for the graph's node ``node`` (None: its value is held on the cluster already)."""
+        spec = self.spec
+        kind = type(node)
+        kwargs: dict[str, Any] | None = None
+        if kind is spec.DataNode:
+            if _is_held(node.value, key):
+                return None
+            func: Callable[..., Any] = identity
+            args: tuple[Any, ...] = (node.value,)
+        elif kind is spec.Alias:
+            func, args = identity, (self.ref(node.target),)
+        elif kind is spec.Task or isinstance(node, spec.NestedContainer):
+            func = node.func
+            args = tuple([self.convert(arg) for arg in node.args])
+            kwargs = {k: self.convert(v) for k, v in node.kwargs.items()} if node.kwargs else None
+        else:
+            func, args = call_node, (node, {dep: self.ref(dep) for dep in node.dependencies})
+        if self.nested:
+            return _Converted(run_nested, (func, *args), kwargs, self.dependencies)
+        return _Converted(func, args, kwargs, self.dependencies)
+
+
+def _is_held(value: object, key: Hashable) -> bool:
+    """Whether the graph's ``key`` is a Future of itself (a persisted collection's data)."""
+    return isinstance(value, Future) and value.key == stringify(key)
+
+
+class _Converted:
+    __slots__ = ("args", "dependencies", "function", "kwargs")
+
+    def __init__(
+        self,
+        function: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any] | None,
+        dependencies: list[Hashable],
+    ) -> None:
         self.function = function
         self.args = args
+        self.kwargs = kwargs
         self.dependencies = dependencies
+
+
+_HELD = _Converted(identity, (), None, [])  # a key whose value the cluster holds: no task to send
 
 
 def _convert(dsk: Mapping[Any, Any], key: Hashable) -> _Converted:
     value = dsk[key]
+    spec = _task_spec()
+    if spec is not None and isinstance(value, spec.GraphNode):
+        return _SpecConverter(spec, dsk).top(key, value) or _HELD
+    if _is_held(value, key):
+        return _HELD
     converter = _Converter(dsk)
     if istask(value):
         func: Callable[..., Any] = value[0]
@@ -158,8 +279,8 @@ def _convert(dsk: Mapping[Any, Any], key: Hashable) -> _Converted:
         func = identity
         args = (converter.convert(value),)
     if converter.nested:
-        return _Converted(run_nested, (func, *args), converter.dependencies)
-    return _Converted(func, args, converter.dependencies)
+        return _Converted(run_nested, (func, *args), None, converter.dependencies)
+    return _Converted(func, args, None, converter.dependencies)
 
 
 def _flatten(keys: Any) -> Iterator[Hashable]:
@@ -221,6 +342,21 @@ def _nest(keys: Any, values: Mapping[str, Any]) -> Any:
     return values[stringify(keys)]
 
 
+def graph_dict(dsk: Any) -> Mapping[Any, Any]:
+    """The ``{key: computation}`` mapping of a graph, a HighLevelGraph or a dask expression."""
+    if type(dsk) is dict:
+        return dsk
+    if not isinstance(dsk, Mapping) and hasattr(dsk, "__dask_graph__"):
+        dsk = dsk.__dask_graph__()
+    to_dict = getattr(dsk, "to_dict", None)  # a HighLevelGraph: one flat dict, not a lookup per layer
+    if callable(to_dict):
+        flat: Mapping[Any, Any] = to_dict()
+        return flat
+    if not isinstance(dsk, Mapping):
+        raise TypeError(f"a task graph must be a mapping, not {type(dsk).__name__}")
+    return dsk
+
+
 def build_graph(
     dsk: Mapping[Any, Any],
     keys: Any,
@@ -232,6 +368,7 @@ def build_graph(
     allow_other_workers: bool = False,
 ) -> DaskGraph:
     """Convert the part of ``dsk`` that ``keys`` (a key or nested lists of keys) need."""
+    dsk = graph_dict(dsk)
     roots = list(dict.fromkeys(_flatten(keys)))
     for root in roots:
         try:
@@ -241,18 +378,24 @@ def build_graph(
         if not known:
             raise KeyError(f"{root!r} is not a key of the graph")
     function_index: dict[int, int] = {}
+    by_bytes: dict[bytes, int] = {}  # equal functions made per task (partials ...) share an entry too
     functions: list[bytes] = []
     keep_alive: list[Callable[..., Any]] = []
     tasks: list[p.GraphTask] = []
     GraphTask = p.GraphTask
     for key, conv in _post_order(dsk, roots):
+        if conv is _HELD:
+            continue
         func = conv.function
         index = function_index.get(id(func))
         if index is None:
-            index = function_index[id(func)] = len(functions)
-            functions.append(pickle_function(func).data)
+            data = pickle_function(func).data
+            index = by_bytes.setdefault(data, len(functions))
+            if index == len(functions):
+                functions.append(data)
+            function_index[id(func)] = index
             keep_alive.append(func)  # ids stay unique while the table is built
-        payload, deps = pickle_args(conv.args, None)
+        payload, deps = pickle_args(conv.args, conv.kwargs)
         tasks.append(
             GraphTask(stringify(key), deps, index, payload, priority, retries, workers, resources, allow_other_workers)
         )
