@@ -47,6 +47,7 @@ from dsched._client_loop import SchedulerLink
 from dsched._client_results import futures_in, unpack, value_of
 from dsched._client_state import ClientState, run_notifications
 from dsched._client_tasks import batches, core_priority, gc_paused, map_tasks, resources_dict, workers_list
+from dsched._dask_collections import DefaultScheduler, compute, persist
 from dsched._dask_graph import build_graph
 from dsched._loop_thread import LoopThread
 from dsched._future import FINISHED, CallbackWatcher, Future, KeyState
@@ -101,9 +102,11 @@ class Client:
         name: str = "",
         timeout: float = 10.0,
         auth: str = "",
+        set_as_default: bool = False,
         **cluster_kwargs: Any,
     ) -> None:
         self.asynchronous = asynchronous
+        self._dask_default: DefaultScheduler | None = None
         self.timeout = timeout
         self.status = "newly-created"
         self.cluster: Any = None
@@ -123,6 +126,8 @@ class Client:
         self._thread: LoopThread | None = None
         if not asynchronous:
             self._start_sync()
+        if set_as_default:
+            self.as_default()
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -201,6 +206,7 @@ class Client:
         if self.status in ("closing", "closed"):
             return None
         self.status = "closing"
+        self._restore_dask_default()
         try:
             if self._thread is not None:
                 self._thread.call(self._link.close)
@@ -221,6 +227,7 @@ class Client:
         if self.status in ("closing", "closed"):
             return
         self.status = "closing"
+        self._restore_dask_default()
         try:
             await self._link.close()
             if self._owns_cluster and self.cluster is not None:
@@ -357,16 +364,19 @@ class Client:
         allow_other_workers: bool = False,
         **kwargs: Any,
     ) -> Any:
-        """Compute a Dask task graph (``{key: (func, *args) | value}``); results nested as ``keys``.
+        """Compute a Dask task graph (``{key: (func, *args) | value}``, or a dask expression); results nested as ``keys``.
 
         The keys are released once their results are here.  ``sync=False``
         returns futures (in the same nesting) instead.
         """
         self._check_running()
+        # A dask expression (what dask.compute hands a scheduler) gets keys of its own: dask may define a
+        # key differently in another graph, which the scheduler would refuse while it knows the key.
+        suffix = "" if isinstance(dsk, Mapping) else "@" + random_token()[:12]
         with gc_paused():
             graph = build_graph(
                 dsk, keys, priority=core_priority(priority), retries=retries or 0, resources=resources_dict(resources),
-                workers=workers_list(workers), allow_other_workers=allow_other_workers,
+                workers=workers_list(workers), allow_other_workers=allow_other_workers, suffix=suffix,
             )
             states = self._state.submit(graph.functions, graph.tasks, graph.wanted)
         self._link.wake()
@@ -388,6 +398,34 @@ class Client:
         finally:
             for future in futures:
                 future.release()
+
+    # -- Dask collections (logic in dsched._dask_collections) ------------------------------
+
+    def compute(self, collections: Any, *, optimize_graph: bool = True, **submit: Any) -> Any:
+        """Start computing Dask collections: a Future of each one's result (one Future for one collection).
+
+        ``submit`` takes ``get``'s options (``priority``, ``retries``, ``resources``, ``workers`` ...).
+        """
+        self._check_running()
+        return compute(self, collections, optimize_graph=optimize_graph, **submit)
+
+    def persist(self, collections: Any, *, optimize_graph: bool = True, **submit: Any) -> Any:
+        """Dask collections (one, or a list) of the same types, their partitions computed and kept on the cluster."""
+        self._check_running()
+        return persist(self, collections, optimize_graph=optimize_graph, **submit)
+
+    def as_default(self) -> Client:
+        """Make this client dask's default scheduler (``x.compute()``) until it closes."""
+        if self.asynchronous:
+            raise TypeError("dask.compute blocks: only a synchronous client can be its default scheduler")
+        if self._dask_default is None:
+            self._dask_default = DefaultScheduler(self.get)
+        return self
+
+    def _restore_dask_default(self) -> None:
+        if self._dask_default is not None:
+            self._dask_default.restore()
+            self._dask_default = None
 
     # -- results -------------------------------------------------------------------------
 

@@ -29,8 +29,10 @@ A value that is not a task is a literal too (lists and dicts in it are
 searched for keys and tasks the same way); a value that is a key aliases it.
 
 Keys on the wire are strings: a string key is itself, any other key its
-``str()`` (as Dask's ``stringify`` did), and results are given back under the
-original keys.  Only the tasks the requested keys need are sent, in an order
+``str()`` (as Dask's ``stringify`` did), plus an optional per-submission
+suffix (see :class:`_Names`); results are given back under the original keys.
+A key whose value is a dsched ``Future`` (a persisted collection) is not
+sent: references to it name the future's key.  Only the tasks the requested keys need are sent, in an order
 where every task comes after its dependencies (the scheduler ingests a large
 graph in chunks, and each chunk must only depend on earlier ones).  A function
 used by many tasks is pickled once (the submission's function table).  Cycles
@@ -149,13 +151,51 @@ def run_nested(func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
     return func(*[_evaluate(arg) for arg in args])
 
 
+class _Names:
+    """Graph keys -> wire keys: ``stringify(key) + suffix``, or a held Future's own key.
+
+    ``suffix`` makes one submission's keys its own: dask may define a key
+    differently from one graph to the next (its fusion depends on the whole
+    graph), while dsched's scheduler refuses a second definition of a key it
+    still knows.  A key whose value is a Future (a persisted collection's
+    partition) is that future's key: no task is sent for it.
+    """
+
+    __slots__ = ("dsk", "names", "suffix")
+
+    def __init__(self, dsk: Mapping[Any, Any], suffix: str) -> None:
+        self.dsk = dsk
+        self.suffix = suffix
+        self.names: dict[Hashable, str] = {}
+
+    def wire(self, key: Hashable) -> str:
+        name = self.names.get(key)
+        if name is None:
+            held = _held_future(self.dsk.get(key))
+            name = self.names[key] = held.key if held is not None else stringify(key) + self.suffix
+        return name
+
+
+def _held_future(value: object) -> Future | None:
+    """The Future a graph value is (directly, or as a task-spec DataNode), if it is one."""
+    if isinstance(value, Future):
+        return value
+    spec = _spec
+    if spec and type(value) is spec.DataNode:
+        inner: object = getattr(value, "value", None)
+        if isinstance(inner, Future):
+            return inner
+    return None
+
+
 class _Converter:
     """Rewrites one computation's arguments: keys -> Ref, nested tasks -> _Task."""
 
-    __slots__ = ("dependencies", "dsk", "nested")
+    __slots__ = ("dependencies", "dsk", "names", "nested")
 
-    def __init__(self, dsk: Mapping[Any, Any]) -> None:
-        self.dsk = dsk
+    def __init__(self, names: _Names) -> None:
+        self.names = names
+        self.dsk = names.dsk
         self.dependencies: list[Hashable] = []
         self.nested = 0
 
@@ -178,18 +218,19 @@ class _Converter:
             return obj
         if is_key:
             self.dependencies.append(obj)
-            return Ref(stringify(obj))
+            return Ref(self.names.wire(obj))
         return obj
 
 
 class _SpecConverter:
     """Rewrites a task-spec node's direct arguments: TaskRef/Alias -> Ref, nested nodes -> _Task."""
 
-    __slots__ = ("dependencies", "dsk", "nested", "spec")
+    __slots__ = ("dependencies", "dsk", "names", "nested", "spec")
 
-    def __init__(self, spec: Any, dsk: Mapping[Any, Any]) -> None:
+    def __init__(self, spec: Any, names: _Names) -> None:
         self.spec = spec
-        self.dsk = dsk
+        self.names = names
+        self.dsk = names.dsk
         self.dependencies: list[Hashable] = []
         self.nested = 0
 
@@ -197,6 +238,7 @@ class _SpecConverter:
         """A reference to ``key`` (followed only if the graph has it: else it is held on the cluster)."""
         if key in self.dsk:
             self.dependencies.append(key)
+            return Ref(self.names.wire(key))
         return Ref(stringify(key))
 
     def convert(self, obj: Any) -> Any:
@@ -223,8 +265,6 @@ class _SpecConverter:
         kind = type(node)
         kwargs: dict[str, Any] | None = None
         if kind is spec.DataNode:
-            if _is_held(node.value, key):
-                return None
             func: Callable[..., Any] = identity
             args: tuple[Any, ...] = (node.value,)
         elif kind is spec.Alias:
@@ -238,11 +278,6 @@ class _SpecConverter:
         if self.nested:
             return _Converted(run_nested, (func, *args), kwargs, self.dependencies)
         return _Converted(func, args, kwargs, self.dependencies)
-
-
-def _is_held(value: object, key: Hashable) -> bool:
-    """Whether the graph's ``key`` is a Future of itself (a persisted collection's data)."""
-    return isinstance(value, Future) and value.key == stringify(key)
 
 
 class _Converted:
@@ -264,14 +299,14 @@ class _Converted:
 _HELD = _Converted(identity, (), None, [])  # a key whose value the cluster holds: no task to send
 
 
-def _convert(dsk: Mapping[Any, Any], key: Hashable) -> _Converted:
-    value = dsk[key]
+def _convert(names: _Names, key: Hashable) -> _Converted:
+    value = names.dsk[key]
+    if _held_future(value) is not None:
+        return _HELD
     spec = _task_spec()
     if spec is not None and isinstance(value, spec.GraphNode):
-        return _SpecConverter(spec, dsk).top(key, value) or _HELD
-    if _is_held(value, key):
-        return _HELD
-    converter = _Converter(dsk)
+        return _SpecConverter(spec, names).top(key, value) or _HELD
+    converter = _Converter(names)
     if istask(value):
         func: Callable[..., Any] = value[0]
         args = tuple([converter.convert(arg) for arg in value[1:]])
@@ -291,7 +326,7 @@ def _flatten(keys: Any) -> Iterator[Hashable]:
         yield keys
 
 
-def _post_order(dsk: Mapping[Any, Any], roots: list[Hashable]) -> list[tuple[Hashable, _Converted]]:
+def _post_order(names: _Names, roots: list[Hashable]) -> list[tuple[Hashable, _Converted]]:
     """The computations the roots need, each after its dependencies (a back edge of a cycle is skipped)."""
     done: dict[Hashable, _Converted] = {}
     visiting: set[Hashable] = set()
@@ -299,7 +334,7 @@ def _post_order(dsk: Mapping[Any, Any], roots: list[Hashable]) -> list[tuple[Has
     for root in roots:
         if root in done or root in visiting:
             continue
-        converted = _convert(dsk, root)
+        converted = _convert(names, root)
         visiting.add(root)
         stack: list[tuple[Hashable, _Converted, Iterator[Hashable]]] = [
             (root, converted, iter(converted.dependencies))
@@ -308,7 +343,7 @@ def _post_order(dsk: Mapping[Any, Any], roots: list[Hashable]) -> list[tuple[Has
             key, conv, deps = stack[-1]
             for dep in deps:
                 if dep not in done and dep not in visiting:
-                    dep_conv = _convert(dsk, dep)
+                    dep_conv = _convert(names, dep)
                     visiting.add(dep)
                     stack.append((dep, dep_conv, iter(dep_conv.dependencies)))
                     break
@@ -323,23 +358,26 @@ def _post_order(dsk: Mapping[Any, Any], roots: list[Hashable]) -> list[tuple[Has
 class DaskGraph:
     """A graph ready to submit: the function table, the tasks (dependencies first), the wanted keys."""
 
-    __slots__ = ("functions", "keys", "tasks", "wanted")
+    __slots__ = ("functions", "keys", "names", "tasks", "wanted")
 
-    def __init__(self, functions: list[bytes], tasks: list[p.GraphTask], wanted: list[str], keys: Any) -> None:
+    def __init__(
+        self, functions: list[bytes], tasks: list[p.GraphTask], wanted: list[str], keys: Any, names: dict[Any, str]
+    ) -> None:
         self.functions = functions
         self.tasks = tasks
         self.wanted = wanted
         self.keys = keys
+        self.names = names
 
     def nest(self, values: Mapping[str, Any]) -> Any:
         """``values`` (by wire key) arranged as the requested keys were nested."""
-        return _nest(self.keys, values)
+        return _nest(self.keys, values, self.names)
 
 
-def _nest(keys: Any, values: Mapping[str, Any]) -> Any:
+def _nest(keys: Any, values: Mapping[str, Any], names: dict[Any, str]) -> Any:
     if type(keys) is list:
-        return [_nest(k, values) for k in keys]
-    return values[stringify(keys)]
+        return [_nest(k, values, names) for k in keys]
+    return values[names[keys]]
 
 
 def graph_dict(dsk: Any) -> Mapping[Any, Any]:
@@ -366,8 +404,12 @@ def build_graph(
     resources: dict[str, float] | None = None,
     workers: list[str] | None = None,
     allow_other_workers: bool = False,
+    suffix: str = "",
 ) -> DaskGraph:
-    """Convert the part of ``dsk`` that ``keys`` (a key or nested lists of keys) need."""
+    """Convert the part of ``dsk`` that ``keys`` (a key or nested lists of keys) need.
+
+    ``suffix`` is appended to every wire key (see :class:`_Names`).
+    """
     dsk = graph_dict(dsk)
     roots = list(dict.fromkeys(_flatten(keys)))
     for root in roots:
@@ -383,7 +425,8 @@ def build_graph(
     keep_alive: list[Callable[..., Any]] = []
     tasks: list[p.GraphTask] = []
     GraphTask = p.GraphTask
-    for key, conv in _post_order(dsk, roots):
+    names = _Names(dsk, suffix)
+    for key, conv in _post_order(names, roots):
         if conv is _HELD:
             continue
         func = conv.function
@@ -397,6 +440,7 @@ def build_graph(
             keep_alive.append(func)  # ids stay unique while the table is built
         payload, deps = pickle_args(conv.args, conv.kwargs)
         tasks.append(
-            GraphTask(stringify(key), deps, index, payload, priority, retries, workers, resources, allow_other_workers)
+            GraphTask(names.wire(key), deps, index, payload, priority, retries, workers, resources, allow_other_workers)
         )
-    return DaskGraph(functions, tasks, [stringify(k) for k in roots], keys)
+    wanted = [names.wire(k) for k in roots]
+    return DaskGraph(functions, tasks, wanted, keys, names.names)
