@@ -72,6 +72,9 @@ __all__ = [
     "StealRequest",
     "StealResponse",
     "SubmitGraph",
+    "SubmitLayers",
+    "MapLayerSpec",
+    "TreeReduceLayerSpec",
     "TaskErred",
     "TaskFinished",
     "WantKeys",
@@ -155,6 +158,67 @@ class SubmitGraph(_Message, tag=10, frozen=True):
 
     def __repr__(self) -> str:
         return f"SubmitGraph(<{len(self.functions)} functions, {len(self.tasks)} tasks, {len(self.wanted)} wanted>)"
+
+
+class MapLayerSpec(_Record, frozen=True):
+    """A Map/Blockwise layer of a :class:`SubmitLayers` (see ``sched_core.MapLayer``).
+
+    ``function`` indexes the submission's ``functions``; ``args``: one pickled
+    argument tuple per partition, or None; ``inputs``: earlier layers read
+    partition by partition (or broadcast, when of one partition).
+    """
+
+    name: str
+    npartitions: Annotated[int, Meta(ge=1)]
+    function: NonNegInt
+    args: list[Payload] | None = None
+    inputs: list[str] = []
+    input_partitions: list[Annotated[int, Meta(ge=1)]] = []
+
+
+class TreeReduceLayerSpec(_Record, frozen=True):
+    """A tree reduction layer (see ``sched_core.TreeReduceLayer``); ``chunk`` -1: none."""
+
+    name: str
+    input: str
+    input_partitions: Annotated[int, Meta(ge=1)]
+    combine: NonNegInt
+    aggregate: NonNegInt
+    chunk: Annotated[int, Meta(ge=-1)] = -1
+    split_every: Annotated[int, Meta(ge=2)] = 8
+
+
+class SubmitLayers(_Message, tag=17, frozen=True):
+    """A high-level graph expanded on the scheduler; the client holds ``wanted``.
+
+    ``order`` lists the layers dependencies first, as ``[kind, index]`` pairs
+    (kind 0: ``maps[index]``, 1: ``reductions[index]``).  Keys of layer outputs
+    are ``"('name', i)"``.  Decoding checks every function index and order entry.
+    """
+
+    functions: list[Payload]
+    maps: list[MapLayerSpec]
+    reductions: list[TreeReduceLayerSpec]
+    order: list[tuple[int, int]]
+    wanted: list[str]
+
+    def __post_init__(self) -> None:
+        n = len(self.functions)
+        for m in self.maps:
+            if m.function >= n:
+                raise ValueError(f"layer {m.name!r}: function index {m.function} is out of range ({n} functions)")
+        for r in self.reductions:
+            if max(r.combine, r.aggregate, r.chunk) >= n:
+                raise ValueError(f"layer {r.name!r}: a function index is out of range ({n} functions)")
+        for kind, index in self.order:
+            size = len(self.maps) if kind == 0 else len(self.reductions) if kind == 1 else -1
+            if not 0 <= index < size:
+                raise ValueError(f"layer order entry [{kind}, {index}] refers to no layer")
+        if len(self.order) != len(self.maps) + len(self.reductions):
+            raise ValueError("every layer must appear in order exactly once")
+
+    def __repr__(self) -> str:
+        return f"SubmitLayers(<{len(self.order)} layers, {len(self.wanted)} wanted>)"
 
 
 class WantKeys(_Message, tag=11, frozen=True):
@@ -278,6 +342,12 @@ class Compute(_Message, tag=30, frozen=True):
     ``function`` refers to a :class:`DefineFunction` sent earlier on the same
     connection (or earlier in the same frame), so a function shared by many tasks
     crosses the wire once per worker.  The worker echoes ``run_id`` in its report.
+
+    ``call`` says how to call the function: 0, ``function(*args, **kwargs)``
+    from the pickled ``(args, kwargs)`` (dependencies inside as persistent
+    ids); 1 (a layer's APPLY), ``function(*values of keys, *args)``; 2 (a layer's
+    REDUCE), ``function([values of keys])``; ``keys`` lists the dependencies
+    in call order for 1 and 2.
     """
 
     key: str
@@ -288,6 +358,8 @@ class Compute(_Message, tag=30, frozen=True):
     who_has: dict[str, list[str]] = {}
     nbytes: dict[str, NonNegInt] = {}
     resources: dict[str, NonNegFloat] | None = None
+    call: Annotated[int, Meta(ge=0, le=2)] = 0
+    keys: list[str] = []
 
 
 class DefineFunction(_Message, tag=31, frozen=True):
@@ -441,7 +513,7 @@ class PutDataReply(_Message, tag=54, frozen=True):
 # --- one union per direction ---------------------------------------------------------
 
 ClientToScheduler: TypeAlias = (
-    SubmitGraph | WantKeys | ReleaseKeys | CancelKeys | Scattered | WhoHas | GetWorkers | Close
+    SubmitGraph | SubmitLayers | WantKeys | ReleaseKeys | CancelKeys | Scattered | WhoHas | GetWorkers | Close
 )
 SchedulerToClient: TypeAlias = (
     KeysInMemory | KeyErred | KeyFailed | KeyLost | KeysCancelled | ClientError | WhoHasReply | WorkersReply | Close

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from msgspec import Raw
 
@@ -23,11 +23,11 @@ from dsched import _protocol as p
 if TYPE_CHECKING:
     from dsched._scheduler_server import SchedulerServer
 
-__all__ = ["ClientConn", "FunctionTable", "WorkerConn", "answer_query", "client_events", "route", "worker_events"]
+__all__ = ["ClientConn", "FunctionTable", "LayerFeed", "WorkerConn", "answer_query", "client_events", "route", "worker_events"]
 
 logger = logging.getLogger("dsched.scheduler")
 
-Event = sc.SchedulerEvent | tuple[str, Any]
+Event: TypeAlias = "sc.SchedulerEvent | tuple[str, Any] | LayerFeed"
 
 # The core's priorities are unbounded ints (a user priority is shifted far left
 # of the graph order); the wire carries int64.  A worker only orders the tasks
@@ -121,6 +121,8 @@ def client_events(server: SchedulerServer, conn: ClientConn, messages: list[p.Cl
     for msg in messages:
         if isinstance(msg, p.SubmitGraph):
             out.extend(_graph_events(server, client, msg))
+        elif isinstance(msg, p.SubmitLayers):
+            out.extend(_layer_events(server, conn, msg))
         elif isinstance(msg, p.ReleaseKeys):
             out.append(sc.ClientReleasesKeys(client, msg.keys))
         elif isinstance(msg, p.WantKeys):
@@ -186,6 +188,60 @@ def _graph_events(server: SchedulerServer, client: str, msg: p.SubmitGraph) -> l
     return out
 
 
+class LayerFeed:
+    """A ``SubmitLayers`` being expanded by the core's ``LayerExpander``, one chunk per tick.
+
+    The server's queue holds this object where the submission arrived; each
+    tick takes the next chunk (dependencies first).  A private pseudo-client
+    (``holder``) submits the chunks and holds every expanded key until the last
+    chunk is in, so nothing a later chunk needs is forgotten meanwhile; then the
+    client's own hold on ``wanted`` is taken and the holder removed.
+    """
+
+    __slots__ = ("client", "expander", "holder", "wanted")
+
+    def __init__(self, client: str, holder: str, expander: sc.LayerExpander, wanted: list[str]) -> None:
+        self.client = client
+        self.holder = holder
+        self.expander = expander
+        self.wanted = wanted
+
+    def next_events(self, budget: int) -> list[sc.SchedulerEvent]:
+        specs = self.expander.next_chunk(budget)
+        out: list[sc.SchedulerEvent] = []
+        if specs:
+            out.append(sc.GraphSubmitted(self.holder, specs, [spec.key for spec in specs]))
+        if self.expander.done:
+            if self.wanted:
+                out.append(sc.ClientWantsKeys(self.client, self.wanted))
+            out.append(sc.ClientRemoved(self.holder))
+        return out
+
+
+def _layer_events(server: SchedulerServer, conn: ClientConn, msg: p.SubmitLayers) -> list[Event]:
+    refs = [server.functions.intern(f) for f in msg.functions]
+    layers: list[sc.Layer] = []
+    try:
+        for kind, index in msg.order:
+            if kind == 0:
+                m = msg.maps[index]
+                args: list[object] | None = list(m.args) if m.args is not None else None
+                layers.append(sc.MapLayer(m.name, m.npartitions, refs[m.function], args, list(m.inputs), list(m.input_partitions)))
+            else:
+                r = msg.reductions[index]
+                chunk = refs[r.chunk] if r.chunk >= 0 else None
+                layers.append(
+                    sc.TreeReduceLayer(r.name, r.input, r.input_partitions, refs[r.combine], refs[r.aggregate], chunk, r.split_every)
+                )
+        expander = sc.LayerExpander(layers)
+    except ValueError as exc:
+        _send(conn.sender, p.ClientError("invalid-layers", str(exc), list(msg.wanted)))
+        return []
+    server.chunked_graphs += 1
+    holder = f"{conn.client}\x00layers-{server.chunked_graphs}"
+    return [sc.ClientAdded(holder), LayerFeed(conn.client, holder, expander, list(msg.wanted))]
+
+
 # -- instructions -> messages --------------------------------------------------------
 
 
@@ -212,8 +268,18 @@ def route(server: SchedulerServer, instructions: list[sc.Instruction]) -> None:
             wconn = workers.get(ins.worker)
             if wconn is None:
                 continue
-            run_spec: tuple[int, p.Payload] = ins.run_spec  # type: ignore[assignment]
-            ref, args = run_spec
+            spec = ins.run_spec
+            call = 0
+            keys: list[str] = []
+            ref: int
+            args: p.Payload
+            if isinstance(spec, sc.LayerCall):
+                ref = spec.function  # type: ignore[assignment]  # the server put a ref there
+                args = spec.args if isinstance(spec.args, (bytes, Raw)) else b""
+                call = 1 if spec.kind == sc.APPLY else 2
+                keys = spec.keys
+            else:
+                ref, args = spec  # type: ignore[misc]  # the server's (ref, args) pair
             if ref not in wconn.functions_sent:
                 wconn.functions_sent.add(ref)
                 _send(wconn.sender, p.DefineFunction(ref, functions[ref]))
@@ -222,7 +288,7 @@ def route(server: SchedulerServer, instructions: list[sc.Instruction]) -> None:
                 priority = _INT64_MIN if priority < 0 else _INT64_MAX
             _send(
                 wconn.sender,
-                p.Compute(ins.key, ref, args, priority, ins.run_id, ins.who_has, ins.nbytes, ins.resources),
+                p.Compute(ins.key, ref, args, priority, ins.run_id, ins.who_has, ins.nbytes, ins.resources, call, keys),
             )
         elif isinstance(ins, sc.FreeKeys):
             wconn = workers.get(ins.worker)

@@ -67,6 +67,7 @@ from dsched._protocol import (
 from dsched._scheduler_routes import (
     ClientConn,
     FunctionTable,
+    LayerFeed,
     WorkerConn,
     answer_query,
     client_events,
@@ -121,7 +122,7 @@ class SchedulerServer:
         self.gc = GcPolicy(gc_mode, gc_interval)
         self.protocol_errors = 0
         self.chunked_graphs = 0
-        self._pending: deque[sc.SchedulerEvent | tuple[str, Any]] = deque()
+        self._pending: deque[sc.SchedulerEvent | tuple[str, Any] | LayerFeed] = deque()
         self._wake = anyio.Event()
         self._last_busy = time.monotonic()
         self._tg: TaskGroup | None = None
@@ -193,12 +194,12 @@ class SchedulerServer:
 
     # -- the core loop ----------------------------------------------------------------
 
-    def push(self, event: sc.SchedulerEvent | tuple[str, Any]) -> None:
+    def push(self, event: sc.SchedulerEvent | tuple[str, Any] | LayerFeed) -> None:
         """Queue an event (or a query tuple answered after the batch) for the next tick."""
         self._pending.append(event)
         self._wake.set()
 
-    def push_many(self, events: list[sc.SchedulerEvent | tuple[str, Any]]) -> None:
+    def push_many(self, events: list[sc.SchedulerEvent | tuple[str, Any] | LayerFeed]) -> None:
         if events:
             self._pending.extend(events)
             self._wake.set()
@@ -222,6 +223,15 @@ class SchedulerServer:
             item = pending[0]
             if budget <= 0:
                 break
+            if isinstance(item, LayerFeed):
+                # A high-level graph: its next chunk now; the rest in later ticks,
+                # and what was queued behind it waits for it, to keep the order.
+                events.extend(item.next_events(budget))
+                if not item.expander.done:
+                    break
+                pending.popleft()
+                budget = 0
+                continue
             if isinstance(item, tuple):
                 # A query sees the state after every event queued before it.
                 if events:

@@ -28,7 +28,7 @@ from typing import Any, Final
 
 import sched_core as sc
 from dsched._protocol import Payload, payload_view
-from dsched._serialize import dumps_exception, loads_args, loads_function, sizeof
+from dsched._serialize import SerializationError, dumps_exception, loads_args, loads_function, sizeof
 
 __all__ = ["FunctionCache", "RunSpec", "TaskExecutor"]
 
@@ -37,8 +37,27 @@ logger = logging.getLogger("dsched.worker")
 _STOP: Final = None
 
 # What the worker puts in ``ComputeTaskEvent.run_spec``: the function ref, the
-# pickled arguments, and whether they refer to dependencies.
-RunSpec = tuple[int, Payload, bool]
+# pickled arguments, whether they refer to dependencies, and for layer tasks
+# the way to call (``Compute.call``) and the dependency keys in call order.
+RunSpec = tuple[int, Payload, bool, int, list[str]]
+
+CALL_PICKLED: Final = 0
+CALL_APPLY: Final = 1
+CALL_REDUCE: Final = 2
+
+
+def dependency_values(data: MutableMapping[str, object], keys: list[str]) -> list[object]:
+    """The values of ``keys`` from the data store, in order (a layer task's inputs)."""
+    values: list[object] = []
+    for key in keys:
+        try:
+            value = data[key]
+        except KeyError:
+            raise KeyError(f"dependency {key!r} is not in this worker's memory") from None
+        if type(value) is SerializationError:  # it could not be sent here from its worker
+            raise value
+        values.append(value)
+    return values
 
 
 class FunctionCache:
@@ -146,17 +165,26 @@ class TaskExecutor:
         self.executing[key] = start
         calling = False
         try:
-            ref, args_payload, has_deps = run_spec
+            ref, args_payload, has_deps, call, keys = run_spec
             func = self.functions.get(ref)
             view = payload_view(args_payload)
-            if has_deps:
-                args, kwargs = loads_args(view, self.data)
+            if call == CALL_PICKLED:
+                if has_deps:
+                    args, kwargs = loads_args(view, self.data)
+                else:
+                    args, kwargs = pickle.loads(view)
+                    if kwargs is None:
+                        kwargs = {}
+                calling = True
+                value = func(*args, **kwargs)
             else:
-                args, kwargs = pickle.loads(view)
-                if kwargs is None:
-                    kwargs = {}
-            calling = True
-            value = func(*args, **kwargs)
+                values = dependency_values(self.data, keys)
+                calling = True
+                if call == CALL_APPLY:
+                    extra = pickle.loads(view) if len(view) else ()
+                    value = func(*values, *extra)
+                else:
+                    value = func(values)
             calling = False
             stop = time.time()
             self.data[key] = value

@@ -38,6 +38,7 @@ from dsched._protocol import (
     Refused,
     StealRequest,
     SubmitGraph,
+    SubmitLayers,
     TaskErred,
     TaskFinished,
     Welcome,
@@ -79,7 +80,8 @@ def strategy_for(t: mi.Type) -> st.SearchStrategy[Any]:
         return st.booleans()
     if isinstance(t, mi.IntType):
         low = t.ge if t.ge is not None else -(2**63)
-        return st.integers(min_value=low, max_value=2**63 - 1)
+        high = t.le if t.le is not None else 2**63 - 1
+        return st.integers(min_value=low, max_value=high)
     if isinstance(t, mi.FloatType):
         if t.ge is not None:
             return st.floats(min_value=t.ge, allow_nan=False)
@@ -96,6 +98,8 @@ def strategy_for(t: mi.Type) -> st.SearchStrategy[Any]:
         return st.one_of([strategy_for(member) for member in t.types])
     if isinstance(t, mi.StructType):
         return struct_strategy(t.cls)
+    if isinstance(t, mi.TupleType):
+        return st.tuples(*[strategy_for(item) for item in t.item_types])
     raise NotImplementedError(t)
 
 
@@ -112,7 +116,21 @@ def struct_strategy(cls: type[msgspec.Struct]) -> st.SearchStrategy[Any]:
             fields["tasks"],
             fields["wanted"],
         )
+    if cls is SubmitLayers:
+        return st.builds(_valid_layers, st.lists(st.binary(max_size=50), min_size=1, max_size=3), fields["maps"], fields["reductions"], fields["wanted"])
     return st.builds(cls, **fields)
+
+
+def _valid_layers(functions: list[bytes], maps: list[Any], reductions: list[Any], wanted: list[str]) -> SubmitLayers:
+    """A SubmitLayers whose function indices and layer order are in range."""
+    n = len(functions)
+    maps = [msgspec.structs.replace(m, function=m.function % n) for m in maps]
+    reductions = [
+        msgspec.structs.replace(r, combine=r.combine % n, aggregate=r.aggregate % n, chunk=min(r.chunk, n - 1))
+        for r in reductions
+    ]
+    order = [(0, i) for i in range(len(maps))] + [(1, j) for j in range(len(reductions))]
+    return SubmitLayers(functions, maps, reductions, order, wanted)
 
 
 def plain(value: Any) -> Any:
@@ -362,13 +380,19 @@ def random_instance(rng: random.Random, t: Any) -> Any:
             values["functions"].append(b"f")
             n = len(values["functions"])
             values["tasks"] = [msgspec.structs.replace(task, function=task.function % n) for task in values["tasks"]]
+        if t.cls is SubmitLayers:
+            return _valid_layers([*values["functions"], b"f"], values["maps"], values["reductions"], values["wanted"])
+        if t.cls is Compute:
+            values["call"] = values["call"] % 3
         return t.cls(**values)
     if isinstance(t, mi.StrType):
         return rng.choice(["", "k", "inc-1", "tcp://10.0.0.1:9000", "\u00e9\u4e00"])
     if isinstance(t, mi.BoolType):
         return rng.random() < 0.5
     if isinstance(t, mi.IntType):
-        return rng.choice([0, 1, 7, 2**40, 2**63 - 1] + ([] if t.ge is not None else [-1, -(2**63)]))
+        low = t.ge if t.ge is not None else -(2**63)
+        high = t.le if t.le is not None else 2**63 - 1
+        return rng.choice([v for v in (0, 1, 2, 7, 2**40, 2**63 - 1, -1, -(2**63)) if low <= v <= high])
     if isinstance(t, mi.FloatType):
         return rng.choice([0.0, 0.25, 1e9])
     if isinstance(t, mi.RawType):
@@ -381,6 +405,8 @@ def random_instance(rng: random.Random, t: Any) -> Any:
         return {random_instance(rng, t.key_type): random_instance(rng, t.value_type) for _ in range(rng.randrange(3))}
     if isinstance(t, mi.UnionType):
         return random_instance(rng, rng.choice(t.types))
+    if isinstance(t, mi.TupleType):
+        return tuple(random_instance(rng, item) for item in t.item_types)
     raise NotImplementedError(t)
 
 
