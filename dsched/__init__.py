@@ -23,6 +23,7 @@ from dsched._cluster import LocalCluster
 from dsched._future import Future
 from dsched._scheduler_server import SchedulerServer
 from dsched._serialize import RemoteError, SerializationError
+from dsched import graph
 from dsched._version import __version__ as __version__
 from dsched._worker import Worker
 
@@ -51,5 +52,6 @@ __all__ = [
     "Worker",
     "__version__",
     "as_completed",
+    "graph",
     "wait",
 ]

@@ -49,6 +49,7 @@ from dsched._client_state import ClientState, run_notifications
 from dsched._client_tasks import batches, core_priority, gc_paused, map_tasks, resources_dict, workers_list
 from dsched._dask_collections import DefaultScheduler, compute, persist
 from dsched._dask_graph import build_graph
+from dsched._graph_builder import Collection, Graph
 from dsched._loop_thread import LoopThread
 from dsched._future import FINISHED, CallbackWatcher, Future, KeyState
 from dsched._tokenize import funcname, pickle_args, pickle_function, random_token, token, value_key
@@ -311,6 +312,25 @@ class Client:
         (state,) = self._state.submit([function.data], [task])
         self._link.wake()
         return Future(key, self, state)
+
+    def compute_graph(self, graph: Graph, outputs: Collection | Iterable[Collection]) -> Any:
+        """Send a high-level graph (:mod:`dsched.graph`); futures of the outputs' partitions.
+
+        One collection gives a list of futures (one per partition), several a
+        list of such lists.  The scheduler expands the layers into tasks.
+        """
+        self._check_running()
+        single = isinstance(outputs, Collection)
+        chosen = [outputs] if isinstance(outputs, Collection) else list(outputs)
+        states = self._state.submit_layers(graph.message(chosen))
+        self._link.wake()
+        futures = [Future(state.key, self, state) for state in states]
+        grouped: list[list[Future]] = []
+        start = 0
+        for collection in chosen:
+            grouped.append(futures[start : start + collection.npartitions])
+            start += collection.npartitions
+        return grouped[0] if single else grouped
 
     def map(
         self,
