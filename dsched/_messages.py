@@ -12,7 +12,7 @@ default), so an older decoder ignores trailing fields it does not know.
 tag    message                 direction
 =====  ======================  ===========================================
 1      Close                   any (clean goodbye, with a reason)
-10-16  SubmitGraph ...         client -> scheduler
+10-17  SubmitGraph ...         client -> scheduler
 20-27  KeysInMemory ...        scheduler -> client
 30-35  Compute ...             scheduler -> worker
 40-46  RegisterWorker ...      worker -> scheduler
