@@ -64,20 +64,21 @@ async def test_layers_expand_and_run() -> None:
         await c.aclose()
 
 
-async def test_big_layers_are_expanded_over_several_ticks_and_start_early() -> None:
+async def test_big_layers_are_expanded_over_several_ticks_and_start_early(monkeypatch: pytest.MonkeyPatch) -> None:
+    import dsched._scheduler_server as server_module
+
     n = 3000
     async with SchedulerServer(chunk_size=200) as s, Worker(s.address):
         c = await BareClient.open(s.address)
         started: list[int] = []
-        original = s.state.handle_events
+        original = server_module.route
 
-        def spy(events: list[Any]) -> Any:
-            out = original(events)
-            if any(type(i).__name__ == "ComputeTask" for i in out):
-                started.append(len(s.state.tasks))
-            return out
+        def spy(server: Any, instructions: list[Any]) -> None:
+            if any(isinstance(i, sc.ComputeTask) for i in instructions):
+                started.append(len(server.state.tasks))
+            original(server, instructions)
 
-        s.state.handle_events = spy  # type: ignore[method-assign]
+        monkeypatch.setattr(server_module, "route", spy)
         await c.send(layers_message(n, split_every=8))
         await c.wait_done(["('s', 0)"])
         assert (await c.fetch(["('s', 0)"]))["('s', 0)"] == sum(i * i + 100 for i in range(n))
