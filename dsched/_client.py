@@ -322,7 +322,8 @@ class Client:
         self._check_running()
         single = isinstance(outputs, Collection)
         chosen = [outputs] if isinstance(outputs, Collection) else list(outputs)
-        states = self._state.submit_layers(graph.message(chosen))
+        wanted = [key for collection in chosen for key in collection.keys()]
+        states = self._state.submit_layers(graph.message(chosen), wanted)
         self._link.wake()
         futures = [Future(state.key, self, state) for state in states]
         grouped: list[list[Future]] = []

@@ -168,14 +168,14 @@ class ClientState:
                 self._remember(_Submission([t.key for t in send], deps, new_states))
         return held
 
-    def submit_layers(self, message: p.SubmitLayers) -> list[KeyState]:
-        """Hold ``message.wanted`` and queue the high-level graph; return the held states."""
+    def submit_layers(self, message: p.SubmitLayers, wanted: list[str]) -> list[KeyState]:
+        """Hold ``wanted`` (the keys ``message`` asks for) and queue the graph; return the held states."""
         with self.lock:
             self._check_open()
             states = self.states
             new_states: list[KeyState] = []
             held: list[KeyState] = []
-            for key in message.wanted:
+            for key in wanted:
                 state = states.get(key)
                 if state is None:
                     state = states[key] = KeyState(key)
@@ -183,7 +183,7 @@ class ClientState:
                 state.refs += 1
                 held.append(state)
             self._outbox.append(message)
-            self._remember(_Submission(list(message.wanted), [], new_states))
+            self._remember(_Submission(wanted, [], new_states))
         return held
 
     def scattered(self, nbytes: dict[str, int], workers: list[str]) -> list[KeyState]:

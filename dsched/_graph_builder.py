@@ -139,5 +139,6 @@ class Graph:
         return Collection(self, layer.name, 1)
 
     def message(self, outputs: Iterable[Collection]) -> p.SubmitLayers:
-        wanted = [key for c in outputs for key in self._own(c).keys()]
-        return p.SubmitLayers(list(self.functions), list(self.maps), list(self.reductions), list(self.order), wanted)
+        """The ``SubmitLayers`` for this graph, wanting every partition of ``outputs`` (by layer name)."""
+        names = [self._own(c).name for c in outputs]
+        return p.SubmitLayers(list(self.functions), list(self.maps), list(self.reductions), list(self.order), [], names)

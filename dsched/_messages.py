@@ -193,7 +193,9 @@ class SubmitLayers(_Message, tag=17, frozen=True):
 
     ``order`` lists the layers dependencies first, as ``[kind, index]`` pairs
     (kind 0: ``maps[index]``, 1: ``reductions[index]``).  Keys of layer outputs
-    are ``"('name', i)"``.  Decoding checks every function index and order entry.
+    are ``"('name', i)"``; the client holds ``wanted`` and every partition of the
+    ``wanted_layers`` (named, so that wanting a million partitions costs a few
+    bytes).  Decoding checks every function index and order entry.
     """
 
     functions: list[Payload]
@@ -201,6 +203,7 @@ class SubmitLayers(_Message, tag=17, frozen=True):
     reductions: list[TreeReduceLayerSpec]
     order: list[tuple[int, int]]
     wanted: list[str]
+    wanted_layers: list[str] = []
 
     def __post_init__(self) -> None:
         n = len(self.functions)

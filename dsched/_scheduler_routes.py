@@ -234,12 +234,19 @@ def _layer_events(server: SchedulerServer, conn: ClientConn, msg: p.SubmitLayers
                     sc.TreeReduceLayer(r.name, r.input, r.input_partitions, refs[r.combine], refs[r.aggregate], chunk, r.split_every)
                 )
         expander = sc.LayerExpander(layers)
+        wanted = list(msg.wanted)
+        partitions = {layer.name: layer.npartitions for layer in layers}
+        for name in msg.wanted_layers:
+            if name not in partitions:
+                raise ValueError(f"wanted layer {name!r} is not in the graph")
+            wanted.extend(sc.layer_key(name, i) for i in range(partitions[name]))
     except ValueError as exc:
-        _send(conn.sender, p.ClientError("invalid-layers", str(exc), list(msg.wanted)))
+        keys = list(msg.wanted) + [sc.layer_key(name, 0) for name in msg.wanted_layers]
+        _send(conn.sender, p.ClientError("invalid-layers", str(exc), keys))
         return []
     server.chunked_graphs += 1
     holder = f"{conn.client}\x00layers-{server.chunked_graphs}"
-    return [sc.ClientAdded(holder), LayerFeed(conn.client, holder, expander, list(msg.wanted))]
+    return [sc.ClientAdded(holder), LayerFeed(conn.client, holder, expander, wanted)]
 
 
 # -- instructions -> messages --------------------------------------------------------

@@ -98,3 +98,19 @@ async def test_invalid_layers_are_refused_with_a_clear_error() -> None:
         await c.send(layers_message(4))
         await c.wait_done(["('s', 0)"])
         await c.aclose()
+
+
+async def test_wanting_whole_layers_by_name() -> None:
+    async with SchedulerServer() as s, Worker(s.address):
+        c = await BareClient.open(s.address)
+        msg = layers_message(6)
+        by_name = p.SubmitLayers(msg.functions, msg.maps, msg.reductions, msg.order, [], ["y"])
+        await c.send(by_name)
+        keys = [f"('y', {i})" for i in range(6)]
+        await c.wait_done(keys)
+        assert await c.fetch(keys) == {k: i * i + 100 for i, k in enumerate(keys)}
+        unknown = p.SubmitLayers(msg.functions, msg.maps, msg.reductions, msg.order, [], ["nope"])
+        await c.send(unknown)
+        err = await c.expect(p.ClientError)
+        assert err.kind == "invalid-layers" and "'nope'" in err.message
+        await c.aclose()
