@@ -154,13 +154,7 @@ class ClientState:
                     held.append(state)
             else:
                 send = tasks
-                for key in wanted:
-                    state = states.get(key)
-                    if state is None:
-                        state = states[key] = KeyState(key)
-                        new_states.append(state)
-                    state.refs += 1
-                    held.append(state)
+                held = self._hold_keys(wanted, new_states)
             if send:
                 new_keys = [s.key for s in new_states]
                 self._outbox.append(p.SubmitGraph(functions, send, new_keys))
@@ -172,18 +166,23 @@ class ClientState:
         """Hold ``wanted`` (the keys ``message`` asks for) and queue the graph; return the held states."""
         with self.lock:
             self._check_open()
-            states = self.states
             new_states: list[KeyState] = []
-            held: list[KeyState] = []
-            for key in wanted:
-                state = states.get(key)
-                if state is None:
-                    state = states[key] = KeyState(key)
-                    new_states.append(state)
-                state.refs += 1
-                held.append(state)
+            held = self._hold_keys(wanted, new_states)
             self._outbox.append(message)
             self._remember(_Submission(wanted, [], new_states))
+        return held
+
+    def _hold_keys(self, keys: list[str], new_states: list[KeyState]) -> list[KeyState]:
+        """One more reference on each key's state, made (and added to ``new_states``) if new.  Under the lock."""
+        states = self.states
+        held: list[KeyState] = []
+        for key in keys:
+            state = states.get(key)
+            if state is None:
+                state = states[key] = KeyState(key)
+                new_states.append(state)
+            state.refs += 1
+            held.append(state)
         return held
 
     def scattered(self, nbytes: dict[str, int], workers: list[str]) -> list[KeyState]:
