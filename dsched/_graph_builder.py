@@ -61,6 +61,7 @@ class Graph:
         self._function_index: dict[bytes, int] = {}
         self.maps: list[p.MapLayerSpec] = []
         self.reductions: list[p.TreeReduceLayerSpec] = []
+        self.shuffles: list[p.ShuffleLayerSpec] = []
         self.order: list[tuple[int, int]] = []
         self._names: set[str] = set()
 
@@ -138,7 +139,27 @@ class Graph:
         self.reductions.append(layer)
         return Collection(self, layer.name, 1)
 
+    def shuffle(
+        self,
+        input: Collection,
+        npartitions: int,
+        split: Callable[[Any], Any],
+        combine: Callable[[list[Any]], Any],
+        name: str | None = None,
+    ) -> Collection:
+        """``npartitions`` outputs: ``split`` turns each input partition into a sequence
+        of ``npartitions`` pieces; output ``j`` is ``combine([piece j of each split])``."""
+        self._own(input)
+        layer = p.ShuffleLayerSpec(
+            self._name(combine, name), input.name, input.npartitions, npartitions, self._function(split), self._function(combine)
+        )
+        self.order.append((2, len(self.shuffles)))
+        self.shuffles.append(layer)
+        return Collection(self, layer.name, npartitions)
+
     def message(self, outputs: Iterable[Collection]) -> p.SubmitLayers:
         """The ``SubmitLayers`` for this graph, wanting every partition of ``outputs`` (by layer name)."""
         names = [self._own(c).name for c in outputs]
-        return p.SubmitLayers(list(self.functions), list(self.maps), list(self.reductions), list(self.order), [], names)
+        return p.SubmitLayers(
+            list(self.functions), list(self.maps), list(self.reductions), list(self.order), [], names, list(self.shuffles)
+        )

@@ -74,6 +74,7 @@ __all__ = [
     "SubmitGraph",
     "SubmitLayers",
     "MapLayerSpec",
+    "ShuffleLayerSpec",
     "TreeReduceLayerSpec",
     "TaskErred",
     "TaskFinished",
@@ -188,11 +189,22 @@ class TreeReduceLayerSpec(_Record, frozen=True):
     split_every: Annotated[int, Meta(ge=2)] = 8
 
 
+class ShuffleLayerSpec(_Record, frozen=True):
+    """A shuffle layer (see ``sched_core.ShuffleLayer``): ``split`` then ``combine`` function indices."""
+
+    name: str
+    input: str
+    input_partitions: Annotated[int, Meta(ge=1)]
+    npartitions: Annotated[int, Meta(ge=1)]
+    split: NonNegInt
+    combine: NonNegInt
+
+
 class SubmitLayers(_Message, tag=17, frozen=True):
     """A high-level graph expanded on the scheduler; the client holds ``wanted``.
 
     ``order`` lists the layers dependencies first, as ``[kind, index]`` pairs
-    (kind 0: ``maps[index]``, 1: ``reductions[index]``).  Keys of layer outputs
+    (kind 0: ``maps[index]``, 1: ``reductions[index]``, 2: ``shuffles[index]``).  Keys of layer outputs
     are ``"('name', i)"``; the client holds ``wanted`` and every partition of the
     ``wanted_layers`` (named, so that wanting a million partitions costs a few
     bytes).  Decoding checks every function index and order entry.
@@ -204,6 +216,7 @@ class SubmitLayers(_Message, tag=17, frozen=True):
     order: list[tuple[int, int]]
     wanted: list[str]
     wanted_layers: list[str] = []
+    shuffles: list[ShuffleLayerSpec] = []
 
     def __post_init__(self) -> None:
         n = len(self.functions)
@@ -213,11 +226,15 @@ class SubmitLayers(_Message, tag=17, frozen=True):
         for r in self.reductions:
             if max(r.combine, r.aggregate, r.chunk) >= n:
                 raise ValueError(f"layer {r.name!r}: a function index is out of range ({n} functions)")
+        for sh in self.shuffles:
+            if max(sh.split, sh.combine) >= n:
+                raise ValueError(f"layer {sh.name!r}: a function index is out of range ({n} functions)")
+        sizes = (len(self.maps), len(self.reductions), len(self.shuffles))
         for kind, index in self.order:
-            size = len(self.maps) if kind == 0 else len(self.reductions) if kind == 1 else -1
+            size = sizes[kind] if 0 <= kind < 3 else -1
             if not 0 <= index < size:
                 raise ValueError(f"layer order entry [{kind}, {index}] refers to no layer")
-        if len(self.order) != len(self.maps) + len(self.reductions):
+        if len(self.order) != sum(sizes) or len(set(self.order)) != len(self.order):
             raise ValueError("every layer must appear in order exactly once")
 
     def __repr__(self) -> str:
@@ -349,8 +366,9 @@ class Compute(_Message, tag=30, frozen=True):
     ``call`` says how to call the function: 0, ``function(*args, **kwargs)``
     from the pickled ``(args, kwargs)`` (dependencies inside as persistent
     ids); 1 (a layer's APPLY), ``function(*values of keys, *args)``; 2 (a layer's
-    REDUCE), ``function([values of keys])``; ``keys`` lists the dependencies
-    in call order for 1 and 2.
+    REDUCE), ``function([values of keys])``; 3 (a shuffle's PIECES),
+    ``function([value[index] for the values of keys])``; ``keys`` lists the
+    dependencies in call order for 1, 2 and 3.
     """
 
     key: str
@@ -361,8 +379,9 @@ class Compute(_Message, tag=30, frozen=True):
     who_has: dict[str, list[str]] = {}
     nbytes: dict[str, NonNegInt] = {}
     resources: dict[str, NonNegFloat] | None = None
-    call: Annotated[int, Meta(ge=0, le=2)] = 0
+    call: Annotated[int, Meta(ge=0, le=3)] = 0
     keys: list[str] = []
+    index: NonNegInt = 0
 
 
 class DefineFunction(_Message, tag=31, frozen=True):

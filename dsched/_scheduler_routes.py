@@ -227,6 +227,9 @@ def _layer_events(server: SchedulerServer, conn: ClientConn, msg: p.SubmitLayers
                 m = msg.maps[index]
                 args: list[object] | None = list(m.args) if m.args is not None else None
                 layers.append(sc.MapLayer(m.name, m.npartitions, refs[m.function], args, list(m.inputs), list(m.input_partitions)))
+            elif kind == 2:
+                sh = msg.shuffles[index]
+                layers.append(sc.ShuffleLayer(sh.name, sh.input, sh.input_partitions, sh.npartitions, refs[sh.split], refs[sh.combine]))
             else:
                 r = msg.reductions[index]
                 chunk = refs[r.chunk] if r.chunk >= 0 else None
@@ -277,14 +280,16 @@ def route(server: SchedulerServer, instructions: list[sc.Instruction]) -> None:
                 continue
             spec = ins.run_spec
             call = 0
+            index = 0
             keys: list[str] = []
             ref: int
             args: p.Payload
             if isinstance(spec, sc.LayerCall):
                 ref = spec.function  # type: ignore[assignment]  # the server put a ref there
                 args = spec.args if isinstance(spec.args, (bytes, Raw)) else b""
-                call = 1 if spec.kind == sc.APPLY else 2
+                call = 1 if spec.kind == sc.APPLY else 2 if spec.kind == sc.REDUCE else 3
                 keys = spec.keys
+                index = spec.index
             else:
                 ref, args = spec  # type: ignore[misc]  # the server's (ref, args) pair
             if ref not in wconn.functions_sent:
@@ -295,7 +300,7 @@ def route(server: SchedulerServer, instructions: list[sc.Instruction]) -> None:
                 priority = _INT64_MIN if priority < 0 else _INT64_MAX
             _send(
                 wconn.sender,
-                p.Compute(ins.key, ref, args, priority, ins.run_id, ins.who_has, ins.nbytes, ins.resources, call, keys),
+                p.Compute(ins.key, ref, args, priority, ins.run_id, ins.who_has, ins.nbytes, ins.resources, call, keys, index),
             )
         elif isinstance(ins, sc.FreeKeys):
             wconn = workers.get(ins.worker)

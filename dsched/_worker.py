@@ -270,7 +270,7 @@ class Worker:
         for msg in messages:
             if isinstance(msg, p.Compute):
                 run_ids[msg.key] = msg.run_id
-                spec = (msg.function, msg.args, bool(msg.who_has), msg.call, msg.keys)
+                spec = (msg.function, msg.args, bool(msg.who_has), msg.call, msg.keys, msg.index)
                 events.append(sc.ComputeTaskEvent(msg.key, spec, msg.priority, msg.who_has, msg.nbytes, msg.resources))
             elif isinstance(msg, p.FreeKeys):
                 for key in msg.keys:

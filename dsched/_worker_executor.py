@@ -38,12 +38,14 @@ _STOP: Final = None
 
 # What the worker puts in ``ComputeTaskEvent.run_spec``: the function ref, the
 # pickled arguments, whether they refer to dependencies, and for layer tasks
-# the way to call (``Compute.call``) and the dependency keys in call order.
-RunSpec = tuple[int, Payload, bool, int, list[str]]
+# the way to call (``Compute.call``), the dependency keys in call order and
+# the piece index (shuffles).
+RunSpec = tuple[int, Payload, bool, int, list[str], int]
 
 CALL_PICKLED: Final = 0
 CALL_APPLY: Final = 1
 CALL_REDUCE: Final = 2
+CALL_PIECES: Final = 3
 
 
 def dependency_values(data: MutableMapping[str, object], keys: list[str]) -> list[object]:
@@ -58,6 +60,17 @@ def dependency_values(data: MutableMapping[str, object], keys: list[str]) -> lis
             raise value
         values.append(value)
     return values
+
+
+def pieces(values: list[object], index: int) -> list[object]:
+    """Piece ``index`` of each split result (a shuffle's combine input)."""
+    out: list[object] = []
+    for value in values:
+        try:
+            out.append(value[index])  # type: ignore[index]
+        except (IndexError, KeyError, TypeError) as exc:
+            raise ValueError(f"a shuffle's split result has no piece {index}: {exc!r}") from None
+    return out
 
 
 class FunctionCache:
@@ -165,7 +178,7 @@ class TaskExecutor:
         self.executing[key] = start
         calling = False
         try:
-            ref, args_payload, has_deps, call, keys = run_spec
+            ref, args_payload, has_deps, call, keys, index = run_spec
             func = self.functions.get(ref)
             view = payload_view(args_payload)
             if call == CALL_PICKLED:
@@ -183,8 +196,10 @@ class TaskExecutor:
                 if call == CALL_APPLY:
                     extra = pickle.loads(view) if len(view) else ()
                     value = func(*values, *extra)
-                else:
+                elif call == CALL_REDUCE:
                     value = func(values)
+                else:
+                    value = func(pieces(values, index))
             calling = False
             stop = time.time()
             self.data[key] = value

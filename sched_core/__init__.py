@@ -40,7 +40,19 @@ from sched_core._instructions import (
     StealRequest,
     WorkerInstruction,
 )
-from sched_core._layers import APPLY, REDUCE, Layer, LayerCall, LayerExpander, MapLayer, TasksLayer, TreeReduceLayer, layer_key
+from sched_core._layers import (
+    APPLY,
+    PIECES,
+    REDUCE,
+    Layer,
+    LayerCall,
+    LayerExpander,
+    MapLayer,
+    ShuffleLayer,
+    TasksLayer,
+    TreeReduceLayer,
+    layer_key,
+)
 from sched_core._mode import COMPILED, check_stale_build, warn_if_stale
 from sched_core._model import ClientState, TaskGroup, TaskPrefix, TaskState, WorkerState, key_group, key_split
 from sched_core._scheduler import SchedulerState
@@ -84,6 +96,7 @@ warn_if_stale()
 __all__ = [
     "APPLY",
     "COMPILED",
+    "PIECES",
     "REDUCE",
     "STATE_NAMES",
     "AddReplicaMsg",
@@ -130,6 +143,7 @@ __all__ = [
     "SchedulerError",
     "SchedulerEvent",
     "SchedulerState",
+    "ShuffleLayer",
     "StealRequest",
     "StealRequestEvent",
     "StealResponse",

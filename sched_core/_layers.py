@@ -18,8 +18,10 @@ layer ``name`` is the key ``"('name', i)"`` (``layer_key``).
 Each task's ``run_spec`` is a :class:`LayerCall`: which function (an opaque
 reference chosen by the runtime), how to call it (``APPLY``:
 ``function(*dependency values, *args)``; ``REDUCE``:
-``function([dependency values])``), the per-task opaque ``args`` payload (or
-None) and the dependency keys in call order.
+``function([dependency values])``; ``PIECES``:
+``function([value[index] for each dependency value])``), the per-task opaque
+``args`` payload (or None), the dependency keys in call order and, for
+``PIECES``, the ``index``.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from sched_core._events import TaskSpec
 
 APPLY: Final = 0
 REDUCE: Final = 1
+PIECES: Final = 2
 
 
 def layer_key(name: str, index: int) -> str:
@@ -44,12 +47,14 @@ class LayerCall:
     function: object
     args: object
     keys: list[str]
+    index: int
 
-    def __init__(self, kind: int, function: object, args: object, keys: list[str]) -> None:
+    def __init__(self, kind: int, function: object, args: object, keys: list[str], index: int = 0) -> None:
         self.kind = kind
         self.function = function
         self.args = args
         self.keys = keys
+        self.index = index
 
     def __eq__(self, other: object) -> bool:
         return (
@@ -58,13 +63,14 @@ class LayerCall:
             and self.function == other.function
             and self.args == other.args
             and self.keys == other.keys
+            and self.index == other.index
         )
 
     def __hash__(self) -> int:
         return hash((self.kind, len(self.keys)))
 
     def __repr__(self) -> str:
-        how = "apply" if self.kind == APPLY else "reduce"
+        how = "apply" if self.kind == APPLY else "reduce" if self.kind == REDUCE else f"pieces[{self.index}]"
         return f"LayerCall({how}, {self.function!r}, deps={len(self.keys)})"
 
 
@@ -229,6 +235,47 @@ class TreeReduceLayer(Layer):
         return out
 
 
+class ShuffleLayer(Layer):
+    """All partitions of ``input`` redistributed into ``npartitions`` outputs.
+
+    ``split`` runs on each input partition (key ``('name-split', i)``) and
+    returns a sequence of ``npartitions`` pieces; output ``j`` (``('name', j)``)
+    is ``combine([piece j of every split])``.  A worker fetches each split
+    result once and keeps it, so the data crossing the network grows with the
+    number of workers, not with the number of outputs.
+    """
+
+    input: str
+    input_partitions: int
+    split: object
+    combine: object
+
+    def __init__(self, name: str, input: str, input_partitions: int, npartitions: int, split: object, combine: object) -> None:
+        super().__init__(name, npartitions)
+        if input_partitions < 1:
+            raise ValueError(f"layer {name!r}: its input needs at least one partition")
+        self.input = input
+        self.input_partitions = input_partitions
+        self.split = split
+        self.combine = combine
+
+    def n_tasks(self) -> int:
+        return self.input_partitions + self.npartitions
+
+    def tasks(self) -> list[TaskSpec]:
+        out: list[TaskSpec] = []
+        splits: list[str] = []
+        prefix = self.name + "-split"
+        for i in range(self.input_partitions):
+            deps = [layer_key(self.input, i)]
+            key = layer_key(prefix, i)
+            out.append(TaskSpec(key, deps, LayerCall(APPLY, self.split, None, deps)))
+            splits.append(key)
+        for j in range(self.npartitions):
+            out.append(TaskSpec(self.output_key(j), splits, LayerCall(PIECES, self.combine, None, splits, j)))
+        return out
+
+
 class TasksLayer(Layer):
     """Explicit tasks, for everything no other layer describes; outputs are its tasks."""
 
@@ -268,7 +315,7 @@ class LayerExpander:
             if isinstance(layer, MapLayer):
                 for i in range(len(layer.inputs)):
                     _check_input(layer.name, layer.inputs[i], layer.input_partitions[i], seen)
-            elif isinstance(layer, TreeReduceLayer):
+            elif isinstance(layer, (TreeReduceLayer, ShuffleLayer)):
                 _check_input(layer.name, layer.input, layer.input_partitions, seen)
             seen[layer.name] = layer.npartitions
             total += layer.n_tasks()
@@ -306,7 +353,7 @@ class LayerExpander:
                 if index >= stop:
                     self._layer += 1
                     self._index = 0
-            elif isinstance(layer, TreeReduceLayer):
+            elif isinstance(layer, (TreeReduceLayer, ShuffleLayer)):
                 self._pending = layer.tasks()
             elif isinstance(layer, TasksLayer):
                 if layer.specs:

@@ -104,3 +104,33 @@ def test_invalid_graphs_are_refused(client: Client) -> None:
     futures: list[Any] = client.compute_graph(g, bad)
     with pytest.raises(GraphError, match="aligned"):
         futures[0].result(timeout=10)
+
+
+def split_by_parity(values: list[int]) -> list[list[int]]:
+    return [[v for v in values if v % 2 == 0], [v for v in values if v % 2 == 1]]
+
+
+def concat(pieces: list[list[int]]) -> list[int]:
+    return sorted(v for piece in pieces for v in piece)
+
+
+def chunk_of(i: int) -> list[int]:
+    return list(range(i * 10, i * 10 + 10))
+
+
+def test_shuffle_redistributes_partitions(client: Client) -> None:
+    g = graph.Graph()
+    chunks = g.map(chunk_of, range(5))
+    by_parity = g.shuffle(chunks, 2, split=split_by_parity, combine=concat)
+    evens, odds = client.gather(client.compute_graph(g, by_parity))
+    assert evens == list(range(0, 50, 2)) and odds == list(range(1, 50, 2))
+
+
+def test_a_split_with_too_few_pieces_fails_clearly(client: Client) -> None:
+    g = graph.Graph()
+    chunks = g.map(chunk_of, range(2))
+    three = g.shuffle(chunks, 3, split=split_by_parity, combine=concat)
+    futures = client.compute_graph(g, three)
+    assert client.gather(futures[:2])[0] == list(range(0, 20, 2))
+    with pytest.raises(ValueError, match="no piece 2"):
+        futures[2].result()

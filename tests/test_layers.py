@@ -154,3 +154,22 @@ def test_expanded_layers_run_through_the_scheduler_core() -> None:
     assert not [i for i in out if isinstance(i, sc.ClientError)]
     sc.validate_state(state)
     assert len(state.tasks) == expander.total
+
+
+def test_shuffle_splits_every_input_and_combines_pieces() -> None:
+    layers: list[sc.Layer] = [
+        MapLayer("x", 3, "load", args=[0, 1, 2]),
+        sc.ShuffleLayer("sh", "x", 3, 4, split="split", combine="concat"),
+    ]
+    specs = expand_all(layers, chunk=2)
+    assert_topological(specs)
+    assert len(specs) == 3 + 3 + 4
+    by_key = {s.key: s for s in specs}
+    assert by_key["('sh-split', 1)"].dependencies == ["('x', 1)"]
+    out2 = by_key["('sh', 2)"]
+    assert out2.dependencies == [layer_key("sh-split", i) for i in range(3)]
+    call = out2.run_spec
+    assert isinstance(call, LayerCall)
+    assert (call.kind, call.function, call.index) == (sc.PIECES, "concat", 2)
+    with pytest.raises(ValueError, match="not defined before it"):
+        LayerExpander([sc.ShuffleLayer("sh", "x", 3, 4, "s", "c")])
