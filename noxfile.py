@@ -67,7 +67,7 @@ def _venv_python(venv: Path) -> Path:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Benchmark the core (core_bench.py, flow_sim.py), then the runtime against dask (runtime_bench.py).
+    """Benchmark the core (core_bench.py, flow_sim.py), the runtime against dask (runtime_bench.py), then layers (layers_bench.py).
 
     The session's own virtualenv gets the compiled build; a second virtualenv
     (under the session's tmp dir) gets the interpreted one.  Extra arguments
@@ -109,6 +109,9 @@ def bench(session: nox.Session) -> None:
     runtime_args += ["--quick"] if "--quick" in session.posargs else []
     runtime_args += os.environ.get("RUNTIME_BENCH_ARGS", "").split()
     session.run("python", str(ROOT / "benchmarks" / "runtime_bench.py"), *runtime_args)
+    # High-level graphs: layer expansion in the compiled core, client bytes, first result.
+    layer_args = ["--n", "100000", "--e2e", "10000"] if "--quick" in session.posargs else []
+    session.run("python", str(ROOT / "benchmarks" / "layers_bench.py"), *layer_args)
 
 
 # Markdown links [text](target) and reference definitions [label]: target.
