@@ -237,6 +237,11 @@ def _layer_events(server: SchedulerServer, conn: ClientConn, msg: p.SubmitLayers
                     sc.TreeReduceLayer(r.name, r.input, r.input_partitions, refs[r.combine], refs[r.aggregate], chunk, r.split_every)
                 )
         expander = sc.LayerExpander(layers)
+        if expander.total > server.max_layer_tasks:
+            raise ValueError(
+                f"the layers expand to {expander.total:,} tasks, more than this scheduler accepts "
+                f"in one submission ({server.max_layer_tasks:,})"
+            )
         wanted = list(msg.wanted)
         partitions = {layer.name: layer.npartitions for layer in layers}
         for name in msg.wanted_layers:

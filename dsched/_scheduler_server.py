@@ -101,6 +101,7 @@ class SchedulerServer:
         handshake_timeout: float = 10.0,
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
         gc_mode: GcMode = "off",
+        max_layer_tasks: int = 100_000_000,
     ) -> None:
         self.host = host
         self.port = port
@@ -110,6 +111,9 @@ class SchedulerServer:
         self.heartbeat_timeout = heartbeat_timeout
         self.tick_interval = tick_interval
         self.chunk_size = chunk_size
+        # A high-level graph is a few bytes however many tasks it describes: bound
+        # what one submission may expand to, so that a typo cannot exhaust memory.
+        self.max_layer_tasks = max_layer_tasks
         self.handshake_timeout = handshake_timeout
         self.max_frame_size = max_frame_size
         self.scheduler_id = f"scheduler-{uuid.uuid4().hex[:12]}"

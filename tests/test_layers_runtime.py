@@ -114,3 +114,16 @@ async def test_wanting_whole_layers_by_name() -> None:
         err = await c.expect(p.ClientError)
         assert err.kind == "invalid-layers" and "'nope'" in err.message
         await c.aclose()
+
+
+async def test_a_graph_expanding_beyond_the_limit_is_refused() -> None:
+    async with SchedulerServer(max_layer_tasks=1000) as s, Worker(s.address):
+        c = await BareClient.open(s.address)
+        huge = p.SubmitLayers([dumps_function(square)], [p.MapLayerSpec("many", 10**12, 0)], [], [(0, 0)], [], ["many"])
+        await c.send(huge)
+        err = await c.expect(p.ClientError)
+        assert err.kind == "invalid-layers" and "1,000,000,000,000 tasks" in err.message
+        assert s.state.tasks == {}
+        await c.send(layers_message(4))  # still served
+        await c.wait_done(["('s', 0)"])
+        await c.aclose()
