@@ -35,7 +35,7 @@ from dsched import _protocol as p
 from dsched._handshake import open_comm
 from dsched._batched import BatchedSender
 from dsched._client_errors import ClientDisconnectedError
-from dsched._client_peers import ClientPeers
+from dsched._peer_pool import PeerPool
 from dsched._client_state import ClientState, CountWaiter, run_notifications
 from dsched._comm import Comm, CommClosedError, ConnectError
 from dsched._future import FINISHED, KeyState
@@ -98,7 +98,7 @@ class SchedulerLink:
         self.welcome: p.Welcome | None = None
         self.comm: Comm | None = None
         self.sender: BatchedSender[p.ClientToScheduler] | None = None
-        self.peers = ClientPeers(name=name, auth=auth, timeout=timeout)
+        self.peers = PeerPool(name=name, auth=auth, timeout=timeout)
         self.closing = False
         self.lost: BaseException | None = None
         self.loop_thread_id = -1

@@ -51,7 +51,8 @@ from dsched._batched import BatchedSender
 from dsched._handshake import open_comm
 from dsched._comm import Comm, CommClosedError, format_address, listen, parse_address
 from dsched._worker_executor import FunctionCache, TaskExecutor
-from dsched._worker_peers import PeerPool, PeerServing, serve_peer
+from dsched._peer_pool import PeerPool
+from dsched._worker_peers import PeerServing, fetch, serve_peer
 from dsched._serialize import sizeof
 
 __all__ = ["Worker", "process_memory"]
@@ -388,7 +389,7 @@ class Worker:
         pool = self._peers
         assert pool is not None
         try:
-            reply = await pool.get_data(peer, keys)
+            reply = await fetch(pool, peer, keys)
         except (CommClosedError, OSError) as exc:
             logger.info("could not fetch %d keys from %s: %s", len(keys), peer, exc)
             self._push(sc.GatherDepFailureEvent(peer, keys))

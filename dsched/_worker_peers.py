@@ -1,8 +1,7 @@
 """Worker to worker (and client to worker) data transfer: the ``peer`` conversation.
 
-:class:`PeerPool` is the requesting side: one connection per peer address,
-reused, one request at a time on each (the worker machine never runs two
-transfers from the same peer at once; a client's gathers share the lock).
+:func:`fetch` is the worker's requesting side (over a
+:class:`~dsched._peer_pool.PeerPool`, which clients use too).
 :func:`serve_peer` is the serving side, run by a worker's listener for every
 incoming ``peer`` connection: ``GetData`` is answered with the pickled values
 held here (or ``Busy`` when too many transfers are already being served),
@@ -22,24 +21,14 @@ import anyio
 
 from dsched import _protocol as p
 from dsched._comm import Comm, CommClosedError
-from dsched._handshake import open_comm
+from dsched._peer_pool import PeerPool
 from dsched._serialize import dumps_value_or_error, loads_value, sizeof
 
-__all__ = ["OFFLOAD_BYTES", "PeerPool", "PeerReply", "serve_peer"]
+__all__ = ["OFFLOAD_BYTES", "PeerReply", "PeerServing", "fetch", "serve_peer"]
 
 logger = logging.getLogger("dsched.worker")
 
 OFFLOAD_BYTES: Final = 1_000_000
-
-
-class _PeerConn:
-    __slots__ = ("comm", "decoder", "encoder", "lock")
-
-    def __init__(self, comm: Comm) -> None:
-        self.comm = comm
-        self.encoder = p.FrameEncoder(p.PEER)
-        self.decoder = p.FrameDecoder(p.PEER)
-        self.lock = anyio.Lock()
 
 
 class PeerReply:
@@ -53,80 +42,20 @@ class PeerReply:
         self.busy = busy
 
 
-class PeerPool:
-    """Connections to peers (workers), opened on first use and kept."""
+async def fetch(pool: PeerPool, address: str, keys: list[str]) -> PeerReply:
+    """Fetch ``keys`` from ``address`` and unpickle them (on a thread when large).
 
-    def __init__(self, *, name: str, auth: str = "", timeout: float = 10.0) -> None:
-        self.name = name
-        self.auth = auth
-        self.timeout = timeout
-        self._conns: dict[str, _PeerConn] = {}
-        self._request = 0
-
-    async def _conn(self, address: str) -> _PeerConn:
-        conn = self._conns.get(address)
-        if conn is not None and not conn.comm.closed:
-            return conn
-        hello = p.Hello(p.PROTOCOL_VERSION, "peer", self.name, auth=self.auth)
-        comm, _ = await open_comm(address, hello, timeout=self.timeout, peer_kind="worker")
-        conn = _PeerConn(comm)
-        self._conns[address] = conn
-        return conn
-
-    async def _exchange(self, address: str, message: p.PeerMessage) -> p.PeerMessage:
-        conn = await self._conn(address)
-        async with conn.lock:
-            try:
-                await conn.comm.send_frame(conn.encoder.encode([message]))
-                with anyio.fail_after(max(self.timeout, 60.0)):
-                    replies = conn.decoder.decode(await conn.comm.recv_frame())
-            except (p.ProtocolError, TimeoutError) as exc:
-                await self._drop(address, conn, f"bad answer: {exc}")
-                raise CommClosedError(f"peer {address} gave a bad answer: {exc}") from exc
-            except CommClosedError:
-                await self._drop(address, conn, "connection lost")
-                raise
-        if len(replies) != 1:
-            await self._drop(address, conn, "unexpected frame")
-            raise CommClosedError(f"peer {address} answered with {len(replies)} messages")
-        return replies[0]
-
-    async def _drop(self, address: str, conn: _PeerConn, reason: str) -> None:
-        if self._conns.get(address) is conn:
-            del self._conns[address]
-        await conn.comm.aclose(reason)
-
-    async def get_data(self, address: str, keys: list[str]) -> PeerReply:
-        """Fetch ``keys`` from ``address``.  Raises ``CommClosedError`` if it cannot be reached."""
-        self._request += 1
-        request = self._request
-        reply = await self._exchange(address, p.GetData(request, keys))
-        if isinstance(reply, p.Busy) and reply.request == request:
-            return PeerReply({}, [], busy=True)
-        if not isinstance(reply, p.DataReply) or reply.request != request:
-            raise CommClosedError(f"peer {address} answered GetData with {type(reply).__name__}")
-        total = sum(len(v) for v in reply.data.values())
-        if total > OFFLOAD_BYTES:
-            values = await anyio.to_thread.run_sync(_loads_all, reply.data)
-        else:
-            values = _loads_all(reply.data)
-        missing = [k for k in reply.missing]
-        return PeerReply(values, missing)
-
-    async def put_data(self, address: str, data: Mapping[str, bytes]) -> dict[str, int]:
-        """Store pickled values on ``address``; return their sizes as it accounted them."""
-        self._request += 1
-        request = self._request
-        reply = await self._exchange(address, p.PutData(request, dict(data)))
-        if not isinstance(reply, p.PutDataReply) or reply.request != request:
-            raise CommClosedError(f"peer {address} answered PutData with {type(reply).__name__}")
-        return dict(reply.nbytes)
-
-    async def aclose(self) -> None:
-        conns = list(self._conns.items())
-        self._conns.clear()
-        for _, conn in conns:
-            await conn.comm.aclose("closing")
+    Raises ``CommClosedError`` if the peer cannot be reached or answers wrongly.
+    """
+    reply = await pool.get_data(address, keys)
+    if reply is None:
+        return PeerReply({}, [], busy=True)
+    total = sum(len(v) for v in reply.data.values())
+    if total > OFFLOAD_BYTES:
+        values = await anyio.to_thread.run_sync(_loads_all, reply.data)
+    else:
+        values = _loads_all(reply.data)
+    return PeerReply(values, list(reply.missing))
 
 
 def _loads_all(data: Mapping[str, p.Payload]) -> dict[str, object]:

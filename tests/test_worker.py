@@ -16,7 +16,8 @@ from dsched._comm import Comm, connect, parse_address
 from dsched._scheduler_server import SchedulerServer
 from dsched._serialize import Ref, dumps_args, dumps_function, dumps_value, loads_exception
 from dsched._worker import Worker
-from dsched._worker_peers import PeerPool
+from dsched._peer_pool import PeerPool
+from dsched._worker_peers import fetch
 
 pytestmark = pytest.mark.anyio
 
@@ -87,7 +88,7 @@ class BareClient:
         reply = await self.expect(p.WhoHasReply)
         out: dict[str, object] = {}
         for key, holders in reply.who_has.items():
-            got = await self.peers.get_data(holders[0], [key])
+            got = await fetch(self.peers, holders[0], [key])
             out.update(got.values)
         return out
 

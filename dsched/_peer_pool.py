@@ -1,10 +1,10 @@
-"""A client's connections to workers, as a ``peer``: ``GetData`` to gather, ``PutData`` to scatter.
+"""Connections to workers as a ``peer``: ``GetData`` (gather, fetching dependencies), ``PutData`` (scatter).
 
-Unlike a worker's pool (one connection per peer, values unpickled on arrival),
-a client keeps a few idle connections per worker, so concurrent gathers from
-one worker do not queue behind each other, and hands back the values still
-pickled (zero-copy views into the received frame): a synchronous client
-unpickles them in the caller's thread, off the event loop.
+Used by clients and by workers.  A few idle connections per worker are kept,
+so concurrent requests to one worker do not queue behind each other; values
+come back still pickled (zero-copy views into the received frame), so that the
+caller decides where to unpickle them (a synchronous client in the caller's
+thread, a worker on a thread for large values).
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ from typing import Final
 import anyio
 
 from dsched import _protocol as p
-from dsched._comm import Comm, CommClosedError, connect, parse_address
+from dsched._comm import Comm, CommClosedError
+from dsched._handshake import open_comm
 
-__all__ = ["ClientPeers"]
+__all__ = ["PeerPool"]
 
 MAX_IDLE_PER_WORKER: Final = 4
 
@@ -31,7 +32,7 @@ class _PeerConn:
         self.decoder = p.FrameDecoder(p.PEER)
 
 
-class ClientPeers:
+class PeerPool:
     """Idle connections to workers, reused; one request at a time on each."""
 
     def __init__(self, *, name: str, auth: str = "", timeout: float = 10.0) -> None:
@@ -43,22 +44,8 @@ class ClientPeers:
         self._closed = False
 
     async def _connect(self, address: str) -> _PeerConn:
-        _, host, port = parse_address(address)
-        comm = await connect(host, port, timeout=self.timeout)
-        try:
-            with anyio.fail_after(self.timeout):
-                await comm.send_frame(p.encode_handshake(p.Hello(p.PROTOCOL_VERSION, "peer", self.name, auth=self.auth)))
-                reply = p.decode_reply(await comm.recv_frame())
-        except (TimeoutError, p.ProtocolError) as exc:
-            await comm.aclose(f"peer handshake failed: {exc}")
-            raise CommClosedError(f"peer handshake with {address} failed: {exc}") from exc
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await comm.aclose("peer handshake interrupted")
-            raise
-        if isinstance(reply, p.Refused):
-            await comm.aclose("refused")
-            raise CommClosedError(f"worker {address} refused the connection: {reply.reason}")
+        hello = p.Hello(p.PROTOCOL_VERSION, "peer", self.name, auth=self.auth)
+        comm, _ = await open_comm(address, hello, timeout=self.timeout, peer_kind="worker")
         return _PeerConn(comm)
 
     async def exchange(self, address: str, message: p.PeerMessage) -> p.PeerMessage:
