@@ -23,7 +23,7 @@ from dsched import _protocol as p
 if TYPE_CHECKING:
     from dsched._scheduler_server import SchedulerServer
 
-__all__ = ["ClientConn", "FunctionTable", "LayerFeed", "WorkerConn", "answer_query", "client_events", "route", "worker_events"]
+__all__ = ["ClientConn", "FunctionTable", "LayerFeed", "send_quietly", "WorkerConn", "answer_query", "client_events", "route", "worker_events"]
 
 logger = logging.getLogger("dsched.scheduler")
 
@@ -100,7 +100,7 @@ def worker_events(server: SchedulerServer, conn: WorkerConn, messages: list[p.Wo
             append(sc.TaskErred(address, msg.key, msg.exception, msg.traceback, msg.run_id))
         elif isinstance(msg, p.Heartbeat):
             append(sc.WorkerHeartbeat(address, msg.latency, msg.memory))
-            _send(conn.sender, p.HeartbeatAck(msg.seq, server.heartbeat_interval()))
+            send_quietly(conn.sender, p.HeartbeatAck(msg.seq, server.heartbeat_interval()))
         elif isinstance(msg, p.ReplicasAdded):
             append(sc.ReplicasAdded(address, msg.keys, dict(msg.nbytes), msg.seen_batch))
         elif isinstance(msg, p.MissingData):
@@ -250,7 +250,7 @@ def _layer_events(server: SchedulerServer, conn: ClientConn, msg: p.SubmitLayers
             wanted.extend(sc.layer_key(name, i) for i in range(partitions[name]))
     except ValueError as exc:
         keys = list(msg.wanted) + [sc.layer_key(name, 0) for name in msg.wanted_layers]
-        _send(conn.sender, p.ClientError("invalid-layers", str(exc), keys))
+        send_quietly(conn.sender, p.ClientError("invalid-layers", str(exc), keys))
         return []
     server.chunked_graphs += 1
     holder = f"{conn.client}\x00layers-{server.chunked_graphs}"
@@ -260,7 +260,7 @@ def _layer_events(server: SchedulerServer, conn: ClientConn, msg: p.SubmitLayers
 # -- instructions -> messages --------------------------------------------------------
 
 
-def _send(sender: BatchedSender[Any], msg: Any) -> None:
+def send_quietly(sender: BatchedSender[Any], msg: Any) -> None:
     try:
         sender.send(msg)
     except CommClosedError:
@@ -299,28 +299,28 @@ def route(server: SchedulerServer, instructions: list[sc.Instruction]) -> None:
                 ref, args = spec  # type: ignore[misc]  # the server's (ref, args) pair
             if ref not in wconn.functions_sent:
                 wconn.functions_sent.add(ref)
-                _send(wconn.sender, p.DefineFunction(ref, functions[ref]))
+                send_quietly(wconn.sender, p.DefineFunction(ref, functions[ref]))
             priority = ins.priority
             if not _INT64_MIN <= priority <= _INT64_MAX:
                 priority = _INT64_MIN if priority < 0 else _INT64_MAX
-            _send(
+            send_quietly(
                 wconn.sender,
                 p.Compute(ins.key, ref, args, priority, ins.run_id, ins.who_has, ins.nbytes, ins.resources, call, keys, index),
             )
         elif isinstance(ins, sc.FreeKeys):
             wconn = workers.get(ins.worker)
             if wconn is not None:
-                _send(wconn.sender, p.FreeKeys(ins.keys))
+                send_quietly(wconn.sender, p.FreeKeys(ins.keys))
         elif isinstance(ins, sc.StealRequest):
             wconn = workers.get(ins.worker)
             if wconn is not None:
-                _send(wconn.sender, p.StealRequest(ins.key, ins.run_id))
+                send_quietly(wconn.sender, p.StealRequest(ins.key, ins.run_id))
         elif isinstance(ins, sc.ClientInstruction):
             cconn = clients.get(ins.client)
             if cconn is None and isinstance(ins, sc.ClientError) and "\x00" in ins.client:
                 cconn = clients.get(ins.client.partition("\x00")[0])  # a chunked graph's holder
             if cconn is not None:
-                _send(cconn.sender, _client_message(ins))
+                send_quietly(cconn.sender, _client_message(ins))
         else:
             logger.error("unknown instruction %r", ins)
 
@@ -355,10 +355,10 @@ def answer_query(server: SchedulerServer, client: str, query: Any) -> None:
             ts = state.tasks.get(key)
             if ts is not None and ts.who_has:
                 who_has[key] = [ws.address for ws in ts.who_has]
-        _send(conn.sender, p.WhoHasReply(query.request, who_has))
+        send_quietly(conn.sender, p.WhoHasReply(query.request, who_has))
     elif isinstance(query, p.GetWorkers):
         infos = [
             p.WorkerInfo(ws.address, ws.name, ws.nthreads, ws.memory_limit, dict(ws.resources))
             for ws in state.workers.values()
         ]
-        _send(conn.sender, p.WorkersReply(query.request, infos))
+        send_quietly(conn.sender, p.WorkersReply(query.request, infos))

@@ -72,6 +72,7 @@ from dsched._scheduler_routes import (
     answer_query,
     client_events,
     route,
+    send_quietly,
     worker_events,
 )
 
@@ -168,10 +169,7 @@ class SchedulerServer:
         conns: list[WorkerConn | ClientConn] = [*self.workers.values(), *self.clients.values()]
         for conn in conns:
             conn.closing = True
-            try:
-                conn.sender.send(Close("the scheduler is shutting down"))
-            except CommClosedError:
-                pass  # already gone
+            send_quietly(conn.sender, Close("the scheduler is shutting down"))
         with anyio.move_on_after(timeout):
             for conn in conns:
                 await conn.sender.close()
@@ -289,10 +287,7 @@ class SchedulerServer:
             if conn.functions_sent:
                 refs = sorted(conn.functions_sent)
                 conn.functions_sent = set()
-                try:
-                    conn.sender.send(ForgetFunctions(refs))
-                except CommClosedError:
-                    pass  # the worker is going away
+                send_quietly(conn.sender, ForgetFunctions(refs))
 
     def heartbeat_interval(self) -> float:
         """Seconds between a worker's heartbeats: grows with the number of workers."""
