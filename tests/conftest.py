@@ -9,10 +9,13 @@ run can never silently test the wrong build.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import pytest
 
 import sched_core
+from _client_helpers import BackgroundCluster, background_cluster
+from dsched._client import Client
 
 EXPECT_VARIABLE = "DSCHED_EXPECT_COMPILED"
 
@@ -50,3 +53,19 @@ def pytest_sessionstart(session: pytest.Session) -> None:
             f"DSCHED_COMPILE={int(expected)} pip install .",
             returncode=pytest.ExitCode.USAGE_ERROR,
         )
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[BackgroundCluster]:
+    """An in-process scheduler and two workers of two threads, shared by a test module.
+
+    (Modules that need another cluster define their own ``cluster`` fixture.)
+    """
+    with background_cluster(n_workers=2, nthreads=2) as c:
+        yield c
+
+
+@pytest.fixture
+def client(cluster: BackgroundCluster) -> Iterator[Client]:
+    with Client(cluster.address) as c:
+        yield c

@@ -7,7 +7,6 @@ import operator
 import re
 import threading
 import types
-from collections.abc import Iterator
 from typing import Any
 
 import msgspec
@@ -42,18 +41,6 @@ from dsched._future import Future, KeyState
 from dsched._serialize import Ref, RemoteError, dumps_exception
 
 KEY = re.compile(r"^(\w+)-[0-9a-f]{32}$")
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[BackgroundCluster]:
-    with background_cluster(n_workers=2, nthreads=2) as c:
-        yield c
-
-
-@pytest.fixture
-def client(cluster: BackgroundCluster) -> Iterator[Client]:
-    with Client(cluster.address) as c:
-        yield c
 
 
 def test_submit_map_gather(client: Client) -> None:

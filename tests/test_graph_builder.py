@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from _client_helpers import BackgroundCluster, background_cluster
 from dsched import Client, GraphError, graph
 
 
@@ -27,18 +25,6 @@ def fail_on_three(x: int) -> int:
     if x == 3:
         raise ValueError("three")
     return x
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[BackgroundCluster]:
-    with background_cluster(n_workers=2, nthreads=2) as c:
-        yield c
-
-
-@pytest.fixture
-def client(cluster: BackgroundCluster) -> Iterator[Client]:
-    with Client(cluster.address) as c:
-        yield c
 
 
 def test_map_blockwise_and_tree_reduce(client: Client) -> None:
