@@ -46,7 +46,18 @@ from dsched._client_errors import ClientDisconnectedError
 from dsched._client_loop import SchedulerLink
 from dsched._client_results import futures_in, unpack, value_of
 from dsched._client_state import ClientState, run_notifications
-from dsched._client_tasks import batches, core_priority, gc_paused, map_tasks, resources_dict, workers_list
+from dsched._client_tasks import (
+    MAP_LAYER_MIN_INPUTS,
+    MAX_SUBMIT_BYTES,
+    batches,
+    core_priority,
+    gc_paused,
+    layer_options,
+    map_layer,
+    map_tasks,
+    resources_dict,
+    workers_list,
+)
 from dsched._dask_collections import DefaultScheduler, compute, persist
 from dsched._dask_graph import build_graph
 from dsched._graph_builder import Collection, Graph
@@ -313,25 +324,42 @@ class Client:
         self._link.wake()
         return Future(key, self, state)
 
-    def compute_graph(self, graph: Graph, outputs: Collection | Iterable[Collection]) -> Any:
+    def compute_graph(
+        self,
+        graph: Graph,
+        outputs: Collection | Iterable[Collection],
+        *,
+        priority: int = 0,
+        retries: int | None = None,
+        workers: str | Iterable[str] | None = None,
+        resources: Mapping[str, float] | None = None,
+        allow_other_workers: bool = False,
+    ) -> Any:
         """Send a high-level graph (:mod:`dsched.graph`); futures of the outputs' partitions.
 
         One collection gives a list of futures (one per partition), several a
-        list of such lists.  The scheduler expands the layers into tasks.
+        list of such lists.  The scheduler expands the layers into tasks; the
+        options apply to every one of them, as in ``submit``.
         """
         self._check_running()
         single = isinstance(outputs, Collection)
         chosen = [outputs] if isinstance(outputs, Collection) else list(outputs)
+        options = layer_options(
+            core_priority(priority), retries or 0, workers_list(workers), resources_dict(resources), allow_other_workers
+        )
         wanted = [key for collection in chosen for key in collection.keys()]
-        states = self._state.submit_layers(graph.message(chosen), wanted)
-        self._link.wake()
-        futures = [Future(state.key, self, state) for state in states]
+        futures = self._submit_layers(graph.message(chosen, options), wanted)
         grouped: list[list[Future]] = []
         start = 0
         for collection in chosen:
             grouped.append(futures[start : start + collection.npartitions])
             start += collection.npartitions
         return grouped[0] if single else grouped
+
+    def _submit_layers(self, message: p.SubmitLayers, wanted: list[str]) -> list[Future]:
+        states = self._state.submit_layers(message, wanted)
+        self._link.wake()
+        return [Future(state.key, self, state) for state in states]
 
     def map(
         self,
@@ -345,26 +373,55 @@ class Client:
         allow_other_workers: bool = False,
         pure: bool = True,
         batch_size: int | None = None,
+        layer: bool | None = None,
         **kwargs: Any,
     ) -> list[Future]:
         """``submit(func, *args, **kwargs)`` for each ``args`` of ``zip(*iterables)``, as one submission.
 
         The function is pickled once; ``key`` is a key prefix, or a list of keys;
         ``batch_size`` splits the submission into messages of that many tasks.
+        ``layer=True`` sends one Map layer, expanded on the scheduler, instead
+        of a task per input: a few bytes per input and far less client time,
+        with keys ``"('<prefix><token>', i)"``; it cannot take futures among
+        the arguments.  By default (``layer=None``) a map over
+        ``MAP_LAYER_MIN_INPUTS`` (10,000) or more inputs is sent as a layer
+        when it can be (no futures among the arguments, no ``batch_size``, no
+        list of keys).
         """
         if not callable(func):
             raise TypeError(f"map needs a callable, not {type(func).__name__}")
         if not iterables:
             raise TypeError("map needs at least one iterable")
         self._check_running()
-        function = pickle_function(func)
         explicit = list(key) if isinstance(key, (list, tuple)) else None
         prefix = (key if isinstance(key, str) else funcname(func)) + "-"
+        if layer and (explicit is not None or batch_size is not None):
+            raise ValueError("map(layer=True) names its keys itself and sends one message: no key list or batch_size")
+        priority = core_priority(priority)
+        workers_ = workers_list(workers)
+        resources_ = resources_dict(resources)
         with gc_paused():
+            rows = list(zip(*iterables))
+            as_layer = layer if layer is not None else (
+                explicit is None and batch_size is None and len(rows) >= MAP_LAYER_MIN_INPUTS and "'" not in prefix
+            )
+            if as_layer and rows:
+                if "'" in prefix:
+                    raise ValueError(f"a map sent as a layer needs a key prefix without quotes, not {prefix!r}")
+                options = layer_options(priority, retries or 0, workers_, resources_, allow_other_workers)
+                message = map_layer(func, prefix, rows, kwargs or None, pure, options)
+                if message is not None:
+                    name = message.maps[0].name
+                    return self._submit_layers(message, [f"('{name}', {i})" for i in range(len(rows))])
+                if layer:
+                    raise ValueError(
+                        "map(layer=True): the arguments refer to futures or exceed one message "
+                        f"({MAX_SUBMIT_BYTES // 2**20} MiB); a Map layer cannot hold them, use layer=False"
+                    )
+            function = pickle_function(func)
             tasks = map_tasks(
-                function.digest, prefix, explicit, zip(*iterables), kwargs or None, pure, core_priority(priority),
-                retries or 0,
-                workers_list(workers), resources_dict(resources), allow_other_workers,
+                function.digest, prefix, explicit, rows, kwargs or None, pure, priority, retries or 0,
+                workers_, resources_, allow_other_workers,
             )
             states: list[KeyState] = []
             for batch in batches(tasks, batch_size):

@@ -43,6 +43,8 @@ __all__ = ["ClientState", "CountWaiter", "Notifications", "run_notifications"]
 logger = logging.getLogger("dsched.client")
 
 MAX_RECORDS: Final = 10_000
+# Holding at least this many keys at once checks first whether they are all new.
+_BULK: Final = 1_000
 
 # States whose watchers are to be told, with the watchers taken from them.
 Notifications = list[tuple[KeyState, Watcher | list[Watcher]]]
@@ -175,6 +177,14 @@ class ClientState:
     def _hold_keys(self, keys: list[str], new_states: list[KeyState]) -> list[KeyState]:
         """One more reference on each key's state, made (and added to ``new_states``) if new.  Under the lock."""
         states = self.states
+        if len(keys) >= _BULK and states.keys().isdisjoint(keys) and len(dict.fromkeys(keys)) == len(keys):
+            # All new and distinct (a big map's or layer's keys): build the states in bulk.
+            fresh = [KeyState(key) for key in keys]
+            for new in fresh:
+                new.refs = 1
+            states.update(zip(keys, fresh))
+            new_states.extend(fresh)
+            return fresh
         held: list[KeyState] = []
         for key in keys:
             state = states.get(key)

@@ -157,9 +157,10 @@ class Graph:
         self.shuffles.append(layer)
         return Collection(self, layer.name, npartitions)
 
-    def message(self, outputs: Iterable[Collection]) -> p.SubmitLayers:
+    def message(self, outputs: Iterable[Collection], options: p.LayerOptions | None = None) -> p.SubmitLayers:
         """The ``SubmitLayers`` for this graph, wanting every partition of ``outputs`` (by layer name)."""
         names = [self._own(c).name for c in outputs]
         return p.SubmitLayers(
-            list(self.functions), list(self.maps), list(self.reductions), list(self.order), [], names, list(self.shuffles)
+            list(self.functions), list(self.maps), list(self.reductions), list(self.order), [], names,
+            list(self.shuffles), options,
         )

@@ -73,6 +73,7 @@ __all__ = [
     "StealResponse",
     "SubmitGraph",
     "SubmitLayers",
+    "LayerOptions",
     "MapLayerSpec",
     "ShuffleLayerSpec",
     "TreeReduceLayerSpec",
@@ -200,6 +201,16 @@ class ShuffleLayerSpec(_Record, frozen=True):
     combine: NonNegInt
 
 
+class LayerOptions(_Record, frozen=True):
+    """Options for every task a :class:`SubmitLayers` expands to (as on ``GraphTask``)."""
+
+    priority: int = 0
+    retries: NonNegInt = 0
+    workers: list[str] | None = None
+    resources: dict[str, NonNegFloat] | None = None
+    allow_other_workers: bool = False
+
+
 class SubmitLayers(_Message, tag=17, frozen=True):
     """A high-level graph expanded on the scheduler; the client holds ``wanted``.
 
@@ -207,7 +218,8 @@ class SubmitLayers(_Message, tag=17, frozen=True):
     (kind 0: ``maps[index]``, 1: ``reductions[index]``, 2: ``shuffles[index]``).  Keys of layer outputs
     are ``"('name', i)"``; the client holds ``wanted`` and every partition of the
     ``wanted_layers`` (named, so that wanting a million partitions costs a few
-    bytes).  Decoding checks every function index and order entry.
+    bytes).  ``options`` (priority, retries, restrictions) apply to every task.
+    Decoding checks every function index and order entry.
     """
 
     functions: list[Payload]
@@ -217,6 +229,7 @@ class SubmitLayers(_Message, tag=17, frozen=True):
     wanted: list[str]
     wanted_layers: list[str] = []
     shuffles: list[ShuffleLayerSpec] = []
+    options: LayerOptions | None = None
 
     def __post_init__(self) -> None:
         n = len(self.functions)

@@ -89,9 +89,9 @@ class FunctionTable:
 # -- messages -> events -------------------------------------------------------------
 
 
-def worker_events(server: SchedulerServer, conn: WorkerConn, messages: list[p.WorkerToScheduler]) -> list[Event]:
+def worker_events(server: SchedulerServer, conn: WorkerConn, messages: list[p.WorkerToScheduler]) -> list[sc.SchedulerEvent]:
     address = conn.address
-    out: list[Event] = []
+    out: list[sc.SchedulerEvent] = []
     append = out.append
     for msg in messages:
         if isinstance(msg, p.TaskFinished):
@@ -194,28 +194,52 @@ class LayerFeed:
     The server's queue holds this object where the submission arrived; each
     tick takes the next chunk (dependencies first).  A private pseudo-client
     (``holder``) submits the chunks and holds every expanded key until the last
-    chunk is in, so nothing a later chunk needs is forgotten meanwhile; then the
-    client's own hold on ``wanted`` is taken and the holder removed.
+    chunk is in, so nothing a later chunk needs is forgotten meanwhile; the
+    client's own hold on the ``wanted`` keys of a chunk is taken with it (so
+    their results reach the client while later chunks are still expanding),
+    and the holder is removed after the last one.  ``wanted`` shrinks as keys
+    are taken.  ``options`` (priority,
+    retries, restrictions), when given, go on every task.
     """
 
-    __slots__ = ("client", "expander", "holder", "wanted")
+    __slots__ = ("client", "expander", "holder", "options", "wanted")
 
-    def __init__(self, client: str, holder: str, expander: sc.LayerExpander, wanted: list[str]) -> None:
+    def __init__(
+        self, client: str, holder: str, expander: sc.LayerExpander, wanted: set[str], options: p.LayerOptions | None = None
+    ) -> None:
         self.client = client
         self.holder = holder
         self.expander = expander
         self.wanted = wanted
+        self.options = options
 
     def next_events(self, budget: int) -> list[sc.SchedulerEvent]:
         specs = self.expander.next_chunk(budget)
         out: list[sc.SchedulerEvent] = []
         if specs:
-            out.append(sc.GraphSubmitted(self.holder, specs, [spec.key for spec in specs]))
+            if self.options is not None:
+                _apply_options(specs, self.options)
+            keys = [spec.key for spec in specs]
+            out.append(sc.GraphSubmitted(self.holder, specs, keys))
+            wanted = self.wanted
+            mine = [key for key in keys if key in wanted]
+            if mine:
+                wanted.difference_update(mine)
+                out.append(sc.ClientWantsKeys(self.client, mine))
         if self.expander.done:
-            if self.wanted:
-                out.append(sc.ClientWantsKeys(self.client, self.wanted))
+            if self.wanted:  # keys no layer defines: the core answers for those (known, or an error)
+                out.append(sc.ClientWantsKeys(self.client, sorted(self.wanted)))
             out.append(sc.ClientRemoved(self.holder))
         return out
+
+
+def _apply_options(specs: list[sc.TaskSpec], options: p.LayerOptions) -> None:
+    for spec in specs:
+        spec.priority = options.priority
+        spec.retries = options.retries
+        spec.workers = options.workers
+        spec.resources = options.resources
+        spec.allow_other_workers = options.allow_other_workers
 
 
 def _layer_events(server: SchedulerServer, conn: ClientConn, msg: p.SubmitLayers) -> list[Event]:
@@ -254,7 +278,7 @@ def _layer_events(server: SchedulerServer, conn: ClientConn, msg: p.SubmitLayers
         return []
     server.chunked_graphs += 1
     holder = f"{conn.client}\x00layers-{server.chunked_graphs}"
-    return [sc.ClientAdded(holder), LayerFeed(conn.client, holder, expander, wanted)]
+    return [sc.ClientAdded(holder), LayerFeed(conn.client, holder, expander, set(wanted), msg.options)]
 
 
 # -- instructions -> messages --------------------------------------------------------

@@ -2,8 +2,11 @@
 
 One task per connection reads frames, decodes them with the connection's reused
 :class:`~dsched._protocol.FrameDecoder` and translates each message into a core
-event appended to one FIFO (``_pending``).  A single consumer task drains that
-FIFO once per loop tick, calls ``state.handle_events`` once for the whole batch
+event appended to a FIFO: ``_from_workers`` for workers' events (and ticks),
+one per client for clients' events and queries.  A single consumer task drains
+them once per loop tick, workers' events first (finished tasks free threads
+and hold no one up), then the clients' in turn, calls ``state.handle_events``
+once for the whole batch
 and routes the instructions to per-connection :class:`~dsched._batched.BatchedSender`
 queues (a list append each: no per-task coroutine, write or pickling).  Each
 sender writes one frame per tick, stamped (scheduler -> worker) with
@@ -17,8 +20,9 @@ definition is refused by the core.  A worker gets ``DefineFunction`` the first
 time it needs a ref.  Nothing is ever unpickled.
 
 Large graphs: a ``SubmitGraph`` of more than ``chunk_size`` tasks is fed to the
-core in chunks of ``chunk_size``, one chunk per tick (other events queued behind
-it keep their order).  The chunks follow submission order, so a client must list
+core in chunks of ``chunk_size``, one chunk per tick (that client's events
+queued behind it keep their order; other clients and the workers go on, so
+results flow while a big graph arrives).  The chunks follow submission order, so a client must list
 a task's dependencies before it (a topological order) for graphs that large,
 and validation is atomic per chunk only.
 
@@ -37,7 +41,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any
+from typing import Any, Final, TypeAlias
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
@@ -127,7 +131,11 @@ class SchedulerServer:
         self.gc = GcPolicy(gc_mode, gc_interval)
         self.protocol_errors = 0
         self.chunked_graphs = 0
-        self._pending: deque[sc.SchedulerEvent | tuple[str, Any] | LayerFeed] = deque()
+        # Each client's events in order, in a queue of its own (a client's big graph
+        # holds up only that client); clients with queued events take turns.
+        self._client_queues: dict[str, deque[ClientItem]] = {}
+        self._ready_clients: deque[str] = deque()
+        self._from_workers: deque[sc.SchedulerEvent] = deque()
         self._wake = anyio.Event()
         self._last_busy = time.monotonic()
         self._tg: TaskGroup | None = None
@@ -196,60 +204,51 @@ class SchedulerServer:
 
     # -- the core loop ----------------------------------------------------------------
 
-    def push(self, event: sc.SchedulerEvent | tuple[str, Any] | LayerFeed) -> None:
-        """Queue an event (or a query tuple answered after the batch) for the next tick."""
-        self._pending.append(event)
+    def push(self, client: str, event: ClientItem) -> None:
+        """Queue a client's event (or a query tuple, answered after its batch) for the next tick."""
+        self.push_many(client, [event])
+
+    def push_many(self, client: str, events: list[ClientItem]) -> None:
+        if not events:
+            return
+        queue = self._client_queues.get(client)
+        if queue is None:
+            queue = self._client_queues[client] = deque()
+        if not queue:
+            self._ready_clients.append(client)
+        queue.extend(events)
         self._wake.set()
 
-    def push_many(self, events: list[sc.SchedulerEvent | tuple[str, Any] | LayerFeed]) -> None:
+    def push_from_workers(self, events: list[sc.SchedulerEvent]) -> None:
+        """Queue workers' events (and ticks): they never wait behind a client's big graph."""
         if events:
-            self._pending.extend(events)
+            self._from_workers.extend(events)
             self._wake.set()
 
+    def _has_pending(self) -> bool:
+        return bool(self._ready_clients or self._from_workers)
+
     async def _consume(self) -> None:
-        pending = self._pending
         while True:
             await self._wake.wait()
             self._wake = anyio.Event()
-            while pending:
+            while self._has_pending():
                 self._step()
                 await anyio.sleep(0)  # let readers and senders run between chunks
 
     def _step(self) -> None:
-        """One batch: take queued events up to a budget, one handle_events call, route."""
-        pending = self._pending
+        """One batch: queued events up to a budget, one handle_events call, route, answer queries.
+
+        Workers' events come first; clients' events then get what is left of the
+        budget, but at least half of it, so neither side can starve the other.
+        """
         events: list[sc.SchedulerEvent] = []
-        queries: list[tuple[str, Any]] = []
+        from_workers = self._from_workers
         budget = self.chunk_size
-        while pending:
-            item = pending[0]
-            if budget <= 0:
-                break
-            if isinstance(item, LayerFeed):
-                # A high-level graph: its next chunk now; the rest in later ticks,
-                # and what was queued behind it waits for it, to keep the order.
-                events.extend(item.next_events(budget))
-                if not item.expander.done:
-                    break
-                pending.popleft()
-                budget = 0
-                continue
-            if isinstance(item, tuple):
-                # A query sees the state after every event queued before it.
-                if events:
-                    break
-                pending.popleft()
-                queries.append(item)
-                continue
-            if isinstance(item, sc.GraphSubmitted):
-                size = len(item.tasks)
-                if events and size > budget:
-                    break
-                budget -= size
-            else:
-                budget -= 1
-            pending.popleft()
-            events.append(item)
+        while from_workers and budget > 0:
+            events.append(from_workers.popleft())
+            budget -= 1
+        queries = self._take_client_events(events, max(budget, self.chunk_size // 2))
         if events:
             for event in events:  # ticks and heartbeats are not work; stops at the first that is
                 if not isinstance(event, (sc.Tick, sc.WorkerHeartbeat)):
@@ -260,16 +259,35 @@ class SchedulerServer:
         for client, query in queries:
             answer_query(self, client, query)
 
+    def _take_client_events(self, events: list[sc.SchedulerEvent], budget: int) -> list[tuple[str, Any]]:
+        """Move clients' events into ``events`` up to ``budget`` tasks, client by client in
+        turn; return the queries met on the way."""
+        queries: list[tuple[str, Any]] = []
+        ready = self._ready_clients
+        queues = self._client_queues
+        full = budget
+        for _ in range(len(ready)):
+            if budget <= 0:
+                break
+            client = ready.popleft()
+            queue = queues[client]
+            budget = _take_from(queue, events, queries, budget, full)
+            if queue:
+                ready.append(client)
+            else:
+                del queues[client]
+        return queries
+
     async def _periodic(self) -> None:
         """Ticks for stealing, heartbeat deadlines and idle-time garbage collection."""
         next_check = time.monotonic()
         while True:
             await anyio.sleep(self.tick_interval)
             now = time.monotonic()
-            if not self._pending and now - self._last_busy > 1.0:
+            if not self._has_pending() and now - self._last_busy > 1.0:
                 self._forget_functions_if_idle()
                 self.gc.maybe_collect()
-            self.push(sc.Tick())
+            self.push_from_workers([sc.Tick()])
             if now >= next_check:
                 next_check = now + min(1.0, self.heartbeat_deadline() / 4)
                 await self._check_heartbeats(now)
@@ -309,12 +327,12 @@ class SchedulerServer:
     def drop_worker(self, conn: WorkerConn, *, expected: bool) -> None:
         if self.workers.get(conn.address) is conn:
             del self.workers[conn.address]
-            self.push(sc.WorkerRemoved(conn.address, expected))
+            self.push_from_workers([sc.WorkerRemoved(conn.address, expected)])
 
     def drop_client(self, conn: ClientConn) -> None:
         if self.clients.get(conn.client) is conn:
             del self.clients[conn.client]
-            self.push(sc.ClientRemoved(conn.client))
+            self.push(conn.client, sc.ClientRemoved(conn.client))
 
     async def _handle(self, comm: Comm) -> None:
         try:
@@ -382,13 +400,15 @@ class SchedulerServer:
                 del self.workers[reg.address]
                 await old.comm.aclose("replaced by a new worker at the same address")
             self.workers[reg.address] = conn
-            self.push(sc.WorkerAdded(reg.address, reg.nthreads, reg.memory_limit, dict(reg.resources), reg.name))
+            self.push_from_workers(
+                [sc.WorkerAdded(reg.address, reg.nthreads, reg.memory_limit, dict(reg.resources), reg.name)]
+            )
             try:
-                self.push_many(worker_events(self, conn, first[1:]))
+                self.push_from_workers(worker_events(self, conn, first[1:]))
                 while not conn.closing and not comm.closed:
                     payload = await comm.recv_frame()
                     conn.last_heard = time.monotonic()
-                    self.push_many(worker_events(self, conn, decoder.decode(payload)))
+                    self.push_from_workers(worker_events(self, conn, decoder.decode(payload)))
             except ProtocolError as exc:
                 self._protocol_error(comm, exc)
             except CommClosedError as exc:
@@ -408,11 +428,11 @@ class SchedulerServer:
         async with BatchedSender(comm, encode) as sender:
             conn = ClientConn(comm, sender, client)
             self.clients[client] = conn
-            self.push(sc.ClientAdded(client))
+            self.push(client, sc.ClientAdded(client))
             try:
                 while not conn.closing and not comm.closed:
                     payload = await comm.recv_frame()
-                    self.push_many(client_events(self, conn, decoder.decode(payload)))
+                    self.push_many(client, client_events(self, conn, decoder.decode(payload)))
             except ProtocolError as exc:
                 self._protocol_error(comm, exc)
             except CommClosedError as exc:
@@ -426,3 +446,48 @@ class SchedulerServer:
         self.protocol_errors += 1
         logger.warning("protocol error from %s, closing the connection: %s", comm.peer, exc)
 
+
+ClientItem: TypeAlias = "sc.SchedulerEvent | tuple[str, Any] | LayerFeed"
+
+# A high-level graph is expanded this many tasks per tick (~20-40 ms of the core's
+# time, compiled): the loop stays responsive and results keep flowing meanwhile.
+LAYER_TASKS_PER_TICK: Final = 10_000
+
+
+def _take_from(
+    queue: deque[ClientItem], events: list[sc.SchedulerEvent], queries: list[tuple[str, Any]], budget: int, full: int
+) -> int:
+    """Move one client's queued events into ``events`` up to ``budget`` tasks; the budget left.
+
+    ``full`` is the clients' whole budget this tick: a submission bigger than
+    what is left waits for the next tick, unless nothing was taken yet.
+    """
+    while queue and budget > 0:
+        item = queue[0]
+        if isinstance(item, LayerFeed):
+            # A high-level graph: its next chunk now, the rest in later ticks; this
+            # client's later events wait for it, to keep their order - except queries
+            # right behind it (say, for the first results), which only read.
+            events.extend(item.next_events(min(budget, LAYER_TASKS_PER_TICK)))
+            if item.expander.done:
+                queue.popleft()
+                return 0
+            while len(queue) > 1 and isinstance(queue[1], tuple):
+                queries.append(queue[1])
+                del queue[1]
+            return 0
+        if isinstance(item, tuple):
+            # Answered after this batch: it sees every event queued before it.
+            queue.popleft()
+            queries.append(item)
+            continue
+        if isinstance(item, sc.GraphSubmitted):
+            size = len(item.tasks)
+            if size > budget and budget < full:
+                break
+            budget -= size
+        else:
+            budget -= 1
+        queue.popleft()
+        events.append(item)
+    return budget

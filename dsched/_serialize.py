@@ -45,6 +45,7 @@ __all__ = [
     "dumps_function",
     "dumps_value",
     "dumps_value_or_error",
+    "dumps_with_refs",
     "loads_args",
     "loads_exception",
     "loads_function",
@@ -76,6 +77,11 @@ class Ref:
 
     def __hash__(self) -> int:
         return hash(("dsched.Ref", self.key))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Only the argument pickler (which turns it into its key) may pickle a
+        # reference; anywhere else its meaning would silently be lost.
+        raise TypeError(f"a Ref can only be pickled inside a task's arguments: {self.key!r}")
 
 
 _ref_types.add(Ref)
@@ -113,7 +119,11 @@ class _RefCloudPickler(_CollectRefs, cloudpickle.Pickler):  # type: ignore[misc]
 
 def dumps_args(args: tuple[Any, ...], kwargs: Mapping[str, Any] | None = None) -> tuple[bytes, list[str]]:
     """Pickle a task's arguments; return the payload and the keys they refer to (in order, deduplicated)."""
-    obj = (args, dict(kwargs) if kwargs else None)
+    return dumps_with_refs((args, dict(kwargs) if kwargs else None))
+
+
+def dumps_with_refs(obj: object) -> tuple[bytes, list[str]]:
+    """Pickle ``obj``, references as their keys; the payload and those keys (in order, deduplicated)."""
     buf = io.BytesIO()
     pickler: _RefPickler | _RefCloudPickler = _RefPickler(buf)
     try:

@@ -24,9 +24,9 @@ import uuid
 from collections.abc import Callable
 from typing import Any, Final
 
-from dsched._serialize import PROTOCOL, dumps_args, dumps_function, dumps_value
+from dsched._serialize import PROTOCOL, dumps_args, dumps_function, dumps_value, dumps_with_refs
 
-__all__ = ["PickledFunction", "funcname", "pickle_args", "pickle_function", "random_token", "token", "value_key"]
+__all__ = ["PickledFunction", "funcname", "pickle_args", "pickle_function", "pickle_row", "random_token", "token", "value_key"]
 
 TOKEN_BYTES: Final = 16  # 32 hex digits, as Dask's tokens
 _MAX_NAME: Final = 50
@@ -105,6 +105,15 @@ def pickle_args(args: tuple[Any, ...], kwargs: dict[str, Any] | None) -> tuple[b
                 return dumps_args(args, kwargs)
         return pickle.dumps((args, dict(kwargs)), PROTOCOL), []
     return pickle.dumps((args, None), PROTOCOL), []
+
+
+def pickle_row(row: tuple[Any, ...]) -> tuple[bytes, list[str]]:
+    """One partition's argument tuple, pickled alone (a Map layer's per-partition payload), and the keys it refers to."""
+    atomic = _ATOMIC
+    for arg in row:
+        if type(arg) not in atomic:
+            return dumps_with_refs(row)
+    return pickle.dumps(row, PROTOCOL), []
 
 
 def token(payload: bytes, salt: bytes) -> str:
