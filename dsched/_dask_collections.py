@@ -21,6 +21,7 @@ dask is imported here only, on first use: dsched itself does not need it.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
     from dsched._client import Client
     from dsched._future import Future
 
-__all__ = ["DefaultScheduler", "compute", "persist"]
+__all__ = ["DefaultScheduler", "compute", "persist", "shuffle_on_the_cluster"]
 
 
 def _import_dask() -> Any:
@@ -74,8 +75,31 @@ def _as_collections(collections: Any) -> tuple[list[Any], bool]:
     return items, single
 
 
+@contextlib.contextmanager
+def shuffle_on_the_cluster() -> Iterator[None]:
+    """Make dask shuffle dataframes with tasks, unless the user chose a method.
+
+    Without a dask.distributed client dask picks its "disk" shuffle (partd files
+    in a local directory), which assumes one machine and a shared filesystem:
+    on a cluster each worker would write and read only its own files.  Which
+    shuffle dask uses is decided while it lowers the expression, so this is in
+    force around that (``compute``, ``persist`` and building the graph).
+    """
+    dask = _import_dask()
+    if dask.config.get("dataframe.shuffle.method", None):
+        yield
+        return
+    with dask.config.set({"dataframe.shuffle.method": "tasks"}):
+        yield
+
+
 def compute(client: Client, collections: Any, *, optimize_graph: bool = True, **submit: Any) -> Any:
     """A Future per collection of its finalized result (one Future if given one collection)."""
+    with shuffle_on_the_cluster():
+        return _compute(client, collections, optimize_graph, submit)
+
+
+def _compute(client: Client, collections: Any, optimize_graph: bool, submit: dict[str, Any]) -> Any:
     items, single = _as_collections(collections)
     if not items:
         return []
@@ -92,6 +116,11 @@ def compute(client: Client, collections: Any, *, optimize_graph: bool = True, **
 
 def persist(client: Client, collections: Any, *, optimize_graph: bool = True, **submit: Any) -> Any:
     """Each collection rebuilt on futures of its output partitions, computed on the cluster."""
+    with shuffle_on_the_cluster():
+        return _persist(client, collections, optimize_graph, submit)
+
+
+def _persist(client: Client, collections: Any, optimize_graph: bool, submit: dict[str, Any]) -> Any:
     items, single = _as_collections(collections)
     if not items:
         return []
@@ -112,20 +141,27 @@ def persist(client: Client, collections: Any, *, optimize_graph: bool = True, **
 class DefaultScheduler:
     """dask's ``scheduler`` setting pointed at a client's ``get``, and put back as it was.
 
-    ``restore`` only undoes the setting while it is still this client's: if
-    something else set a scheduler since, that choice stands.
+    Unless a shuffle method is configured, dataframes shuffle with tasks
+    meanwhile (see :func:`shuffle_on_the_cluster`).  ``restore`` only undoes a
+    setting while it is still this client's: if something else changed it
+    since, that choice stands.
     """
 
-    __slots__ = ("_get", "_previous")
+    __slots__ = ("_get", "_previous", "_set_shuffle")
 
     def __init__(self, get: Callable[..., Any]) -> None:
         dask = _import_dask()
         self._get = get
         self._previous = dask.config.get("scheduler", None)
+        self._set_shuffle = not dask.config.get("dataframe.shuffle.method", None)
         dask.config.set(scheduler=get)
+        if self._set_shuffle:
+            dask.config.set({"dataframe.shuffle.method": "tasks"})
 
     def restore(self) -> None:
         import dask
 
         if dask.config.get("scheduler", None) == self._get:
             dask.config.set(scheduler=self._previous)
+        if self._set_shuffle and dask.config.get("dataframe.shuffle.method", None) == "tasks":
+            dask.config.set({"dataframe.shuffle.method": None})
