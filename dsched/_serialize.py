@@ -255,6 +255,15 @@ def _strip_header(text: str) -> str:
 _SAMPLE: Final = 10
 
 
+_INDEX_WIDTH: Final = 8
+_OBJECT_WIDTH: Final = 16  # strings and objects: a pointer or offset and a short value
+
+
+def _width(dtype: Any) -> int:
+    itemsize = getattr(dtype, "itemsize", None)
+    return itemsize if isinstance(itemsize, int) and getattr(dtype, "kind", "O") not in "OU" else _OBJECT_WIDTH
+
+
 def sizeof(obj: object) -> int:
     """An estimate of the bytes ``obj`` holds, in O(1) work (containers are sampled)."""
     t = type(obj)
@@ -264,9 +273,19 @@ def sizeof(obj: object) -> int:
         return sys.getsizeof(obj)
     if t is memoryview:
         return obj.nbytes  # type: ignore[attr-defined, no-any-return]
-    nbytes = getattr(obj, "nbytes", None)  # numpy arrays, pandas objects, pyarrow ...
+    nbytes = getattr(obj, "nbytes", None)  # numpy arrays, pandas Series and Index, pyarrow ...
     if isinstance(nbytes, int) and not callable(nbytes):
         return nbytes + 100
+    dtypes = getattr(obj, "dtypes", None)
+    if dtypes is not None and hasattr(obj, "columns"):
+        # A pandas DataFrame: its __sizeof__ measures every string (deep=True), which
+        # costs more than many tasks do; rows x column widths is an estimate in O(columns).
+        try:
+            rows = len(obj)  # type: ignore[arg-type]
+            width = sum(_width(dtype) for dtype in dtypes)
+            return rows * (width + _INDEX_WIDTH) + 100
+        except Exception:
+            pass
     if isinstance(obj, (list, tuple, set, frozenset)) and t in (list, tuple, set, frozenset):
         n = len(obj)
         if n == 0:

@@ -134,3 +134,23 @@ def test_a_value_that_cannot_be_pickled_travels_as_an_error() -> None:
     with pytest.raises(SerializationError):
         loads_args(args, {"k": loads_value(payload)})  # and the dependent task fails with it
     assert loads_result(dumps_value_or_error("ok", [1])) == [1]
+
+
+def test_sizeof_a_dataframe_estimates_without_measuring_every_string() -> None:
+    import sys
+
+    import pandas as pd  # the test extra brings it
+
+    frame = pd.DataFrame({"i": range(10_000), "f": 1.5, "s": [f"name-{i}" for i in range(10_000)]})
+    deep = sys.getsizeof(frame)  # pandas' own figure, measuring every string
+    assert deep / 4 <= sizeof(frame) <= deep * 4
+    assert sizeof(frame.iloc[:100]) < sizeof(frame) / 50  # proportional to the rows
+    assert sizeof(pd.DataFrame()) >= 100
+
+
+def test_a_ref_pickles_only_as_a_task_argument() -> None:
+    with pytest.raises(TypeError, match="only be pickled inside a task's arguments"):
+        pickle.dumps(Ref("k"))
+    payload, keys = dumps_args((Ref("k"),))
+    assert keys == ["k"]
+    assert loads_args(payload, {"k": 42})[0] == (42,)
