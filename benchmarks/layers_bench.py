@@ -9,7 +9,7 @@
    in 50,000-task chunks with the cyclic GC off, as in the scheduler: tasks/s
    and the time to the first chunk; says whether the core is compiled.
 2. map: ``client.map(inc, range(N))`` three ways: as one Map layer
-   (``layer=True``), as N explicit tasks (``layer=False``), and with
+   (``as_layer=True``), as N explicit tasks (``as_layer=False``), and with
    dask.distributed's ``client.map``.  For each: the bytes the client process
    sent until the first result came back (the submission; counted at each
    system's comm layer), the client time (until ``map`` returned), the time to
@@ -126,7 +126,7 @@ def measure_map(spec: dict[str, Any], client: Any, sent: Callable[[], int]) -> d
 
     n = spec["n"]
     way = spec["way"]
-    options: dict[str, Any] = {} if way.startswith("dask") else {"layer": way == "layer"}
+    options: dict[str, Any] = {} if way.startswith("dask") else {"as_layer": way == "layer"}
     client.gather(client.map(inc, range(-1000, 0), **options))  # warm up: functions imported, connections made
     before = sent()
     t0 = time.perf_counter()

@@ -373,17 +373,17 @@ class Client:
         allow_other_workers: bool = False,
         pure: bool = True,
         batch_size: int | None = None,
-        layer: bool | None = None,
+        as_layer: bool | None = None,
         **kwargs: Any,
     ) -> list[Future]:
         """``submit(func, *args, **kwargs)`` for each ``args`` of ``zip(*iterables)``, as one submission.
 
         The function is pickled once; ``key`` is a key prefix, or a list of keys;
         ``batch_size`` splits the submission into messages of that many tasks.
-        ``layer=True`` sends one Map layer, expanded on the scheduler, instead
+        ``as_layer=True`` sends one Map layer, expanded on the scheduler, instead
         of a task per input: a few bytes per input and far less client time,
         with keys ``"('<prefix><token>', i)"``; it cannot take futures among
-        the arguments.  By default (``layer=None``) a map over
+        the arguments.  By default (``as_layer=None``) a map over
         ``MAP_LAYER_MIN_INPUTS`` (10,000) or more inputs is sent as a layer
         when it can be (no futures among the arguments, no ``batch_size``, no
         list of keys).
@@ -395,17 +395,17 @@ class Client:
         self._check_running()
         explicit = list(key) if isinstance(key, (list, tuple)) else None
         prefix = (key if isinstance(key, str) else funcname(func)) + "-"
-        if layer and (explicit is not None or batch_size is not None):
-            raise ValueError("map(layer=True) names its keys itself and sends one message: no key list or batch_size")
+        if as_layer and (explicit is not None or batch_size is not None):
+            raise ValueError("map(as_layer=True) names its keys itself and sends one message: no key list or batch_size")
         priority = core_priority(priority)
         workers_ = workers_list(workers)
         resources_ = resources_dict(resources)
         with gc_paused():
             rows = list(zip(*iterables))
-            as_layer = layer if layer is not None else (
+            layer = as_layer if as_layer is not None else (
                 explicit is None and batch_size is None and len(rows) >= MAP_LAYER_MIN_INPUTS and "'" not in prefix
             )
-            if as_layer and rows:
+            if layer and rows:
                 if "'" in prefix:
                     raise ValueError(f"a map sent as a layer needs a key prefix without quotes, not {prefix!r}")
                 options = layer_options(priority, retries or 0, workers_, resources_, allow_other_workers)
@@ -413,10 +413,10 @@ class Client:
                 if message is not None:
                     name = message.maps[0].name
                     return self._submit_layers(message, [f"('{name}', {i})" for i in range(len(rows))])
-                if layer:
+                if as_layer:
                     raise ValueError(
-                        "map(layer=True): the arguments refer to futures or exceed one message "
-                        f"({MAX_SUBMIT_BYTES // 2**20} MiB); a Map layer cannot hold them, use layer=False"
+                        "map(as_layer=True): the arguments refer to futures or exceed one message "
+                        f"({MAX_SUBMIT_BYTES // 2**20} MiB); a Map layer cannot hold them, use as_layer=False"
                     )
             function = pickle_function(func)
             tasks = map_tasks(

@@ -202,7 +202,7 @@ class LayerFeed:
     retries, restrictions), when given, go on every task.
     """
 
-    __slots__ = ("client", "expander", "holder", "options", "wanted")
+    __slots__ = ("cancelled", "client", "expander", "holder", "options", "wanted")
 
     def __init__(
         self, client: str, holder: str, expander: sc.LayerExpander, wanted: set[str], options: p.LayerOptions | None = None
@@ -212,8 +212,20 @@ class LayerFeed:
         self.expander = expander
         self.wanted = wanted
         self.options = options
+        self.cancelled = False
+
+    @property
+    def done(self) -> bool:
+        return self.cancelled or self.expander.done
+
+    def cancel(self) -> None:
+        """Its client is gone: expand no more (the next call removes the holder, releasing what it held)."""
+        self.cancelled = True
+        self.wanted = set()
 
     def next_events(self, budget: int) -> list[sc.SchedulerEvent]:
+        if self.cancelled:
+            return [sc.ClientRemoved(self.holder)]
         specs = self.expander.next_chunk(budget)
         out: list[sc.SchedulerEvent] = []
         if specs:

@@ -332,6 +332,10 @@ class SchedulerServer:
     def drop_client(self, conn: ClientConn) -> None:
         if self.clients.get(conn.client) is conn:
             del self.clients[conn.client]
+            # A graph of this client still being expanded would only be released again.
+            for item in self._client_queues.get(conn.client, ()):
+                if isinstance(item, LayerFeed):
+                    item.cancel()
             self.push(conn.client, sc.ClientRemoved(conn.client))
 
     async def _handle(self, comm: Comm) -> None:
@@ -467,14 +471,12 @@ def _take_from(
         if isinstance(item, LayerFeed):
             # A high-level graph: its next chunk now, the rest in later ticks; this
             # client's later events wait for it, to keep their order - except queries
-            # right behind it (say, for the first results), which only read.
+            # (say, for the first results), which only read.
             events.extend(item.next_events(min(budget, LAYER_TASKS_PER_TICK)))
-            if item.expander.done:
+            if item.done:
                 queue.popleft()
                 return 0
-            while len(queue) > 1 and isinstance(queue[1], tuple):
-                queries.append(queue[1])
-                del queue[1]
+            _queries_behind(queue, queries)
             return 0
         if isinstance(item, tuple):
             # Answered after this batch: it sees every event queued before it.
@@ -491,3 +493,26 @@ def _take_from(
         queue.popleft()
         events.append(item)
     return budget
+
+
+def _queries_behind(queue: deque[ClientItem], queries: list[tuple[str, Any]]) -> None:
+    """Take the queries queued behind a graph being expanded (``queue[0]``).
+
+    Only those with nothing but releases and other queries before them: a query
+    must see every event its client sent earlier, except releases, which cannot
+    change what the client may still ask about.  Looks at most
+    ``_QUERY_LOOKAHEAD`` items deep, so a tick's work stays bounded.
+    """
+    i = 1
+    while i < len(queue) and i <= _QUERY_LOOKAHEAD:
+        item = queue[i]
+        if isinstance(item, tuple):
+            queries.append(item)
+            del queue[i]
+        elif isinstance(item, sc.ClientReleasesKeys):
+            i += 1
+        else:
+            return
+
+
+_QUERY_LOOKAHEAD: Final = 100
