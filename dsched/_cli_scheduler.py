@@ -12,6 +12,7 @@ import anyio
 import typer
 
 from dsched._cli_signals import cancel_on_signal, signal_name
+from dsched._dashboard_server import parse_dashboard_address
 from dsched._procs import adopt_parent_environment, remove_scheduler_file, write_scheduler_file
 from dsched._scheduler_server import SchedulerServer
 
@@ -20,11 +21,21 @@ __all__ = ["register", "serve_scheduler"]
 logger = logging.getLogger("dsched.scheduler")
 
 
-async def serve_scheduler(host: str, port: int, scheduler_file: Path | None) -> None:
+async def serve_scheduler(
+    host: str,
+    port: int,
+    scheduler_file: Path | None,
+    dashboard_address: str | None = None,
+    profile_interval: float | None = 0.01,
+) -> None:
     """Serve until a stop signal; write and remove the scheduler file around that."""
     received: list[int] = []
-    async with SchedulerServer(host, port) as server:
+    async with SchedulerServer(
+        host, port, dashboard_address=dashboard_address, profile_interval=profile_interval or None
+    ) as server:
         logger.info("scheduler %s at %s", server.scheduler_id, server.address)
+        if server.dashboard_link:
+            logger.info("dashboard at %s", server.dashboard_link)
         if scheduler_file is not None:
             write_scheduler_file(
                 scheduler_file,
@@ -32,6 +43,7 @@ async def serve_scheduler(host: str, port: int, scheduler_file: Path | None) -> 
                     "type": "Scheduler",
                     "id": server.scheduler_id,
                     "address": server.address,
+                    "dashboard": server.dashboard_link,
                     "pid": os.getpid(),
                     "started": time.time(),
                 },
@@ -57,13 +69,20 @@ def register(app: typer.Typer) -> None:
             str, typer.Option(help="Interface to listen on (0.0.0.0 for every interface; there is no authentication).")
         ] = "127.0.0.1",
         port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on; 0 picks a free one.")] = 8786,
-        dashboard_port: Annotated[
-            int | None,
+        dashboard: Annotated[
+            bool, typer.Option(help="Serve the dashboard (HTTP status pages, JSON API, /metrics, profiles).")
+        ] = True,
+        dashboard_address: Annotated[
+            str,
             typer.Option(
-                min=0, max=65535,
-                help="Reserved for the dashboard, which is not available yet (accepted and ignored).",
+                help="Where the dashboard listens, HOST:PORT (loopback unless told otherwise; "
+                "a port in use is replaced by a free one).",
             ),
-        ] = None,
+        ] = "127.0.0.1:8787",
+        profile_interval: Annotated[
+            float,
+            typer.Option(min=0.0, help="Seconds between samples of the event loop's stack (0: no profiler)."),
+        ] = 0.01,
         scheduler_file: Annotated[
             Path | None,
             typer.Option(
@@ -79,10 +98,13 @@ def register(app: typer.Typer) -> None:
         `Client("tcp://HOST:PORT")`.
         """
         adopt_parent_environment()
-        if dashboard_port is not None:
-            logger.warning("the dashboard is not available yet: --dashboard-port %d is ignored", dashboard_port)
         try:
-            anyio.run(serve_scheduler, host, port, scheduler_file, backend="asyncio")
+            parse_dashboard_address(dashboard_address)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--dashboard-address") from None
+        address = dashboard_address if dashboard else None
+        try:
+            anyio.run(serve_scheduler, host, port, scheduler_file, address, profile_interval, backend="asyncio")
         except OSError as exc:
             typer.echo(f"dsched scheduler: cannot listen on {host}:{port}: {exc.strerror or exc}", err=True)
             raise typer.Exit(1) from None

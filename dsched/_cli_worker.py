@@ -126,6 +126,10 @@ def register(app: typer.Typer) -> None:
             float,
             typer.Option(min=0.0, help="Seconds to keep trying to reach the scheduler (and to wait for its file)."),
         ] = 30.0,
+        profile_interval: Annotated[
+            float,
+            typer.Option(min=0.0, help="Seconds between samples of the task threads' stacks (0: no profiler)."),
+        ] = 0.01,
     ) -> None:
         """Run a worker: it runs tasks for a scheduler until SIGINT (Ctrl-C), SIGTERM or the scheduler stops.
 
@@ -144,7 +148,8 @@ def register(app: typer.Typer) -> None:
         except ValueError as exc:
             raise typer.BadParameter(str(exc)) from None
         kwargs: dict[str, object] = dict(
-            nthreads=threads, name=name, memory_limit=limit, resources=resource_map, host=host, port=port
+            nthreads=threads, name=name, memory_limit=limit, resources=resource_map, host=host, port=port,
+            profile_interval=profile_interval or None,
         )
         try:
             anyio.run(_main, address, scheduler_file, timeout, kwargs, backend="asyncio")

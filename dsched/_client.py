@@ -42,6 +42,7 @@ from typing import Any
 import anyio
 
 from dsched import _protocol as p
+from dsched._client_diagnostics import ClientDiagnostics
 from dsched._client_errors import ClientDisconnectedError
 from dsched._client_loop import SchedulerLink
 from dsched._client_results import futures_in, unpack, value_of
@@ -103,7 +104,7 @@ class _Done:
         yield
 
 
-class Client:
+class Client(ClientDiagnostics):
     """A connection to a dsched scheduler (see the module docstring)."""
 
     def __init__(

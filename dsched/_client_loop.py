@@ -40,7 +40,7 @@ from dsched._client_state import ClientState, CountWaiter, run_notifications
 from dsched._comm import Comm, CommClosedError, ConnectError
 from dsched._future import FINISHED, KeyState
 
-__all__ = ["SchedulerLink"]
+__all__ = ["DiagnosticsError", "SchedulerLink"]
 
 logger = logging.getLogger("dsched.client")
 
@@ -51,6 +51,10 @@ MIN_PIPELINED_FETCH: Final = 1_000
 FIRST_RETRY: Final = 0.005
 MAX_RETRY: Final = 0.25
 WORKER_POLL: Final = 0.05
+
+
+class DiagnosticsError(RuntimeError):
+    """The scheduler could not answer a diagnostic request (the message says why)."""
 
 
 class _Reply:
@@ -149,7 +153,7 @@ class SchedulerLink:
         news: list[p.SchedulerToClient] = []
         for msg in messages:
             kind = type(msg)
-            if kind is p.WhoHasReply or kind is p.WorkersReply:
+            if kind is p.WhoHasReply or kind is p.WorkersReply or kind is p.DiagnosticsReply:
                 slot = self._replies.get(msg.request)  # type: ignore[union-attr]
                 if slot is not None:
                     slot.value = msg
@@ -256,6 +260,14 @@ class SchedulerLink:
         reply = await self._ask(p.GetWorkers)
         assert isinstance(reply, p.WorkersReply)
         return reply.workers
+
+    async def diagnostics(self, op: str, params: dict[str, str | float | bool | None]) -> bytes:
+        """Ask the scheduler for a diagnostic; its payload, or ``DiagnosticsError``."""
+        reply = await self._ask(lambda request: p.Diagnostics(request, op, params))
+        assert isinstance(reply, p.DiagnosticsReply)
+        if reply.error:
+            raise DiagnosticsError(reply.error)
+        return reply.payload
 
     async def wait_for_workers(self, n_workers: int, timeout: float | None) -> list[p.WorkerInfo]:
         with anyio.fail_after(timeout):

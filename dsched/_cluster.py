@@ -117,6 +117,7 @@ class LocalCluster:
         asynchronous: bool = False,
         silence_logs: int = logging.WARNING,
         *,
+        dashboard_address: str | None = "127.0.0.1:8787",
         start_timeout: float = 60.0,
         stop_timeout: float = 5.0,
     ) -> None:
@@ -139,10 +140,12 @@ class LocalCluster:
             self._backend = ProcessBackend(
                 host=host, scheduler_port=scheduler_port, n_workers=n, options=options,
                 log_level=_level_name(silence_logs), start_timeout=start_timeout, stop_timeout=stop_timeout,
+                dashboard_address=dashboard_address,
             )
         else:
             self._backend = InProcessBackend(
-                host=host, scheduler_port=scheduler_port, n_workers=n, options=options, start_timeout=start_timeout
+                host=host, scheduler_port=scheduler_port, n_workers=n, options=options, start_timeout=start_timeout,
+                dashboard_address=dashboard_address,
             )
         self.status = "created"
         self._loop: LoopThread | None = None
@@ -158,6 +161,11 @@ class LocalCluster:
     @property
     def scheduler_address(self) -> str:
         return self._backend.scheduler_address
+
+    @property
+    def dashboard_link(self) -> str | None:
+        """The dashboard's status page (``http://127.0.0.1:8787/status``), or None without one."""
+        return self._backend.dashboard_link
 
     @property
     def workers(self) -> list[str]:

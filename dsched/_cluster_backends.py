@@ -75,6 +75,7 @@ class ProcessBackend:
         log_level: str,
         start_timeout: float,
         stop_timeout: float,
+        dashboard_address: str | None = None,
     ) -> None:
         self.host = host
         self.scheduler_port = scheduler_port
@@ -83,6 +84,8 @@ class ProcessBackend:
         self.log_level = log_level
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
+        self.dashboard_address = dashboard_address
+        self.dashboard_link: str | None = None
         self.scheduler_address = ""
         self.scheduler: ChildProcess | None = None
         self.worker_children: dict[str, ChildProcess] = {}
@@ -120,10 +123,14 @@ class ProcessBackend:
 
     async def _start_scheduler(self) -> None:
         path = self.tmpdir / "scheduler.json"
+        dashboard = (
+            ["--dashboard-address", self.dashboard_address] if self.dashboard_address is not None else ["--no-dashboard"]
+        )
         child = ChildProcess(
             "scheduler",
             self._command(
-                "scheduler", "--host", self.host, "--port", str(self.scheduler_port), "--scheduler-file", str(path)
+                "scheduler", "--host", self.host, "--port", str(self.scheduler_port), "--scheduler-file", str(path),
+                *dashboard,
             ),
         )
         self.scheduler = child
@@ -133,6 +140,7 @@ class ProcessBackend:
             info = read_scheduler_file(path)
             if info is not None:
                 self.scheduler_address = str(info["address"])
+                self.dashboard_link = str(info["dashboard"]) if info.get("dashboard") else None
                 return
             if not child.alive():
                 raise ClusterStartError(f"the scheduler did not start: {child.describe_exit()}")
@@ -205,7 +213,17 @@ class ProcessBackend:
 class InProcessBackend:
     """A SchedulerServer and Workers in this process, in the event loop ``run`` runs in."""
 
-    def __init__(self, *, host: str, scheduler_port: int, n_workers: int, options: WorkerOptions, start_timeout: float) -> None:
+    def __init__(
+        self,
+        *,
+        host: str,
+        scheduler_port: int,
+        n_workers: int,
+        options: WorkerOptions,
+        start_timeout: float,
+        dashboard_address: str | None = None,
+    ) -> None:
+        self.dashboard_address = dashboard_address
         self.host = host
         self.scheduler_port = scheduler_port
         self.n_workers = n_workers
@@ -223,7 +241,9 @@ class InProcessBackend:
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         self._stop = anyio.Event()
-        async with SchedulerServer(self.host, self.scheduler_port, gc_mode="relaxed") as server:
+        async with SchedulerServer(
+            self.host, self.scheduler_port, gc_mode="relaxed", dashboard_address=self.dashboard_address
+        ) as server:
             self.server = server
             self.scheduler_address = server.address
             async with anyio.create_task_group() as tg:
@@ -233,6 +253,10 @@ class InProcessBackend:
                 await self._stop.wait()
                 await self._stop_workers(list(self._worker_stops))
             self._tg = None
+
+    @property
+    def dashboard_link(self) -> str | None:
+        return self.server.dashboard_link if self.server is not None else None
 
     def request_stop(self) -> None:
         if self._stop is not None:

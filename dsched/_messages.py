@@ -46,9 +46,12 @@ __all__ = [
     "Compute",
     "DataReply",
     "DefineFunction",
+    "Diagnostics",
+    "DiagnosticsReply",
     "ForgetFunctions",
     "FreeKeys",
     "GetData",
+    "GetProfile",
     "GetWorkers",
     "GraphTask",
     "Heartbeat",
@@ -58,9 +61,12 @@ __all__ = [
     "KeyLost",
     "KeysCancelled",
     "KeysInMemory",
+    "LayerOptions",
+    "MapLayerSpec",
     "MissingData",
     "Payload",
     "PeerMessage",
+    "ProfileData",
     "PutData",
     "PutDataReply",
     "RegisterWorker",
@@ -69,16 +75,14 @@ __all__ = [
     "Scattered",
     "SchedulerToClient",
     "SchedulerToWorker",
+    "ShuffleLayerSpec",
     "StealRequest",
     "StealResponse",
     "SubmitGraph",
     "SubmitLayers",
-    "LayerOptions",
-    "MapLayerSpec",
-    "ShuffleLayerSpec",
-    "TreeReduceLayerSpec",
     "TaskErred",
     "TaskFinished",
+    "TreeReduceLayerSpec",
     "WantKeys",
     "WhoHas",
     "WhoHasReply",
@@ -254,6 +258,15 @@ class SubmitLayers(_Message, tag=17, frozen=True):
         return f"SubmitLayers(<{len(self.order)} layers, {len(self.wanted)} wanted>)"
 
 
+class Diagnostics(_Message, tag=18, frozen=True):
+    """Ask the scheduler for a diagnostic (``op``: "profile", "profile-server", "capture",
+    "record", "status", ...); answered by :class:`DiagnosticsReply` with the same ``request``."""
+
+    request: int
+    op: str
+    params: dict[str, str | float | bool | None] = {}
+
+
 class WantKeys(_Message, tag=11, frozen=True):
     """Take a hold on known keys (futures created)."""
 
@@ -351,6 +364,14 @@ class WhoHasReply(_Message, tag=26, frozen=True):
     who_has: dict[str, list[str]]
 
 
+class DiagnosticsReply(_Message, tag=28, frozen=True):
+    """Answer to :class:`Diagnostics`: ``payload`` (JSON, or a file's bytes), or ``error``."""
+
+    request: int
+    payload: bytes = b""
+    error: str = ""
+
+
 class WorkerInfo(_Record, frozen=True):
     address: str
     name: str
@@ -423,6 +444,16 @@ class StealRequest(_Message, tag=34, frozen=True):
     run_id: RunId
 
 
+class GetProfile(_Message, tag=36, frozen=True):
+    """Send the sampled profile of the window [start, stop] (None: open), labels starting with
+    ``prefix`` (None: all); answered by :class:`ProfileData` with the same ``request``."""
+
+    request: int
+    start: float | None = None
+    stop: float | None = None
+    prefix: str | None = None
+
+
 class HeartbeatAck(_Message, tag=35, frozen=True):
     """Answer to :class:`Heartbeat` ``seq`` (the worker times the round trip).
 
@@ -447,12 +478,14 @@ class RegisterWorker(_Message, tag=40, frozen=True):
 
 
 class TaskFinished(_Message, tag=41, frozen=True):
-    """``key`` is in memory here; ``duration`` in seconds, ``run_id`` echoed from Compute."""
+    """``key`` is in memory here; ``duration`` in seconds, ``run_id`` echoed from Compute;
+    ``start``: when it started, in the worker's wall-clock seconds (for the task stream)."""
 
     key: str
     nbytes: NonNegInt
     duration: NonNegFloat
     run_id: RunId
+    start: NonNegFloat = 0.0
 
 
 class TaskErred(_Message, tag=42, frozen=True):
@@ -462,6 +495,8 @@ class TaskErred(_Message, tag=42, frozen=True):
     exception: Payload
     traceback: str
     run_id: RunId
+    start: NonNegFloat = 0.0
+    duration: NonNegFloat = 0.0
 
 
 class ReplicasAdded(_Message, tag=43, frozen=True):
@@ -491,6 +526,13 @@ class StealResponse(_Message, tag=45, frozen=True):
     run_id: RunId
 
 
+class ProfileData(_Message, tag=47, frozen=True):
+    """Answer to :class:`GetProfile`: a profile tree, JSON-encoded (checked by the scheduler)."""
+
+    request: int
+    tree: bytes
+
+
 class Heartbeat(_Message, tag=46, frozen=True):
     """Periodic news; answered by :class:`HeartbeatAck` with the same ``seq``.
 
@@ -505,6 +547,7 @@ class Heartbeat(_Message, tag=46, frozen=True):
     ready: NonNegInt = 0
     in_memory: NonNegInt = 0
     nbytes_in_memory: NonNegInt = 0
+    cpu: NonNegFloat | None = None  # percent of one core since the last heartbeat
 
 
 # --- peer <-> peer -------------------------------------------------------------------
@@ -548,15 +591,41 @@ class PutDataReply(_Message, tag=54, frozen=True):
 # --- one union per direction ---------------------------------------------------------
 
 ClientToScheduler: TypeAlias = (
-    SubmitGraph | SubmitLayers | WantKeys | ReleaseKeys | CancelKeys | Scattered | WhoHas | GetWorkers | Close
+    SubmitGraph
+    | SubmitLayers
+    | WantKeys
+    | ReleaseKeys
+    | CancelKeys
+    | Scattered
+    | WhoHas
+    | GetWorkers
+    | Diagnostics
+    | Close
 )
 SchedulerToClient: TypeAlias = (
-    KeysInMemory | KeyErred | KeyFailed | KeyLost | KeysCancelled | ClientError | WhoHasReply | WorkersReply | Close
+    KeysInMemory
+    | KeyErred
+    | KeyFailed
+    | KeyLost
+    | KeysCancelled
+    | ClientError
+    | WhoHasReply
+    | WorkersReply
+    | DiagnosticsReply
+    | Close
 )
 SchedulerToWorker: TypeAlias = (
-    Compute | DefineFunction | ForgetFunctions | FreeKeys | StealRequest | HeartbeatAck | Close
+    Compute | DefineFunction | ForgetFunctions | FreeKeys | StealRequest | HeartbeatAck | GetProfile | Close
 )
 WorkerToScheduler: TypeAlias = (
-    RegisterWorker | TaskFinished | TaskErred | ReplicasAdded | MissingData | StealResponse | Heartbeat | Close
+    RegisterWorker
+    | TaskFinished
+    | TaskErred
+    | ReplicasAdded
+    | MissingData
+    | StealResponse
+    | Heartbeat
+    | ProfileData
+    | Close
 )
 PeerMessage: TypeAlias = GetData | DataReply | Busy | PutData | PutDataReply | Close

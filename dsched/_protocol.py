@@ -186,6 +186,7 @@ class Welcome(Struct, tag="welcome", tag_field="op", frozen=True, gc=False):
     max_messages: int = MAX_MESSAGES
     heartbeat_interval: float = 0.0
     client_id: str = ""
+    dashboard: str = ""  # the scheduler's dashboard link, if it serves one
 
 
 class Refused(Struct, tag="refused", tag_field="op", frozen=True, gc=False):

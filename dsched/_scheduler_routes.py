@@ -40,7 +40,7 @@ _INT64_MAX = 2**63 - 1
 class WorkerConn:
     """A connected, registered worker."""
 
-    __slots__ = ("address", "closing", "comm", "functions_sent", "last_heard", "sender")
+    __slots__ = ("address", "closing", "comm", "cpu", "functions_sent", "last_heard", "memory", "sender")
 
     def __init__(self, comm: Comm, sender: BatchedSender[p.SchedulerToWorker], address: str) -> None:
         self.comm = comm
@@ -49,6 +49,8 @@ class WorkerConn:
         self.functions_sent: set[int] = set()
         self.last_heard = time.monotonic()
         self.closing = False  # it said Close: its departure is expected
+        self.memory = 0  # process memory and CPU percent, from the last heartbeat
+        self.cpu: float | None = None
 
 
 class ClientConn:
@@ -93,14 +95,21 @@ def worker_events(server: SchedulerServer, conn: WorkerConn, messages: list[p.Wo
     address = conn.address
     out: list[sc.SchedulerEvent] = []
     append = out.append
+    task_done = server.diagnostics.task_done
     for msg in messages:
         if isinstance(msg, p.TaskFinished):
             append(sc.TaskFinished(address, msg.key, msg.nbytes, msg.duration, msg.run_id))
+            task_done(msg.key, address, msg.start, msg.duration, False)
         elif isinstance(msg, p.TaskErred):
             append(sc.TaskErred(address, msg.key, msg.exception, msg.traceback, msg.run_id))
+            task_done(msg.key, address, msg.start, msg.duration, True)
         elif isinstance(msg, p.Heartbeat):
             append(sc.WorkerHeartbeat(address, msg.latency, msg.memory))
+            conn.memory = msg.memory
+            conn.cpu = msg.cpu
             send_quietly(conn.sender, p.HeartbeatAck(msg.seq, server.heartbeat_interval()))
+        elif isinstance(msg, p.ProfileData):
+            server.diagnostics.profile_arrived(address, msg)
         elif isinstance(msg, p.ReplicasAdded):
             append(sc.ReplicasAdded(address, msg.keys, dict(msg.nbytes), msg.seen_batch))
         elif isinstance(msg, p.MissingData):
@@ -133,6 +142,8 @@ def client_events(server: SchedulerServer, conn: ClientConn, messages: list[p.Cl
             out.append(sc.KeysScattered(client, msg.workers, dict(msg.nbytes)))
         elif isinstance(msg, (p.WhoHas, p.GetWorkers)):
             out.append((client, msg))
+        elif isinstance(msg, p.Diagnostics):
+            server.diagnostics.request(conn, msg)  # answered by a task of its own, off the queue
         else:  # Close
             conn.closing = True
             break

@@ -49,6 +49,7 @@ from anyio.abc import TaskGroup, TaskStatus
 import sched_core as sc
 from dsched._batched import BatchedSender
 from dsched._comm import DEFAULT_MAX_FRAME_SIZE, Comm, CommClosedError, listen
+from dsched._dashboard_server import DashboardServer, start_dashboard
 from dsched._gc_policy import GcMode, GcPolicy
 from dsched._protocol import (
     CLIENT_TO_SCHEDULER,
@@ -68,6 +69,7 @@ from dsched._protocol import (
     decode_hello,
     encode_handshake,
 )
+from dsched._scheduler_diagnostics import SchedulerDiagnostics
 from dsched._scheduler_routes import (
     ClientConn,
     FunctionTable,
@@ -107,6 +109,10 @@ class SchedulerServer:
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
         gc_mode: GcMode = "off",
         max_layer_tasks: int = 100_000_000,
+        dashboard_address: str | None = None,
+        profile_interval: float | None = 0.01,
+        record: str | None = None,
+        record_max_bytes: int | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -139,6 +145,21 @@ class SchedulerServer:
         self._wake = anyio.Event()
         self._last_busy = time.monotonic()
         self._tg: TaskGroup | None = None
+        # Profiles, captures, the task stream; the dashboard (None: no dashboard).
+        self.diagnostics = SchedulerDiagnostics(self, profile_interval=profile_interval)
+        if record is not None:  # a recording starts with the scheduler (see dsched/_recording.py)
+            self.diagnostics.record("start", record, record_max_bytes)
+        self.dashboard_address = dashboard_address
+        self.dashboard: DashboardServer | None = None
+
+    @property
+    def task_group(self) -> TaskGroup | None:
+        """The server's task group while it runs (for work that answers requests)."""
+        return self._tg
+
+    @property
+    def dashboard_link(self) -> str | None:
+        return self.dashboard.link if self.dashboard is not None else None
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -147,14 +168,24 @@ class SchedulerServer:
         await tg.__aenter__()
         self._tg = tg
         self.gc.start()
+        self.diagnostics.start()
         try:
             await tg.start(self._run)
+            if self.dashboard_address is not None:
+                self.dashboard = await start_dashboard(self, tg, self.dashboard_address)
+                logger.info("dashboard at %s", self.dashboard.link)
         except BaseException:
-            self.gc.stop()
+            self._stop_services()
             tg.cancel_scope.cancel()
             await tg.__aexit__(None, None, None)
             raise
         return self
+
+    def _stop_services(self) -> None:
+        self.gc.stop()
+        self.diagnostics.stop()
+        if self.dashboard is not None:
+            self.dashboard.close()
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -169,7 +200,7 @@ class SchedulerServer:
             # The body's own exception propagates as itself, not wrapped in a group.
             await tg.__aexit__(None, None, None)
         finally:
-            self.gc.stop()
+            self._stop_services()
         return None
 
     async def _say_goodbye(self, timeout: float = 2.0) -> None:
@@ -254,7 +285,16 @@ class SchedulerServer:
                 if not isinstance(event, (sc.Tick, sc.WorkerHeartbeat)):
                     self._last_busy = time.monotonic()
                     break
-            instructions = self.state.handle_events(events)
+            recorder = self.diagnostics.recorder
+            if recorder is None:
+                instructions = self.state.handle_events(events)
+            else:
+                try:
+                    instructions = self.state.handle_events(events)
+                except BaseException as exc:
+                    recorder.write_batch(events, None, exc)
+                    raise
+                recorder.write_batch(events, instructions)
             route(self, instructions)
         for client, query in queries:
             answer_query(self, client, query)
@@ -280,7 +320,7 @@ class SchedulerServer:
 
     async def _periodic(self) -> None:
         """Ticks for stealing, heartbeat deadlines and idle-time garbage collection."""
-        next_check = time.monotonic()
+        next_check = next_progress = time.monotonic()
         while True:
             await anyio.sleep(self.tick_interval)
             now = time.monotonic()
@@ -288,6 +328,9 @@ class SchedulerServer:
                 self._forget_functions_if_idle()
                 self.gc.maybe_collect()
             self.push_from_workers([sc.Tick()])
+            if now >= next_progress:
+                next_progress = now + 1.0
+                self.diagnostics.tick(time.time())
             if now >= next_check:
                 next_check = now + min(1.0, self.heartbeat_deadline() / 4)
                 await self._check_heartbeats(now)
@@ -367,6 +410,7 @@ class SchedulerServer:
             name=self.address,
             heartbeat_interval=self.heartbeat_interval(),
             client_id=client_id,
+            dashboard=self.dashboard_link or "",
         )
         await comm.send_frame(encode_handshake(welcome))
         if hello.role == "worker":

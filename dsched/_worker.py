@@ -43,6 +43,7 @@ from types import TracebackType
 from typing import Any
 
 import anyio
+import msgspec
 from anyio.abc import TaskGroup
 
 import sched_core as sc
@@ -53,7 +54,9 @@ from dsched._comm import Comm, CommClosedError, format_address, listen, parse_ad
 from dsched._worker_executor import FunctionCache, TaskExecutor
 from dsched._peer_pool import PeerPool
 from dsched._worker_peers import PeerServing, fetch, serve_peer
+from dsched._profiler import CallTree
 from dsched._serialize import sizeof
+from dsched._worker_profile import WorkerProfiler
 
 __all__ = ["Worker", "process_memory"]
 
@@ -93,6 +96,7 @@ class Worker:
         port: int = 0,
         auth: str = "",
         connect_timeout: float = 10.0,
+        profile_interval: float | None = 0.01,
     ) -> None:
         if nthreads < 1:
             raise ValueError(f"nthreads must be at least 1, not {nthreads}")
@@ -126,6 +130,8 @@ class Worker:
         self._peers: PeerPool | None = None
         self._serving: PeerServing | None = None
         self._heartbeat_sent: dict[int, float] = {}
+        self.profile_interval = profile_interval
+        self._profiler: WorkerProfiler | None = None
         self.task_duration = -1.0  # moving average of task run times (s); -1: none yet
         self._closing = False
 
@@ -193,6 +199,8 @@ class Worker:
                     await self._peers.aclose()
                 if self._executor is not None:
                     await anyio.to_thread.run_sync(self._executor.close)
+                if self._profiler is not None:
+                    self._profiler.stop()
         finally:
             self.closed.set()
             if self._tg is not None:
@@ -210,6 +218,9 @@ class Worker:
                 self.name = self.address
             self.machine = sc.WorkerMachine(self.address, self.nthreads, self.resources or None)
             self._executor = TaskExecutor(self.nthreads, self.data, self.functions, self._push_many)
+            if self.profile_interval:
+                self._profiler = WorkerProfiler(self._executor.running, self.profile_interval)
+                self._profiler.start()
             self._peers = PeerPool(name=self.address, auth=self.auth)
             self._serving = PeerServing(
                 self.data, self._data_put, scheduler_id=self.scheduler_id, address=self.address, auth=self.auth
@@ -230,6 +241,8 @@ class Worker:
             self._closing = True
             if self._executor is not None:
                 await anyio.to_thread.run_sync(self._executor.close)
+            if self._profiler is not None:
+                self._profiler.stop()
             if self._peers is not None:
                 await self._peers.aclose()
             self.closed.set()
@@ -290,10 +303,25 @@ class Worker:
                     self.heartbeat_interval = msg.interval
             elif isinstance(msg, p.ForgetFunctions):
                 self.functions.forget(msg.refs)
+            elif isinstance(msg, p.GetProfile):
+                self._send_profile(msg)
             else:  # Close
                 logger.info("the scheduler closed the connection: %s", msg.reason)
                 return True
         return False
+
+    def _send_profile(self, msg: p.GetProfile) -> None:
+        sender = self._sender
+        if sender is None:
+            return
+        if self._profiler is not None:
+            reply = self._profiler.answer(msg)
+        else:  # not sampling: an empty tree, so the scheduler need not wait for a timeout
+            reply = p.ProfileData(msg.request, msgspec.json.encode(CallTree().to_json()))
+        try:
+            sender.send(reply)
+        except CommClosedError:
+            pass
 
     # -- the machine ------------------------------------------------------------------
 
@@ -351,7 +379,9 @@ class Worker:
             if isinstance(ins, sc.Execute):
                 executor.submit(ins.key, ins.run_spec)
             elif isinstance(ins, sc.TaskFinishedMsg):
-                out.append(p.TaskFinished(ins.key, ins.nbytes, max(0.0, ins.stop - ins.start), run_ids.get(ins.key, -1)))
+                out.append(p.TaskFinished(
+                    ins.key, ins.nbytes, max(0.0, ins.stop - ins.start), run_ids.get(ins.key, -1), max(0.0, ins.start)
+                ))
             elif isinstance(ins, sc.ReleaseData):
                 self.data.pop(ins.key, None)
             elif isinstance(ins, sc.GatherDep):
@@ -361,7 +391,9 @@ class Worker:
             elif isinstance(ins, sc.TaskErredMsg):
                 exc = ins.exception if isinstance(ins.exception, bytes) else b""
                 tb = ins.traceback if isinstance(ins.traceback, str) else ""
-                out.append(p.TaskErred(ins.key, exc, tb, run_ids.get(ins.key, -1)))
+                out.append(p.TaskErred(
+                    ins.key, exc, tb, run_ids.get(ins.key, -1), max(0.0, ins.start), max(0.0, ins.stop - ins.start)
+                ))
             elif isinstance(ins, sc.MissingDep):
                 out.append(p.MissingData(ins.key, ins.errant_worker, self.seen_batch))
             elif isinstance(ins, sc.StealResponseMsg):
@@ -428,8 +460,12 @@ class Worker:
 
     async def _heartbeats(self) -> None:
         seq = 0
+        cpu_then, wall_then = time.process_time(), time.monotonic()
         while True:
             await anyio.sleep(self.heartbeat_interval)
+            cpu_now, wall_now = time.process_time(), time.monotonic()
+            cpu = 100.0 * (cpu_now - cpu_then) / max(wall_now - wall_then, 1e-6)
+            cpu_then, wall_then = cpu_now, wall_now
             machine, sender = self.machine, self._sender
             if machine is None or sender is None:
                 continue
@@ -445,6 +481,7 @@ class Worker:
                 ready=machine.n_ready + machine.n_constrained,
                 in_memory=len(self.data),
                 nbytes_in_memory=machine.nbytes_in_memory,
+                cpu=cpu,
             )
             try:
                 sender.send(beat)

@@ -128,6 +128,7 @@ class TaskExecutor:
         self._done: list[sc.WorkerEvent] = []
         self._closed = False
         self.executing: dict[str, float] = {}  # key -> start time, for diagnostics
+        self.running: dict[int, str] = {}  # task thread ident -> the key it runs (for the profiler)
         self._threads = [
             threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True) for i in range(nthreads)
         ]
@@ -158,12 +159,16 @@ class TaskExecutor:
 
     def _work(self) -> None:
         get = self._queue.get
+        running = self.running
+        ident = threading.get_ident()
         while True:
             item = get()
             if item is None:
                 return
             key, run_spec = item
+            running[ident] = key
             event = self._run(key, run_spec)
+            del running[ident]
             with self._lock:
                 self._done.append(event)
                 wake = len(self._done) == 1

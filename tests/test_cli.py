@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import anyio
@@ -92,18 +93,18 @@ def test_version() -> None:
 @pytest.mark.parametrize(
     ("command", "options"),
     [
-        ("scheduler", ["--host", "--port", "--dashboard-port", "--scheduler-file"]),
-        ("worker", ["--nthreads", "--name", "--memory-limit", "--resources", "--host", "--scheduler-file"]),
+        ("scheduler", ["--host", "--port", "--dashboard-address", "--no-dashboard", "--profile-interval", "--scheduler-file"]),
+        ("worker", ["--nthreads", "--name", "--memory-limit", "--resources", "--host", "--scheduler-file", "--profile-interval"]),
         ("local", ["--workers", "--threads", "--port", "--memory-limit", "--scheduler-file"]),
         ("demo", ["--tasks", "--workers", "--threads"]),
     ],
 )
 def test_subcommand_help_names_every_option(command: str, options: list[str]) -> None:
-    result = runner.invoke(app, [command, "--help"], terminal_width=200)
+    result = runner.invoke(app, [command, "--help"], terminal_width=200, env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     for option in options:
         assert option in result.output
-    listing = runner.invoke(app, ["--help"], terminal_width=200)
+    listing = runner.invoke(app, ["--help"], terminal_width=200, env={"COLUMNS": "200"})
     assert command in listing.output
 
 
@@ -140,11 +141,17 @@ def test_scheduler_and_worker_meet_through_the_scheduler_file(tmp_path: Path) ->
     path = tmp_path / "scheduler.json"
     # The worker starts first and waits for the file to appear.
     worker = dsched("--log-level", "info", "worker", "--scheduler-file", str(path), "--nthreads", "2", "--name", "w1")
-    scheduler = dsched("--log-level", "info", "scheduler", "--port", "0", "--scheduler-file", str(path), "--dashboard-port", "8787")
+    scheduler = dsched(
+        "--log-level", "info", "scheduler", "--port", "0", "--scheduler-file", str(path), "--dashboard-address", ":0"
+    )
     try:
         info = wait_for_file(path, scheduler)
         address = str(info["address"])
         assert address.startswith("tcp://127.0.0.1:") and info["pid"] == scheduler.pid
+        dashboard = str(info["dashboard"])
+        assert dashboard.startswith("http://127.0.0.1:") and dashboard.endswith("/status")
+        with urllib.request.urlopen(dashboard.replace("/status", "/health"), timeout=10) as response:
+            assert json.loads(response.read()) == {"status": "ok"}
         (registered,) = workers_of(address, 1)
         assert registered.name == "w1" and registered.nthreads == 2
     finally:
@@ -160,7 +167,7 @@ def test_scheduler_and_worker_meet_through_the_scheduler_file(tmp_path: Path) ->
     assert "the scheduler is shutting down" in worker_err
     assert not path.exists()
     assert "stopped by SIGINT" in sched_err
-    assert "dashboard is not available yet" in sched_err
+    assert f"dashboard at {dashboard}" in sched_err  # printed at start-up
     assert "Traceback" not in sched_err + worker_err
 
 

@@ -86,7 +86,7 @@ def strategy_for(t: mi.Type) -> st.SearchStrategy[Any]:
         if t.ge is not None:
             return st.floats(min_value=t.ge, allow_nan=False)
         return st.floats(allow_nan=False)
-    if isinstance(t, mi.RawType):  # an opaque payload
+    if isinstance(t, (mi.RawType, mi.BytesType)):  # an opaque payload, or plain bytes
         return st.binary(max_size=300)
     if isinstance(t, mi.NoneType):
         return st.none()
@@ -395,7 +395,7 @@ def random_instance(rng: random.Random, t: Any) -> Any:
         return rng.choice([v for v in (0, 1, 2, 7, 2**40, 2**63 - 1, -1, -(2**63)) if low <= v <= high])
     if isinstance(t, mi.FloatType):
         return rng.choice([0.0, 0.25, 1e9])
-    if isinstance(t, mi.RawType):
+    if isinstance(t, (mi.RawType, mi.BytesType)):
         return rng.randbytes(rng.choice([0, 3, 300]))
     if isinstance(t, mi.NoneType):
         return None

@@ -1,0 +1,128 @@
+"""Serving the dashboard: uvicorn on the scheduler's own event loop, on a port of its own.
+
+On the same loop, the dashboard reads the scheduler's state between ticks
+without locks or copies; every request does bounded work (see
+``dsched._dashboard_source``), so a browser polling a few pages costs the
+scheduler little.  uvicorn is told to leave the process's signals alone: the
+scheduler (or the user's program, for an in-process cluster) owns them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import socket
+from collections.abc import Generator
+from typing import TYPE_CHECKING
+
+import anyio
+import uvicorn
+from anyio.abc import TaskGroup, TaskStatus
+from starlette.applications import Starlette
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+
+if TYPE_CHECKING:
+    from dsched._scheduler_server import SchedulerServer
+
+__all__ = ["DashboardServer", "parse_dashboard_address", "start_dashboard"]
+
+logger = logging.getLogger("dsched.dashboard")
+
+DEFAULT_PORT = 8787
+_LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+def parse_dashboard_address(address: str) -> tuple[str, int]:
+    """``"host:port"``, ``":port"``, ``"port"`` or ``"host"`` -> (host, port); loopback by default."""
+    host, sep, port = address.rpartition(":")
+    if not sep:
+        host, port = ("", address) if address.isdigit() else (address, str(DEFAULT_PORT))
+    host = host.strip("[]") or "127.0.0.1"
+    try:
+        number = int(port)
+    except ValueError:
+        raise ValueError(f"the dashboard port must be a number, not {port!r}") from None
+    if not 0 <= number <= 65535:
+        raise ValueError(f"the dashboard port must be in 0-65535, not {number}")
+    return host, number
+
+
+class _EmbeddedServer(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield  # the process's signals belong to the scheduler (or the user's program), not to uvicorn
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(128)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class DashboardServer:
+    """The dashboard's HTTP server; ``run`` serves until ``close``."""
+
+    def __init__(self, app: Starlette, host: str, port: int, *, fall_back: bool = True) -> None:
+        self.app = app
+        self.host = host
+        self.port = port
+        self.fall_back = fall_back  # a port in use: take another rather than fail
+        self._server: _EmbeddedServer | None = None
+
+    @property
+    def link(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        if self.host in ("0.0.0.0", "::"):
+            host = socket.gethostname()
+        return f"http://{host}:{self.port}/status"
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        try:
+            sock = _bind(self.host, self.port)
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE or not self.fall_back or self.port == 0:
+                raise
+            logger.warning("dashboard port %d is in use; taking another one", self.port)
+            sock = _bind(self.host, 0)
+        self.port = sock.getsockname()[1]
+        config = uvicorn.Config(self.app, log_level="warning", lifespan="off", access_log=False)
+        self._server = _EmbeddedServer(config)
+        task_status.started()
+        try:
+            await self._server.serve(sockets=[sock])
+        finally:
+            sock.close()
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+
+
+async def start_dashboard(server: SchedulerServer, tg: TaskGroup, address: str) -> DashboardServer:
+    """Serve ``server``'s dashboard at ``address`` (``host:port``) in ``tg``; the running server.
+
+    The dashboard needs the cluster's secret when the scheduler has one and the
+    dashboard listens beyond loopback.
+    """
+    from dsched._dashboard_source import SchedulerSource
+    from dsched.dashboard import create_app
+
+    host, port = parse_dashboard_address(address)
+    loopback = host in _LOOPBACK
+    app = create_app(SchedulerSource(server), secret=None if loopback or not server.auth else server.auth)
+    if loopback:
+        # Open on loopback, so only this machine's names may reach it: a web page whose own host
+        # name was pointed at 127.0.0.1 (DNS rebinding) cannot read or drive the dashboard.
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=["127.0.0.1", "localhost", "::1", "[::1]"])
+    dashboard = DashboardServer(app, host, port)
+    await tg.start(dashboard.run)
+    return dashboard

@@ -1,0 +1,584 @@
+"""A statistical profiler: sampled call stacks of chosen threads, as call trees over time.
+
+A :class:`Sampler` thread wakes every ``interval`` seconds, reads every thread's
+current frame with ``sys._current_frames()``, and adds the stacks of the threads
+it was asked about (``threads()`` maps a thread ident to a label, or to None to
+skip it) to the tree of that label in the current time bucket.  Buckets of
+``bucket_seconds`` are kept for ``history_seconds``; :meth:`Sampler.tree` merges
+those overlapping a time window.
+
+A :class:`CallTree` counts samples per call path.  A frame is identified by its
+*function* ``(co_filename, co_firstlineno, co_name)``, so all samples of one
+call merge whatever line was running.  Its JSON form is the one shared by every
+profile API and the dashboard (``{"name", "filename", "line", "count",
+"children"}``, root ``"all"``); :meth:`CallTree.from_json` validates trees that
+come from other processes.
+
+Bounds, so that memory stays bounded whatever runs:
+
+* a stack keeps at most ``max_depth`` frames from its root (default 256); the
+  sample is counted on the deepest kept frame.  Walking a stack stops after
+  4,096 frames, so a deeper stack loses its outermost frames;
+* a tree holds at most ``max_nodes`` nodes (default 10,000): once full, a stack
+  that needs a new node is counted on the deepest node that already exists (its
+  deeper frames fold into their parent, which then shows them as its own time);
+* the history holds the buckets of the last ``history_seconds`` only.
+
+Trimmed: the sampler's own thread (and the thread calling :meth:`Sampler.sample_once`)
+is never sampled, and the standard library's thread bootstrap frames at the root
+of a stack (``threading.py``: ``_bootstrap``, ``_bootstrap_inner``, ``run``) are
+dropped, so trees start at the thread's target.  A thread whose target is itself
+one of those functions (``threading.Timer.run``) loses that frame too.
+"""
+
+from __future__ import annotations
+
+import gc
+import itertools
+import math
+import operator
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from types import FrameType, TracebackType
+from typing import Any, Final, TypeAlias, cast
+
+__all__ = [
+    "DEFAULT_MAX_NODES",
+    "MAX_DEPTH",
+    "CallTree",
+    "FrameId",
+    "Sampler",
+    "SamplerStats",
+    "ThreadLabels",
+    "loop_thread_sampler",
+]
+
+FrameId: TypeAlias = tuple[str, int, str]
+"""A function: ``(co_filename, co_firstlineno, co_name)``."""
+
+ThreadLabels: TypeAlias = Callable[[], Mapping[int, str | None]]
+"""Returns ``{thread ident: label}`` for the threads to sample now (None: skip that thread)."""
+
+DEFAULT_MAX_NODES: Final = 10_000
+MAX_DEPTH: Final = 256
+MAX_JSON_NODES: Final = 200_000
+_WALK_LIMIT: Final = 4_096
+_MAX_COUNT: Final = 2**53 - 1  # the largest integer a JavaScript reader keeps exact
+
+_THREADING_FILE: Final = threading.Thread.run.__code__.co_filename
+_BOOTSTRAP: Final = frozenset({"_bootstrap", "_bootstrap_inner", "run"})
+
+
+class _Node:
+    __slots__ = ("children", "count")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.children: dict[FrameId, _Node] = {}
+
+
+def _order(item: tuple[FrameId, _Node]) -> tuple[int, str, str, int]:
+    (filename, line, name), node = item
+    return (-node.count, name, filename, line)
+
+
+def _children_reversed(node: _Node) -> list[tuple[FrameId, _Node] | None]:
+    """``node``'s children in reverse JSON order (to be popped from a work list)."""
+    ordered = sorted(node.children.items(), key=_order, reverse=True)
+    work: list[tuple[FrameId, _Node] | None] = []
+    work.extend(ordered)
+    return work
+
+
+class CallTree:
+    """Sample counts per call path (root -> leaf), bounded by ``max_nodes`` and ``max_depth``."""
+
+    __slots__ = ("_nodes", "_root", "max_depth", "max_nodes")
+
+    def __init__(self, max_nodes: int = DEFAULT_MAX_NODES, max_depth: int = MAX_DEPTH) -> None:
+        if max_nodes < 0 or max_depth < 0:
+            raise ValueError("max_nodes and max_depth must be >= 0")
+        self.max_nodes = max_nodes
+        self.max_depth = max_depth
+        self._root = _Node()
+        self._nodes = 0
+
+    @property
+    def count(self) -> int:
+        """The number of samples in the tree."""
+        return self._root.count
+
+    @property
+    def nodes(self) -> int:
+        """The number of nodes below the root."""
+        return self._nodes
+
+    def add_stack(self, frames: Sequence[FrameId], count: int = 1) -> None:
+        """Count ``count`` samples of the stack ``frames`` (root first): O(len(frames))."""
+        node = self._root
+        node.count += count
+        for ident in frames[: self.max_depth]:
+            child = node.children.get(ident)
+            if child is None:
+                if self._nodes >= self.max_nodes:
+                    return  # full: the rest of the stack folds into ``node``
+                child = node.children[ident] = _Node()
+                self._nodes += 1
+            child.count += count
+            node = child
+
+    def merge(self, other: CallTree) -> None:
+        """Add every sample of ``other`` to this tree (within this tree's bounds)."""
+        if other is self:
+            other = self.copy()
+        self._root.count += other._root.count
+        todo = [(self._root, other._root, 0)]
+        while todo:
+            into, source, depth = todo.pop()
+            if depth >= self.max_depth:
+                continue
+            for ident, child in source.children.items():
+                mine = into.children.get(ident)
+                if mine is None:
+                    if self._nodes >= self.max_nodes:
+                        continue  # folds into ``into``, whose count already includes it
+                    mine = into.children[ident] = _Node()
+                    self._nodes += 1
+                mine.count += child.count
+                todo.append((mine, child, depth + 1))
+
+    def copy(self) -> CallTree:
+        tree = CallTree(self.max_nodes, self.max_depth)
+        tree.merge(self)
+        return tree
+
+    def stacks(self) -> Iterator[tuple[tuple[FrameId, ...], int]]:
+        """Each distinct stack (root first) with its own samples (not its callees'), depth first.
+
+        Children come in the order of :meth:`to_json`; the root's own samples (if
+        any) come first with an empty stack.
+        """
+        path: list[FrameId] = []
+        todo: list[tuple[FrameId, _Node] | None] = []
+        own = self._root.count - sum(c.count for c in self._root.children.values())
+        if own > 0:
+            yield (), own
+        todo.extend(_children_reversed(self._root))
+        while todo:
+            item = todo.pop()
+            if item is None:  # leaving a node
+                path.pop()
+                continue
+            ident, node = item
+            path.append(ident)
+            own = node.count - sum(c.count for c in node.children.values())
+            if own > 0:
+                yield tuple(path), own
+            todo.append(None)
+            todo.extend(_children_reversed(node))
+
+    def to_json(self) -> dict[str, Any]:
+        """The shared JSON form: nested nodes, children by count descending."""
+        root: dict[str, Any] = {
+            "name": "all", "filename": "", "line": 0, "count": self._root.count, "children": [],
+        }
+        todo = [(self._root, root["children"])]
+        while todo:
+            node, out = todo.pop()
+            for (filename, line, name), child in sorted(node.children.items(), key=_order):
+                entry = {"name": name, "filename": filename, "line": line,
+                         "count": child.count, "children": []}
+                out.append(entry)
+                if child.children:
+                    todo.append((child, entry["children"]))
+        return root
+
+    @classmethod
+    def from_json(
+        cls, data: object, *, max_nodes: int = MAX_JSON_NODES, max_depth: int = MAX_DEPTH
+    ) -> CallTree:
+        """A tree from its JSON form; ``ValueError`` (never a crash) on anything malformed.
+
+        Checked without recursion: node shape and types, counts non-negative and
+        at least the sum of their children's, nesting at most ``max_depth`` below
+        the root, at most ``max_nodes`` nodes.  Siblings naming the same function
+        are merged.
+        """
+        tree = cls(max_nodes=max_nodes, max_depth=max_depth)
+        *_, count, children = _checked(data, 0)
+        tree._root.count = count
+        todo = [(children, tree._root, count, 1)]
+        while todo:
+            entries, parent, parent_count, depth = todo.pop()
+            if entries and depth > max_depth:
+                raise ValueError(f"profile tree: nested deeper than {max_depth} frames")
+            total = 0
+            for entry in entries:
+                name, filename, line, count, grand = _checked(entry, depth)
+                total += count
+                ident = (filename, line, name)
+                node = parent.children.get(ident)
+                if node is None:
+                    if tree._nodes >= max_nodes:
+                        raise ValueError(f"profile tree: more than {max_nodes} nodes")
+                    node = parent.children[ident] = _Node()
+                    tree._nodes += 1
+                node.count += count
+                todo.append((grand, node, count, depth + 1))
+            if total > parent_count:
+                raise ValueError(
+                    f"profile tree: children of a node at depth {depth - 1} count {total} "
+                    f"samples, more than the node's {parent_count}"
+                )
+        return tree
+
+
+def _checked(entry: object, depth: int) -> tuple[str, str, int, int, list[object]]:
+    """``(name, filename, line, count, children)`` of one JSON node, or ValueError."""
+    where = f"profile tree: node at depth {depth}"
+    if not isinstance(entry, dict):
+        raise ValueError(f"{where} must be an object, not {type(entry).__name__}")
+    missing = [k for k in ("name", "filename", "line", "count", "children") if k not in entry]
+    if missing:
+        raise ValueError(f"{where} lacks {', '.join(missing)}")
+    name, filename, line = entry["name"], entry["filename"], entry["line"]
+    count, children = entry["count"], entry["children"]
+    if not isinstance(name, str) or not isinstance(filename, str):
+        raise ValueError(f"{where}: name and filename must be strings")
+    for field, value in (("line", line), ("count", count)):
+        if type(value) is not int or not 0 <= value <= _MAX_COUNT:
+            raise ValueError(f"{where} ({name!r}): {field} must be an integer >= 0, got {value!r}")
+    if not isinstance(children, list):
+        raise ValueError(f"{where} ({name!r}): children must be a list")
+    return name, filename, line, count, children
+
+
+# --- reading other threads' stacks ----------------------------------------------------
+#
+# What deadlocked Dask (dask/distributed#8616, CPython gh-106883 and gh-116969):
+# on Python 3.11 ``sys._current_frames()`` holds the runtime's thread-list lock
+# (HEAD_LOCK) while it allocates a frame object per thread, and in 3.11 an
+# allocation can start a cyclic garbage collection right there.  The collection
+# runs finalizers (``__del__``, weakref callbacks, ``threading.local`` teardown),
+# which can release the GIL or need HEAD_LOCK themselves; meanwhile another
+# thread holding the GIL (one starting or exiting, e.g. the event loop's
+# executor threads) waits for HEAD_LOCK: each thread waits for the other's lock
+# forever.  Dask's profiler sampled the event loop thread that way every 10 ms,
+# and Dask ended up disabling it on 3.11 (dask/distributed#8916).  3.12 runs the
+# collector only between bytecodes, never inside an allocation, so it is safe.
+#
+# So on 3.11 the GC is paused around the call.  Pausing it from Python would
+# race with other threads (``GcPolicy`` and ``gc_paused`` read ``gc.isenabled()``
+# and could see the sampler's transient "off" and restore it later): the GIL can
+# switch threads after any bytecode.  The read, pause, call and conditional
+# restore therefore run as one chain of C calls driven by ``list()`` (map, tee
+# and chain iterators calling builtins), during which no bytecode runs, so no
+# other thread can run or observe the paused state.
+#
+# The rest of a sample only reads code attributes: no ``linecache`` (which can
+# import a module's loader to fetch its source and take the import lock, and
+# does file I/O), no ``threading.enumerate()``, no logging, no imports.
+_GC_IN_ALLOCATIONS: Final = sys.version_info < (3, 12)
+_RESTORE_GC: Final[dict[object, Callable[[], object]]] = {True: gc.enable, False: gc.isenabled}
+
+
+def _current_frames_gc_paused() -> dict[int, FrameType]:
+    """``sys._current_frames()`` with the cyclic GC paused, atomically with respect to the GIL."""
+    was_on, restore = itertools.tee(map(operator.call, (gc.isenabled,)))
+    calls: tuple[Callable[[], object], ...] = (gc.disable, sys._current_frames)
+    try:
+        results = list(itertools.chain(
+            was_on,
+            map(operator.call, calls),
+            map(operator.call, map(_RESTORE_GC.__getitem__, restore)),
+        ))
+    except BaseException:  # MemoryError inside: do not leave the GC off
+        if next(restore, False):
+            gc.enable()
+        raise
+    return cast("dict[int, FrameType]", results[2])
+
+
+def _current_frames() -> dict[int, FrameType]:
+    return _current_frames_gc_paused() if _GC_IN_ALLOCATIONS else sys._current_frames()
+
+
+def _stack_of(frame: FrameType | None) -> list[FrameId]:
+    """The identities of ``frame`` and its callers, root first, bootstrap frames trimmed."""
+    stack: list[FrameId] = []
+    while frame is not None and len(stack) < _WALK_LIMIT:
+        code = frame.f_code
+        stack.append((code.co_filename, code.co_firstlineno, code.co_name))
+        frame = frame.f_back
+    stack.reverse()
+    start = 0
+    while (
+        start < len(stack) and stack[start][0] == _THREADING_FILE and stack[start][2] in _BOOTSTRAP
+    ):
+        start += 1
+    return stack[start:] if start else stack
+
+
+def _collect(labels: Mapping[int, str | None], skip: int) -> list[tuple[str, list[FrameId]]]:
+    """The labelled stacks of the threads in ``labels`` that are running Python code."""
+    # Copied first (one C call for a dict), so that other threads may change it meanwhile.
+    wanted = [(i, label) for i, label in list(labels.items()) if isinstance(label, str) and i != skip]
+    if not wanted:
+        return []
+    frames = _current_frames()
+    try:
+        stacks = []
+        for ident, label in wanted:
+            frame = frames.get(ident)
+            if frame is not None:  # None: the thread has exited (or runs no Python code yet)
+                stacks.append((label, _stack_of(frame)))
+            del frame
+        return stacks
+    finally:
+        # Frames pin every local variable of the sampled threads: let them go now.
+        del frames
+
+
+# --- the sampler ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SamplerStats:
+    """What sampling cost: rounds taken, stacks recorded, and the time spent doing it."""
+
+    samples: int
+    stacks: int
+    errors: int
+    busy_seconds: float
+    running_seconds: float
+    last_error: str | None = None
+
+    @property
+    def fraction(self) -> float:
+        """The share of the sampler's running time spent sampling (of one core)."""
+        return self.busy_seconds / self.running_seconds if self.running_seconds > 0 else 0.0
+
+
+class _Bucket:
+    __slots__ = ("start", "trees")
+
+    def __init__(self, start: float) -> None:
+        self.start = start
+        self.trees: dict[str, CallTree] = {}
+
+
+class Sampler:
+    """Samples the threads named by ``threads()`` every ``interval`` seconds on a daemon thread.
+
+    ``threads`` is called on the sampler thread before every sample; it must be
+    quick and must not block (return a snapshot, e.g. ``dict(labels)``).  Closed
+    buckets are never modified again, so :meth:`tree` holds the lock only to list
+    them and to merge the open bucket: the sampling thread never waits long.
+    """
+
+    def __init__(
+        self,
+        threads: ThreadLabels,
+        *,
+        interval: float = 0.010,
+        bucket_seconds: float = 1.0,
+        history_seconds: float = 600.0,
+        max_nodes: int = DEFAULT_MAX_NODES,
+        max_depth: int = MAX_DEPTH,
+        name: str = "dsched-profiler",
+    ) -> None:
+        if not interval > 0 or not bucket_seconds > 0 or not history_seconds >= bucket_seconds:
+            raise ValueError("need interval > 0 and history_seconds >= bucket_seconds > 0")
+        self._threads = threads
+        self.interval = interval
+        self.bucket_seconds = bucket_seconds
+        self.history_seconds = history_seconds
+        self.max_nodes = max_nodes
+        self.max_depth = max_depth
+        self.name = name
+        self._lock = threading.Lock()
+        self._history: deque[_Bucket] = deque(maxlen=math.ceil(history_seconds / bucket_seconds))
+        self._current: _Bucket | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._samples = self._stacks = self._errors = 0
+        self._busy = 0.0
+        self._last_error: str | None = None
+        self._started_at: float | None = None
+        self._stopped_at: float | None = None
+
+    # -- lifecycle --
+
+    def start(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            raise RuntimeError(f"sampler {self.name!r} is already running")
+        self._stop.clear()
+        self._started_at, self._stopped_at = time.perf_counter(), None
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float | None = 5.0) -> None:
+        """Stop sampling and wait for the sampler thread to end (idempotent)."""
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+        if self._started_at is not None and self._stopped_at is None:
+            self._stopped_at = time.perf_counter()
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def __enter__(self) -> Sampler:
+        self.start()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def _run(self) -> None:
+        interval = self.interval
+        deadline = time.perf_counter()
+        while not self._stop.is_set():
+            try:
+                self.sample_once()
+            except Exception as exc:  # a bug must not end profiling silently: count it
+                self._note_error(exc)
+            deadline += interval
+            now = time.perf_counter()
+            if deadline < now + interval / 4:  # fell behind: sleep a little, never burst
+                deadline = now + interval / 4
+            self._stop.wait(deadline - now)
+
+    # -- sampling --
+
+    def sample_once(self, when: float | None = None) -> int:
+        """Take one sample now (filed at wall-clock time ``when``); return the stacks recorded."""
+        began = time.perf_counter()
+        try:
+            labels = self._threads()
+        except Exception as exc:
+            self._note_error(exc)
+            return 0
+        stacks = _collect(labels, threading.get_ident())
+        when = time.time() if when is None else when
+        with self._lock:
+            trees = self._bucket(when).trees
+            for label, stack in stacks:
+                tree = trees.get(label)
+                if tree is None:
+                    tree = trees[label] = CallTree(self.max_nodes, self.max_depth)
+                tree.add_stack(stack)
+            self._samples += 1
+            self._stacks += len(stacks)
+            self._busy += time.perf_counter() - began
+        return len(stacks)
+
+    def record(self, label: str, stack: Sequence[FrameId], when: float | None = None,
+               count: int = 1) -> None:
+        """Add ``count`` samples of ``stack`` (root first) under ``label`` at time ``when``."""
+        with self._lock:
+            trees = self._bucket(time.time() if when is None else when).trees
+            tree = trees.get(label)
+            if tree is None:
+                tree = trees[label] = CallTree(self.max_nodes, self.max_depth)
+            tree.add_stack(stack, count)
+
+    def _bucket(self, when: float) -> _Bucket:
+        """The open bucket for time ``when``, closing the previous one (lock held)."""
+        current = self._current
+        if current is not None and when < current.start + self.bucket_seconds:
+            return current  # also when the clock stepped back: file it in the open bucket
+        if current is not None and current.trees:
+            self._history.append(current)
+        start = math.floor(when / self.bucket_seconds) * self.bucket_seconds
+        history = self._history
+        while history and history[0].start <= start - self.history_seconds:
+            history.popleft()
+        self._current = _Bucket(start)
+        return self._current
+
+    def _note_error(self, exc: Exception) -> None:
+        with self._lock:
+            self._errors += 1
+            self._last_error = f"{type(exc).__name__}: {exc}"
+
+    # -- reading --
+
+    def _overlapping(self, start: float | None, stop: float | None) -> Callable[[_Bucket], bool]:
+        width = self.bucket_seconds
+
+        def overlaps(bucket: _Bucket) -> bool:
+            return (start is None or bucket.start + width > start) and (
+                stop is None or bucket.start <= stop
+            )
+
+        return overlaps
+
+    def tree(
+        self, start: float | None = None, stop: float | None = None,
+        label_prefix: str | None = None,
+    ) -> CallTree:
+        """The samples of buckets overlapping ``[start, stop]`` (``time.time()`` seconds, None:
+        open) whose label starts with ``label_prefix`` (None: all), merged newest first."""
+        overlaps = self._overlapping(start, stop)
+        prefix = label_prefix or ""
+        result = CallTree(self.max_nodes, self.max_depth)
+        with self._lock:
+            closed = [b for b in self._history if overlaps(b)]
+            current = self._current
+            if current is not None and overlaps(current):
+                for label, tree in current.trees.items():
+                    if label.startswith(prefix):
+                        result.merge(tree)
+        for bucket in reversed(closed):  # closed buckets are immutable: no lock needed
+            for label, tree in bucket.trees.items():
+                if label.startswith(prefix):
+                    result.merge(tree)
+        return result
+
+    def labels(self, start: float | None = None, stop: float | None = None) -> list[str]:
+        """The labels sampled in buckets overlapping ``[start, stop]``, sorted."""
+        overlaps = self._overlapping(start, stop)
+        with self._lock:
+            buckets = [b for b in self._history if overlaps(b)]
+            if self._current is not None and overlaps(self._current):
+                buckets.append(self._current)
+            return sorted({label for b in buckets for label in b.trees})
+
+    def overhead(self) -> SamplerStats:
+        """Counters: samples taken, stacks recorded, errors, time spent sampling."""
+        with self._lock:
+            began, ended = self._started_at, self._stopped_at
+            running = 0.0 if began is None else (ended or time.perf_counter()) - began
+            return SamplerStats(
+                samples=self._samples, stacks=self._stacks, errors=self._errors,
+                busy_seconds=self._busy, running_seconds=running, last_error=self._last_error,
+            )
+
+
+def loop_thread_sampler(
+    thread_ident: int,
+    *,
+    label: str = "event-loop",
+    interval: float = 0.010,
+    bucket_seconds: float = 1.0,
+    history_seconds: float = 600.0,
+) -> Sampler:
+    """A (not yet started) sampler of one thread, e.g. an event loop's.
+
+    Call ``threading.get_ident()`` on the loop (or take ``LoopThread.thread.ident``)
+    and pass it here; the sampler runs on its own thread, never on the loop.
+    """
+    fixed = {thread_ident: label}
+    return Sampler(
+        lambda: fixed, interval=interval, bucket_seconds=bucket_seconds,
+        history_seconds=history_seconds, name=f"dsched-profiler-{label}",
+    )

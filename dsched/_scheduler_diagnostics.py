@@ -1,0 +1,319 @@
+"""What the scheduler knows about itself: profiles, captures, the task stream, recordings.
+
+None of this is on the hot path.  The only per-task work is one ``deque``
+append per finished task for the task stream (bounded); everything else runs
+when someone asks: a client (``Diagnostics`` messages), the dashboard, or the
+CLI.
+
+* Profiles: the scheduler samples its own event-loop thread (the
+  "profile-server" view) with :class:`~dsched._profiler.Sampler`; workers sample
+  their task threads and loop, and send their trees on ``GetProfile``; the
+  scheduler merges those it gets within ``PROFILE_TIMEOUT`` seconds.
+* Captures: cProfile (or VizTracer, if installed) of the event-loop thread for
+  a number of seconds; the file's bytes are returned.
+* Recording: core events to a file (``dsched._recording``), for ``dsched replay``.
+"""
+
+from __future__ import annotations
+
+import cProfile
+import json
+import logging
+import os
+import tempfile
+import threading
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any, Final
+
+import anyio
+import msgspec
+
+from dsched import _protocol as p
+from dsched._comm import CommClosedError
+from dsched._dashboard_source import status
+from dsched._profile_export import to_collapsed, to_speedscope
+from dsched._profiler import CallTree, Sampler
+from dsched._recording import DEFAULT_MAX_BYTES, EventRecorder
+
+if TYPE_CHECKING:
+    from dsched._scheduler_routes import ClientConn
+    from dsched._scheduler_server import SchedulerServer
+
+__all__ = ["MAX_CAPTURE_SECONDS", "SchedulerDiagnostics", "TaskRecord"]
+
+logger = logging.getLogger("dsched.scheduler")
+
+TASK_STREAM_LENGTH: Final = 10_000
+PROFILE_TIMEOUT: Final = 3.0
+MAX_CAPTURE_SECONDS: Final = 300.0
+LOOP_LABEL: Final = "event-loop"
+
+# (key, worker, start, stop, erred)
+TaskRecord = tuple[str, str, float, float, bool]
+
+
+class SchedulerDiagnostics:
+    """The scheduler server's diagnostics: owned by it, used by routes, clients and the dashboard."""
+
+    def __init__(self, server: SchedulerServer, *, profile_interval: float | None = 0.01) -> None:
+        self.server = server
+        self.started = time.time()
+        self.task_stream: deque[TaskRecord] = deque(maxlen=TASK_STREAM_LENGTH)
+        # (time, tasks finished, tasks erred) once a second: throughput over a window.
+        self.progress: deque[tuple[float, int, int]] = deque(maxlen=600)
+        self.sampler: Sampler | None = None
+        self._profile_interval = profile_interval
+        self._loop_thread = 0
+        self._profile_requests: dict[int, dict[str, Any]] = {}
+        self._next_request = 0
+        self._capturing = False
+        self.recorder: EventRecorder | None = None
+
+    # -- lifecycle (on the loop) ------------------------------------------------------
+
+    def start(self) -> None:
+        self._loop_thread = threading.get_ident()
+        if self._profile_interval:
+            loop_thread = self._loop_thread
+            self.sampler = Sampler(lambda: {loop_thread: LOOP_LABEL}, interval=self._profile_interval)
+            self.sampler.start()
+
+    def stop(self) -> None:
+        if self.sampler is not None:
+            self.sampler.stop()
+            self.sampler = None
+        if self.recorder is not None:
+            self.recorder.close()
+
+    # -- recording ----------------------------------------------------------------------
+
+    def record(self, action: str, path: str | None = None, max_bytes: int | None = None) -> dict[str, Any]:
+        """Start (only before the first batch: see ``dsched._recording``), stop, or describe the recording."""
+        recorder = self.recorder
+        if action == "start":
+            if recorder is not None and recorder.active:
+                raise ValueError(f"the scheduler is recording already, to {recorder.path}")
+            if not path:
+                raise ValueError("start recording needs a path")
+            new = EventRecorder(path, max_bytes or DEFAULT_MAX_BYTES)
+            try:
+                new.start(self.server.state, self.server.scheduler_id)
+            except ValueError as exc:
+                raise ValueError(f"{exc}: start the scheduler with a recording (dsched scheduler --record FILE)") from None
+            except OSError as exc:
+                raise ValueError(f"cannot record to {path}: {exc.strerror or exc}") from None
+            self.recorder = recorder = new
+        elif action == "stop":
+            if recorder is None:
+                raise ValueError("the scheduler is not recording")
+            recorder.close()
+        elif action != "status":
+            raise ValueError(f"action must be start, stop or status, not {action!r}")
+        if recorder is None:
+            return {"recording": False, "path": None, "bytes": 0, "batches": 0, "events": 0, "stopped": ""}
+        return {
+            "recording": recorder.active, "path": recorder.path, "bytes": recorder.bytes_written,
+            "batches": recorder.batches, "events": recorder.events, "stopped": recorder.stopped_reason,
+        }
+
+    def tick(self, now: float) -> None:
+        """Once a second, from the server's periodic task."""
+        state = self.server.state
+        self.progress.append((now, state.n_tasks_finished, state.n_tasks_erred))
+
+    # -- the task stream (called by the routes, per finished task) ----------------------
+
+    def task_done(self, key: str, worker: str, start: float, duration: float, erred: bool) -> None:
+        stop = start + duration if start > 0 else time.time()
+        self.task_stream.append((key, worker, stop - duration, stop, erred))
+
+    def throughput(self, window: float = 10.0) -> float:
+        """Tasks finished (or erred) per second over the last ``window`` seconds."""
+        progress = self.progress
+        if len(progress) < 2:
+            return 0.0
+        now, finished, erred = progress[-1]
+        for then, f0, e0 in reversed(progress):
+            if now - then >= window:
+                break
+        if now <= then:
+            return 0.0
+        return (finished - f0 + erred - e0) / (now - then)
+
+    # -- profiles -----------------------------------------------------------------------
+
+    def profile_server(self, start: float | None, stop: float | None) -> dict[str, Any]:
+        if self.sampler is None:
+            return CallTree().to_json()
+        return self.sampler.tree(start, stop, None).to_json()
+
+    async def profile_workers(
+        self, start: float | None, stop: float | None, workers: list[str] | None, prefix: str | None
+    ) -> dict[str, Any]:
+        """Ask the workers for their trees; merge what arrives within ``PROFILE_TIMEOUT``."""
+        conns = self.server.workers
+        chosen = [a for a in (workers if workers is not None else list(conns)) if a in conns]
+        self._next_request += 1
+        request = self._next_request
+        pending: dict[str, Any] = {"event": anyio.Event(), "waiting": set(chosen), "trees": []}
+        self._profile_requests[request] = pending
+        try:
+            for address in chosen:
+                try:
+                    conns[address].sender.send(p.GetProfile(request, start, stop, prefix))
+                except CommClosedError:
+                    pending["waiting"].discard(address)
+            if pending["waiting"]:
+                with anyio.move_on_after(PROFILE_TIMEOUT):
+                    await pending["event"].wait()
+        finally:
+            del self._profile_requests[request]
+        merged = CallTree()
+        for tree in pending["trees"]:
+            merged.merge(tree)
+        out = merged.to_json()
+        out["missing"] = sorted(pending["waiting"])
+        return out
+
+    def profile_arrived(self, worker: str, msg: p.ProfileData) -> None:
+        """A worker's answer to ``GetProfile`` (from the routes): checked, then kept."""
+        pending = self._profile_requests.get(msg.request)
+        if pending is None or worker not in pending["waiting"]:
+            return  # late, or never asked
+        pending["waiting"].discard(worker)
+        try:
+            pending["trees"].append(CallTree.from_json(msgspec.json.decode(msg.tree)))
+        except (ValueError, msgspec.DecodeError) as exc:
+            logger.warning("worker %s sent a malformed profile: %s", worker, exc)
+        if not pending["waiting"]:
+            pending["event"].set()
+
+    # -- client requests ----------------------------------------------------------------
+
+    def request(self, conn: ClientConn, msg: p.Diagnostics) -> None:
+        """Answer a client's ``Diagnostics`` from a task of its own (some take seconds)."""
+        tg = self.server.task_group
+        if tg is None:
+            return
+        tg.start_soon(self._answer, conn, msg)
+
+    async def _answer(self, conn: ClientConn, msg: p.Diagnostics) -> None:
+        try:
+            payload = await self._payload(msg.op, dict(msg.params))
+            reply = p.DiagnosticsReply(msg.request, payload)
+        except ValueError as exc:
+            reply = p.DiagnosticsReply(msg.request, error=str(exc))
+        except Exception as exc:  # a diagnostic must never take the scheduler down
+            logger.exception("diagnostics %r failed", msg.op)
+            reply = p.DiagnosticsReply(msg.request, error=f"{type(exc).__name__}: {exc}")
+        try:
+            conn.sender.send(reply)
+        except CommClosedError:
+            pass  # the client left
+
+    async def _payload(self, op: str, params: dict[str, Any]) -> bytes:
+        if op == "status":
+            return json.dumps(status(self.server)).encode()
+        if op == "profile":
+            workers = _str(params, "workers")
+            tree = await self.profile_workers(
+                _float(params, "start"), _float(params, "stop"),
+                workers.split(",") if workers else None, _str(params, "prefix"),
+            )
+            return render_profile(tree, _str(params, "format"), "dsched workers")
+        if op == "profile-server":
+            tree = self.profile_server(_float(params, "start"), _float(params, "stop"))
+            return render_profile(tree, _str(params, "format"), "dsched scheduler event loop")
+        if op == "capture":
+            return await self.capture(_str(params, "kind") or "cprofile", _float(params, "seconds") or 5.0)
+        if op == "record":
+            max_bytes = _float(params, "max_bytes")
+            answer = self.record(_str(params, "action") or "", _str(params, "path"), int(max_bytes) if max_bytes else None)
+            return json.dumps(answer).encode()
+        raise ValueError(f"unknown diagnostic {op!r}")
+
+    # -- captures -----------------------------------------------------------------------
+
+    async def capture(self, kind: str, seconds: float) -> bytes:
+        """Profile the event-loop thread for ``seconds``: a pstats file or a VizTracer trace."""
+        if not 0 < seconds <= MAX_CAPTURE_SECONDS:
+            raise ValueError(f"seconds must be in (0, {MAX_CAPTURE_SECONDS:g}], not {seconds!r}")
+        if kind not in ("cprofile", "viztracer"):
+            raise ValueError(f"kind must be 'cprofile' or 'viztracer', not {kind!r}")
+        if self._capturing:
+            raise ValueError("a capture is running already: one at a time")
+        self._capturing = True
+        try:
+            if kind == "cprofile":
+                return await self._capture_cprofile(seconds)
+            return await self._capture_viztracer(seconds)
+        finally:
+            self._capturing = False
+
+    async def _capture_cprofile(self, seconds: float) -> bytes:
+        # cProfile hooks the thread that enables it: this coroutine runs on the loop's thread,
+        # so it sees every callback of the loop (the scheduler's whole work) until disabled.
+        profile = cProfile.Profile()
+        profile.enable()
+        try:
+            await anyio.sleep(seconds)
+        finally:
+            profile.disable()
+        return _dump(lambda path: profile.dump_stats(path), ".pstats")
+
+    async def _capture_viztracer(self, seconds: float) -> bytes:
+        try:
+            from viztracer import VizTracer  # type: ignore[import-not-found, unused-ignore]
+        except ImportError as exc:
+            raise ValueError("VizTracer is not installed on the scheduler: pip install 'dsched[viztracer]'") from exc
+        tracer = VizTracer(verbose=0, tracer_entries=1_000_000)
+        tracer.start()
+        try:
+            await anyio.sleep(seconds)
+        finally:
+            tracer.stop()
+        return _dump(lambda path: tracer.save(path), ".json")
+
+
+def _dump(write: Any, suffix: str) -> bytes:
+    fd, path = tempfile.mkstemp(prefix="dsched-capture-", suffix=suffix)
+    os.close(fd)
+    try:
+        write(path)
+        with open(path, "rb") as f:
+            return f.read()
+    finally:
+        os.unlink(path)
+
+
+def _float(params: dict[str, Any], name: str) -> float | None:
+    value = params.get(name)
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"{name} must be a number")
+    try:
+        return float(value)
+    except ValueError:
+        raise ValueError(f"{name} must be a number, not {value!r}") from None
+
+
+def _str(params: dict[str, Any], name: str) -> str | None:
+    value = params.get(name)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"{name} must be a string")
+    return value
+
+
+def render_profile(tree: dict[str, Any], fmt: str | None, name: str) -> bytes:
+    """A profile tree as JSON, speedscope JSON or collapsed stacks."""
+    if fmt in (None, "json"):
+        return json.dumps(tree).encode()
+    if fmt == "speedscope":
+        return json.dumps(to_speedscope(tree, name)).encode()
+    if fmt == "collapsed":
+        return to_collapsed(tree).encode()
+    raise ValueError(f"format must be json, speedscope or collapsed, not {fmt!r}")
