@@ -102,6 +102,10 @@ class LocalCluster:
     ``memory_limit`` per worker is bytes, a size such as ``"4GiB"``, a fraction
     of the machine's memory, ``"auto"`` (an equal share) or 0 (no limit);
     ``silence_logs`` is the level below which the cluster's logs are dropped.
+    ``dashboard_address``: where the scheduler serves its dashboard (loopback;
+    a port in use is replaced by a free one; None: no dashboard), linked as
+    ``dashboard_link``; ``profile_interval``: seconds between the profilers'
+    samples in the scheduler and every worker (None or 0: no profiler).
     ``start_timeout`` bounds starting the scheduler and each batch of workers.
     """
 
@@ -118,6 +122,7 @@ class LocalCluster:
         silence_logs: int = logging.WARNING,
         *,
         dashboard_address: str | None = "127.0.0.1:8787",
+        profile_interval: float | None = 0.01,
         start_timeout: float = 60.0,
         stop_timeout: float = 5.0,
     ) -> None:
@@ -133,6 +138,7 @@ class LocalCluster:
             memory_limit=parse_memory_limit(memory_limit, 1, max(1, n)),
             resources=dict(resources or {}),
             host=host,
+            profile_interval=profile_interval or None,
         )
         self.memory_limit = options.memory_limit
         self._backend: Backend

@@ -54,6 +54,7 @@ class WorkerOptions:
     memory_limit: int
     resources: dict[str, float]
     host: str
+    profile_interval: float | None = 0.01  # seconds between profiler samples; None: no profiler
 
 
 class ProcessBackend:
@@ -130,7 +131,7 @@ class ProcessBackend:
             "scheduler",
             self._command(
                 "scheduler", "--host", self.host, "--port", str(self.scheduler_port), "--scheduler-file", str(path),
-                *dashboard,
+                "--profile-interval", str(self.options.profile_interval or 0), *dashboard,
             ),
         )
         self.scheduler = child
@@ -153,7 +154,7 @@ class ProcessBackend:
     def _worker_command(self, name: str) -> list[str]:
         opts = self.options
         args = ["worker", self.scheduler_address, "--name", name, "--nthreads", str(opts.nthreads), "--host", opts.host]
-        args += ["--memory-limit", str(opts.memory_limit)]
+        args += ["--memory-limit", str(opts.memory_limit), "--profile-interval", str(opts.profile_interval or 0)]
         if opts.resources:
             args += ["--resources", ",".join(f"{k}={v!r}" for k, v in opts.resources.items())]
         return self._command(*args)
@@ -242,7 +243,8 @@ class InProcessBackend:
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         self._stop = anyio.Event()
         async with SchedulerServer(
-            self.host, self.scheduler_port, gc_mode="relaxed", dashboard_address=self.dashboard_address
+            self.host, self.scheduler_port, gc_mode="relaxed", dashboard_address=self.dashboard_address,
+            profile_interval=self.options.profile_interval,
         ) as server:
             self.server = server
             self.scheduler_address = server.address
@@ -276,6 +278,7 @@ class InProcessBackend:
                 memory_limit=opts.memory_limit,
                 resources=dict(opts.resources),
                 host=opts.host,
+                profile_interval=opts.profile_interval,
             ) as worker:
                 self.workers[name] = worker
                 self.worker_addresses[name] = worker.address
