@@ -131,8 +131,8 @@ class SchedulerSource:
         stream = self.server.diagnostics.task_stream
         picked: list[JSON] = []
         # Newest first, stopping at ``since`` or ``limit``: bounded however long the stream is.
-        for key, worker, start, stop, erred in reversed(stream):
-            if stop <= since or len(picked) >= limit:
+        for key, worker, start, stop, erred, arrived in reversed(stream):
+            if arrived <= since or len(picked) >= limit:
                 break
             picked.append({
                 "key": key,
@@ -141,6 +141,7 @@ class SchedulerSource:
                 "worker": worker,
                 "start": start,
                 "stop": stop,
+                "arrived": arrived,
                 "status": "erred" if erred else "finished",
             })
         picked.reverse()

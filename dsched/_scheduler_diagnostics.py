@@ -49,8 +49,8 @@ PROFILE_TIMEOUT: Final = 3.0
 MAX_CAPTURE_SECONDS: Final = 300.0
 LOOP_LABEL: Final = "event-loop"
 
-# (key, worker, start, stop, erred)
-TaskRecord = tuple[str, str, float, float, bool]
+# (key, worker, start, stop, erred, arrived): start/stop by the worker's clock, arrived by the scheduler's
+TaskRecord = tuple[str, str, float, float, bool, float]
 
 
 class SchedulerDiagnostics:
@@ -125,8 +125,9 @@ class SchedulerDiagnostics:
     # -- the task stream (called by the routes, per finished task) ----------------------
 
     def task_done(self, key: str, worker: str, start: float, duration: float, erred: bool) -> None:
-        stop = start + duration if start > 0 else time.time()
-        self.task_stream.append((key, worker, stop - duration, stop, erred))
+        now = time.time()
+        stop = start + duration if start > 0 else now
+        self.task_stream.append((key, worker, stop - duration, stop, erred, now))
 
     def throughput(self, window: float = 10.0) -> float:
         """Tasks finished (or erred) per second over the last ``window`` seconds."""
@@ -226,7 +227,8 @@ class SchedulerDiagnostics:
             tree = self.profile_server(_float(params, "start"), _float(params, "stop"))
             return render_profile(tree, _str(params, "format"), "dsched scheduler event loop")
         if op == "capture":
-            return await self.capture(_str(params, "kind") or "cprofile", _float(params, "seconds") or 5.0)
+            seconds = _float(params, "seconds")
+            return await self.capture(_str(params, "kind") or "cprofile", 5.0 if seconds is None else seconds)
         if op == "record":
             max_bytes = _float(params, "max_bytes")
             answer = self.record(_str(params, "action") or "", _str(params, "path"), int(max_bytes) if max_bytes else None)

@@ -79,8 +79,10 @@ class DashboardSource(Protocol):
         ...
 
     def task_stream(self, since: float, limit: int) -> list[JSON]:
-        """Tasks that finished or erred after ``since``, oldest first, at most ``limit`` (the newest):
-        ``{"key", "group", "prefix", "worker", "start", "stop", "status": "finished" | "erred"}``."""
+        """Tasks whose end the scheduler heard of after ``since``, in that order, at most ``limit`` (the
+        newest): ``{"key", "group", "prefix", "worker", "start", "stop", "arrived", "status": "finished" |
+        "erred"}``; ``start``/``stop`` are the worker's clock, ``arrived`` the scheduler's (poll with
+        ``since`` = the last ``arrived`` seen, so that no late report is missed)."""
         ...
 
     def metrics(self) -> list[Metric]:

@@ -78,13 +78,13 @@
   }
 
   // Task stream: finished tasks of the last few seconds, one row per worker.
-  const stream = { tasks: [], lastStop: null, offset: 0 }; // offset: scheduler clock - browser clock
+  const stream = { tasks: [], lastArrived: null, offset: 0 }; // offset: scheduler clock - browser clock
 
   function updateStream(data) {
     stream.offset = data.now - Date.now() / 1000;
     for (const task of data.tasks) {
       stream.tasks.push(task);
-      if (stream.lastStop === null || task.stop > stream.lastStop) stream.lastStop = task.stop;
+      if (stream.lastArrived === null || task.arrived > stream.lastArrived) stream.lastArrived = task.arrived;
     }
     const horizon = data.now - STREAM_WINDOW_S;
     stream.tasks = stream.tasks.filter((task) => task.stop > horizon);
@@ -154,8 +154,8 @@
     streamBox.addEventListener("mouseleave", () => d.tooltip.hide());
     window.addEventListener("resize", drawStream);
     d.poll(async () => {
-      // The first poll takes the last 10 s; later ones only what finished since.
-      const since = stream.lastStop === null ? -STREAM_WINDOW_S : stream.lastStop;
+      // The first poll takes the last 10 s; later ones only what the scheduler heard of since.
+      const since = stream.lastArrived === null ? -STREAM_WINDOW_S : stream.lastArrived;
       const [status, groups, tasks] = await Promise.all([
         d.getJSON("api/status"),
         d.getJSON("api/tasks?limit=100"),
