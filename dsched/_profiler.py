@@ -251,9 +251,10 @@ def _checked(entry: object, depth: int) -> tuple[str, str, int, int, list[object
         raise ValueError(f"{where}: name and filename must be strings")
     for field, value in (("line", line), ("count", count)):
         if type(value) is not int or not 0 <= value <= _MAX_COUNT:
-            raise ValueError(f"{where} ({name!r}): {field} must be an integer >= 0, got {value!r}")
+            shown = repr(value)[:40]
+            raise ValueError(f"{where} ({name[:80]!r}): {field} must be an integer >= 0, got {shown}")
     if not isinstance(children, list):
-        raise ValueError(f"{where} ({name!r}): children must be a list")
+        raise ValueError(f"{where} ({name[:80]!r}): children must be a list")
     return name, filename, line, count, children
 
 
@@ -348,7 +349,12 @@ def _collect(labels: Mapping[int, str | None], skip: int) -> list[tuple[str, lis
 
 @dataclass(frozen=True)
 class SamplerStats:
-    """What sampling cost: rounds taken, stacks recorded, and the time spent doing it."""
+    """What sampling cost: rounds taken, stacks recorded, errors, and the CPU time it took.
+
+    ``busy_seconds`` is CPU time of the sampling thread (``time.thread_time``):
+    while it runs it holds the GIL, so it is also the time taken from the
+    process's Python threads.  ``running_seconds`` is wall time since ``start()``.
+    """
 
     samples: int
     stacks: int
@@ -359,7 +365,7 @@ class SamplerStats:
 
     @property
     def fraction(self) -> float:
-        """The share of the sampler's running time spent sampling (of one core)."""
+        """CPU time spent sampling per second of running time."""
         return self.busy_seconds / self.running_seconds if self.running_seconds > 0 else 0.0
 
 
@@ -461,7 +467,7 @@ class Sampler:
 
     def sample_once(self, when: float | None = None) -> int:
         """Take one sample now (filed at wall-clock time ``when``); return the stacks recorded."""
-        began = time.perf_counter()
+        began = time.thread_time()
         try:
             labels = self._threads()
         except Exception as exc:
@@ -478,12 +484,14 @@ class Sampler:
                 tree.add_stack(stack)
             self._samples += 1
             self._stacks += len(stacks)
-            self._busy += time.perf_counter() - began
+            self._busy += time.thread_time() - began
         return len(stacks)
 
     def record(self, label: str, stack: Sequence[FrameId], when: float | None = None,
                count: int = 1) -> None:
         """Add ``count`` samples of ``stack`` (root first) under ``label`` at time ``when``."""
+        if count < 1:
+            raise ValueError(f"count must be >= 1, not {count}")
         with self._lock:
             trees = self._bucket(time.time() if when is None else when).trees
             tree = trees.get(label)
@@ -526,8 +534,14 @@ class Sampler:
         self, start: float | None = None, stop: float | None = None,
         label_prefix: str | None = None,
     ) -> CallTree:
-        """The samples of buckets overlapping ``[start, stop]`` (``time.time()`` seconds, None:
-        open) whose label starts with ``label_prefix`` (None: all), merged newest first."""
+        """The samples of the buckets overlapping ``[start, stop]``, of the labels starting
+        with ``label_prefix``, as one tree.
+
+        Times are ``time.time()`` seconds; None leaves that end open, and
+        ``label_prefix=None`` takes every label.  Buckets are merged newest first
+        into a tree of at most ``max_nodes`` nodes, so when a long window holds
+        more distinct paths than that, older rare paths fold into their parents.
+        """
         overlaps = self._overlapping(start, stop)
         prefix = label_prefix or ""
         result = CallTree(self.max_nodes, self.max_depth)

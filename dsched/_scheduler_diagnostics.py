@@ -185,8 +185,8 @@ class SchedulerDiagnostics:
         pending["waiting"].discard(worker)
         try:
             pending["trees"].append(CallTree.from_json(msgspec.json.decode(msg.tree)))
-        except (ValueError, msgspec.DecodeError) as exc:
-            logger.warning("worker %s sent a malformed profile: %s", worker, exc)
+        except (ValueError, RecursionError, msgspec.DecodeError) as exc:  # deep nesting: RecursionError
+            logger.warning("worker %s sent a malformed profile: %s", worker, str(exc)[:200])
         if not pending["waiting"]:
             pending["event"].set()
 

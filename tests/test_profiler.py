@@ -76,6 +76,11 @@ def start_thread(target: Callable[..., object], *args: object) -> threading.Thre
     return thread
 
 
+def ident(thread: threading.Thread) -> int:
+    assert thread.ident is not None
+    return thread.ident
+
+
 # --- sampling real threads --------------------------------------------------------------
 
 
@@ -84,7 +89,7 @@ def test_busy_threads_land_under_their_labels_with_plausible_shares() -> None:
     stop_other: list[object] = []
     busy = start_thread(spin_busy, stop_busy)
     other = start_thread(spin_other, stop_other)
-    labels = {busy.ident: "busy", other.ident: "other"}
+    labels = {ident(busy): "busy", ident(other): "other"}
     began = time.monotonic()
     with Sampler(lambda: labels, interval=0.005) as sampler:
         # ~0.25 s of both, then ~0.25 s of spin_busy alone (at least 10 samples each).
@@ -126,7 +131,7 @@ def test_one_sample_of_a_parked_thread_shows_its_whole_stack() -> None:
 
     thread = start_thread(parked)
     try:
-        sampler = Sampler(lambda: {thread.ident or 0: "parked"})
+        sampler = Sampler(lambda: {ident(thread): "parked"})
         assert sampler.sample_once() == 1
     finally:
         release.set()
@@ -143,8 +148,8 @@ def test_threads_labelled_none_or_unknown_are_skipped_and_the_caller_never_sampl
     idle = start_thread(release.wait)
     skipped = start_thread(release.wait)
     labels: dict[int, str | None] = {
-        idle.ident or 0: "",  # idle, but still sampled
-        skipped.ident or 0: None,
+        ident(idle): "",  # idle, but still sampled
+        ident(skipped): None,
         threading.get_ident(): "me",  # the thread taking the sample
         123456789: "no such thread",
     }
@@ -162,7 +167,7 @@ def test_a_sampled_thread_that_exits_leaves_the_sampler_working() -> None:
     stop_long: list[object] = []
     short = start_thread(spin_other, stop_short)
     long = start_thread(spin_busy, stop_long)
-    labels = {short.ident: "short", long.ident: "long"}
+    labels = {ident(short): "short", ident(long): "long"}
     with Sampler(lambda: labels, interval=0.005) as sampler:
         wait_for(lambda: sampler.tree(label_prefix="short").count >= 3, "samples of short")
         stop_short.append(True)
@@ -213,8 +218,7 @@ def test_the_loop_thread_helper_samples_an_event_loop() -> None:
     loop = LoopThread("profiled-loop")
     stop: list[object] = []
     try:
-        assert loop.thread.ident is not None
-        with loop_thread_sampler(loop.thread.ident, label="loop", interval=0.005) as sampler:
+        with loop_thread_sampler(ident(loop.thread), label="loop", interval=0.005) as sampler:
             caller = start_thread(loop.call, spin_busy, stop)  # spin_busy runs on the loop
             wait_for(lambda: count_of(sampler.tree().to_json(), "spin_busy") >= 3,
                      "samples of the loop")
@@ -350,6 +354,8 @@ def test_sampler_arguments_are_checked() -> None:
         Sampler(lambda: {}, interval=0)
     with pytest.raises(ValueError):
         Sampler(lambda: {}, bucket_seconds=2.0, history_seconds=1.0)
+    with pytest.raises(ValueError, match="count must be >= 1"):
+        Sampler(lambda: {}).record("x", [A], count=0)
 
 
 # --- CallTree ---------------------------------------------------------------------------
