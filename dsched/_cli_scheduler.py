@@ -13,6 +13,7 @@ import typer
 
 from dsched._cli_signals import cancel_on_signal, signal_name
 from dsched._dashboard_server import parse_dashboard_address
+from dsched._sizes import parse_bytes
 from dsched._procs import adopt_parent_environment, remove_scheduler_file, write_scheduler_file
 from dsched._scheduler_server import SchedulerServer
 
@@ -27,11 +28,14 @@ async def serve_scheduler(
     scheduler_file: Path | None,
     dashboard_address: str | None = None,
     profile_interval: float | None = 0.01,
+    record: Path | None = None,
+    record_max_bytes: int | None = None,
 ) -> None:
     """Serve until a stop signal; write and remove the scheduler file around that."""
     received: list[int] = []
     async with SchedulerServer(
-        host, port, dashboard_address=dashboard_address, profile_interval=profile_interval or None
+        host, port, dashboard_address=dashboard_address, profile_interval=profile_interval or None,
+        record=str(record) if record is not None else None, record_max_bytes=record_max_bytes,
     ) as server:
         logger.info("scheduler %s at %s", server.scheduler_id, server.address)
         if server.dashboard_link:
@@ -83,6 +87,17 @@ def register(app: typer.Typer) -> None:
             float,
             typer.Option(min=0.0, help="Seconds between samples of the event loop's stack (0: no profiler)."),
         ] = 0.01,
+        record: Annotated[
+            Path | None,
+            typer.Option(
+                help="Record the core's events to this file from the start, for `dsched replay` "
+                "(stop with `dsched record stop`).",
+                dir_okay=False,
+            ),
+        ] = None,
+        record_max_bytes: Annotated[
+            str, typer.Option(help="Stop recording before the file passes this size (bytes or 4GiB, 500MB).")
+        ] = "1GiB",
         scheduler_file: Annotated[
             Path | None,
             typer.Option(
@@ -104,7 +119,14 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter(str(exc), param_hint="--dashboard-address") from None
         address = dashboard_address if dashboard else None
         try:
-            anyio.run(serve_scheduler, host, port, scheduler_file, address, profile_interval, backend="asyncio")
+            max_bytes = parse_bytes(record_max_bytes)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--record-max-bytes") from None
+        try:
+            anyio.run(
+                serve_scheduler, host, port, scheduler_file, address, profile_interval, record, max_bytes,
+                backend="asyncio",
+            )
         except OSError as exc:
             typer.echo(f"dsched scheduler: cannot listen on {host}:{port}: {exc.strerror or exc}", err=True)
             raise typer.Exit(1) from None

@@ -85,6 +85,10 @@ class ClientDiagnostics:
         """Stop recording; the recording's state (path, bytes, events) as a dict."""
         return self._call(self._json_call, "record", {"action": "stop"})
 
+    def recording_status(self) -> Any:
+        """The recording's state (recording or not, path, bytes, batches, why it stopped) as a dict."""
+        return self._call(self._json_call, "record", {"action": "status"})
+
     def scheduler_status(self) -> Any:
         """Task counts by state, throughput, workers, versions: what /api/status shows."""
         return self._call(self._json_call, "status", {})
