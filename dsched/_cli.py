@@ -112,12 +112,14 @@ def _register_subcommands(root: typer.Typer) -> None:
 
         _cli_worker.register(root)
     """
-    from dsched import _cli_demo, _cli_local, _cli_scheduler, _cli_worker
+    from dsched import _cli_demo, _cli_diagnostics, _cli_local, _cli_replay, _cli_scheduler, _cli_worker
 
     _cli_scheduler.register(root)
     _cli_worker.register(root)
     _cli_local.register(root)
     _cli_demo.register(root)
+    _cli_replay.register(root)
+    _cli_diagnostics.register(root)
 
 
 _register_subcommands(app)

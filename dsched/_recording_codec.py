@@ -120,7 +120,7 @@ def encode_opaque(value: object, keep_payloads: bool = True) -> Any:
     if isinstance(value, bytes):
         return value if keep_payloads else _dropped(DroppedPayload.of(value))
     if isinstance(value, msgspec.Raw):
-        return [_RAW, bytes(memoryview(value))] if keep_payloads else _dropped(DroppedPayload.of(value))
+        return [_RAW, memoryview(value)] if keep_payloads else _dropped(DroppedPayload.of(value))
     if isinstance(value, tuple):
         return [_TUPLE, *[encode_opaque(item, keep_payloads) for item in value]]
     if isinstance(value, list):
@@ -279,7 +279,8 @@ def _encode_specs(specs: object, keep_payloads: bool) -> list[Any]:
         key, deps, run_spec, priority, retries, workers, resources, allow = get(spec)
         if not _INT_MIN <= priority <= _INT_MAX:
             priority = [_BIG_INT, str(priority)]
-        rows.append(["TaskSpec", key, deps, _encode_run_spec(run_spec, keep_payloads), priority, retries, workers, resources, allow])
+        run_spec = _encode_run_spec(run_spec, keep_payloads)
+        rows.append(["TaskSpec", key, deps, run_spec, priority, retries, workers, resources, allow])
     return rows
 
 
