@@ -190,3 +190,12 @@ def test_recording_cannot_start_mid_run(running: tuple[LocalCluster, Client], tm
         client.start_recording(tmp_path / "late.rec")
     with pytest.raises(DiagnosticsError, match="not recording"):
         client.stop_recording()
+
+
+def test_viztracer_capture(http: httpx.Client, running: tuple[LocalCluster, Client]) -> None:
+    _, client = running  # the test extra installs VizTracer
+    trace = json.loads(client.capture_profile(seconds=0.5, kind="viztracer"))
+    names = {event.get("name", "") for event in trace["traceEvents"]}
+    assert any(name.startswith("SchedulerServer._step") for name in names)
+    response = http.post("/api/capture", params={"kind": "viztracer", "seconds": 0.2})
+    assert response.status_code == 200 and "traceEvents" in response.json()
