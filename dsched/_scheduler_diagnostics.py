@@ -266,7 +266,7 @@ class SchedulerDiagnostics:
 
     async def _capture_viztracer(self, seconds: float) -> bytes:
         try:
-            from viztracer import VizTracer  # type: ignore[import-not-found, unused-ignore]
+            from viztracer import VizTracer
         except ImportError as exc:
             raise ValueError("VizTracer is not installed on the scheduler: pip install 'dsched[viztracer]'") from exc
         tracer = VizTracer(verbose=0, tracer_entries=1_000_000)
