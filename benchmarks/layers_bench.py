@@ -231,7 +231,9 @@ def run_child(spec: dict[str, Any], timeout_s: float) -> dict[str, Any]:
 
 def run_map(args: argparse.Namespace) -> list[dict[str, Any]]:
     results = []
-    for way in MAP_WAYS:
+    for way in args.map_ways.split(","):
+        if way not in MAP_WAYS:
+            raise SystemExit(f"--map-ways: unknown way {way!r} (choose from {', '.join(MAP_WAYS)})")
         if way.startswith("dask") and args.no_dask:
             continue
         system = way if way.startswith("dask") else "dsched"
@@ -319,6 +321,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--map-inputs", type=int, default=1_000_000)
     parser.add_argument("--dask-map-inputs", type=int, default=0, help="N for dask's map (default: --map-inputs)")
+    parser.add_argument("--map-ways", default=",".join(MAP_WAYS), help="which of layer,explicit,dask-tuned to run")
     parser.add_argument("--expansion-inputs", type=int, default=1_000_000)
     parser.add_argument("--array-side", type=int, default=100, help="chunks per side: side**2 chunks of 100 x 100")
     parser.add_argument("--df-partitions", type=int, default=1000)

@@ -41,7 +41,7 @@ def _rerun_interpreted(args: list[str], interactive: bool) -> int:
     # The child must import this very dsched and sched_core, wherever they came from.
     roots = [os.path.dirname(os.path.dirname(os.path.abspath(m.__file__ or ""))) for m in (dsched, sched_core)]
     env["PYTHONPATH"] = os.pathsep.join([*dict.fromkeys(roots), *filter(None, [env.get("PYTHONPATH")])])
-    command = [sys.executable, "-m", "dsched", "replay", *args]
+    command = [sys.executable, "-P", "-m", "dsched", "replay", *args]  # -P: the installed dsched, not a checkout in cwd
     if interactive:  # pdb needs the terminal itself
         return subprocess.run(command, env=env, check=False).returncode
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)

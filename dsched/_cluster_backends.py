@@ -98,7 +98,9 @@ class ProcessBackend:
         self._stop: anyio.Event | None = None
 
     def _command(self, *args: str) -> list[str]:
-        return [sys.executable, "-m", "dsched", "--log-level", self.log_level, *args]
+        # -P: not the working directory first on sys.path, where a source checkout would shadow the
+        # installed (compiled) packages the parent runs.
+        return [sys.executable, "-P", "-m", "dsched", "--log-level", self.log_level, *args]
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         self._stop = anyio.Event()

@@ -29,7 +29,7 @@ def dsched(*args: str, **kwargs: object) -> subprocess.Popen[str]:
     """``python -m dsched ARGS`` as a child process with text pipes."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     return subprocess.Popen(
-        [sys.executable, "-m", "dsched", *args],
+        [sys.executable, "-P", "-m", "dsched", *args],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, **kwargs,  # type: ignore[call-overload]
     )
 
@@ -237,7 +237,7 @@ def test_probe_is_refused_by_a_wrong_protocol_peer() -> None:
 def test_dsched_demo_end_to_end() -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     proc = subprocess.run(  # the README's first command, made small
-        [sys.executable, "-m", "dsched", "demo", "--tasks", "2000"],
+        [sys.executable, "-P", "-m", "dsched", "demo", "--tasks", "2000"],
         capture_output=True, text=True, timeout=120, env=env,
     )
     assert proc.returncode == 0, proc.stderr

@@ -18,6 +18,8 @@ from typing import Any
 import httpx2 as httpx
 import pytest
 
+import sched_core
+
 from dsched import Client, LocalCluster, wait
 from dsched._client_loop import DiagnosticsError
 
@@ -81,6 +83,8 @@ def test_status(http: httpx.Client, running: tuple[LocalCluster, Client]) -> Non
     assert status["tasks"]["erred"] == 3
     assert status["scheduler"]["address"] == running[0].scheduler_address
     assert status["scheduler"]["versions"]["dsched"]
+    # The scheduler process runs the build under test, whatever the working directory holds.
+    assert status["scheduler"]["versions"]["compiled"] is sched_core.COMPILED
     assert running[1].scheduler_status()["tasks"] == status["tasks"]  # the same figures through the client
 
 

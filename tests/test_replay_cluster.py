@@ -57,7 +57,7 @@ def snapshot(state: sc.SchedulerState) -> dict[str, Any]:
 
 def start_worker(address: str, name: str) -> subprocess.Popen[bytes]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}  # so workers import this module
-    command = [sys.executable, "-m", "dsched", "worker", address, "--nthreads", "1", "--name", name]
+    command = [sys.executable, "-P", "-m", "dsched", "worker", address, "--nthreads", "1", "--name", name]
     return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
