@@ -73,16 +73,9 @@ class ClientDiagnostics:
         params: dict[str, str | float | bool | None] = {"kind": kind, "seconds": float(seconds)}
         return self._call(self._file_call, "capture", params, filename)
 
-    def start_recording(self, path: str | Path, max_bytes: int | None = None) -> Any:
-        """Record the scheduler's core events to ``path`` (on the scheduler's machine) for
-        ``dsched replay``; the recording's state as a dict."""
-        params: dict[str, str | float | bool | None] = {
-            "action": "start", "path": str(path), "max_bytes": float(max_bytes) if max_bytes else None,
-        }
-        return self._call(self._json_call, "record", params)
-
     def stop_recording(self) -> Any:
-        """Stop recording; the recording's state (path, bytes, events) as a dict."""
+        """Stop the recording the scheduler was started with (``--record FILE``, or
+        ``SchedulerServer(record=...)``); its state (path, bytes, batches) as a dict."""
         return self._call(self._json_call, "record", {"action": "stop"})
 
     def recording_status(self) -> Any:

@@ -123,6 +123,12 @@ async def start_dashboard(server: SchedulerServer, tg: TaskGroup, address: str) 
         # Open on loopback, so only this machine's names may reach it: a web page whose own host
         # name was pointed at 127.0.0.1 (DNS rebinding) cannot read or drive the dashboard.
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=["127.0.0.1", "localhost", "::1", "[::1]"])
+    elif not server.auth:
+        logger.warning(
+            "the dashboard listens on %s without a secret: anyone who can reach that port can read the "
+            "cluster's state and profile the scheduler (bind it to 127.0.0.1 and use an SSH tunnel, or set a secret)",
+            address,
+        )
     dashboard = DashboardServer(app, host, port)
     await tg.start(dashboard.run)
     return dashboard

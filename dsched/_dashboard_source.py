@@ -182,4 +182,6 @@ class SchedulerSource:
         return await self.server.diagnostics.capture(kind, seconds)
 
     async def record(self, action: str, path: str | None, max_bytes: int | None) -> JSON:
-        return self.server.diagnostics.record(action, path, max_bytes)
+        # A recording starts with the scheduler: only "stop" and "status" here (no file is
+        # ever created or truncated on a request).
+        return self.server.diagnostics.record(action)

@@ -88,28 +88,32 @@ class SchedulerDiagnostics:
 
     # -- recording ----------------------------------------------------------------------
 
-    def record(self, action: str, path: str | None = None, max_bytes: int | None = None) -> dict[str, Any]:
-        """Start (only before the first batch: see ``dsched._recording``), stop, or describe the recording."""
+    def start_recording(self, path: str, max_bytes: int | None = None) -> None:
+        """Record the core's events to ``path``: only before the first batch (see ``dsched._recording``)."""
+        if self.recorder is not None:
+            raise ValueError(f"the scheduler records already, to {self.recorder.path}")
+        recorder = EventRecorder(path, max_bytes or DEFAULT_MAX_BYTES)
+        recorder.start(self.server.state, self.server.scheduler_id)
+        self.recorder = recorder
+
+    def record(self, action: str) -> dict[str, Any]:
+        """Stop the recording ("stop"), or describe it ("status").
+
+        There is no "start" here: a recording starts with the scheduler
+        (``--record``), because a replay must begin from the core's first batch.
+        """
         recorder = self.recorder
-        if action == "start":
-            if recorder is not None and recorder.active:
-                raise ValueError(f"the scheduler is recording already, to {recorder.path}")
-            if not path:
-                raise ValueError("start recording needs a path")
-            new = EventRecorder(path, max_bytes or DEFAULT_MAX_BYTES)
-            try:
-                new.start(self.server.state, self.server.scheduler_id)
-            except ValueError as exc:
-                raise ValueError(f"{exc}: start the scheduler with a recording (dsched scheduler --record FILE)") from None
-            except OSError as exc:
-                raise ValueError(f"cannot record to {path}: {exc.strerror or exc}") from None
-            self.recorder = recorder = new
-        elif action == "stop":
-            if recorder is None:
+        if action == "stop":
+            if recorder is None or not recorder.active:
                 raise ValueError("the scheduler is not recording")
             recorder.close()
+        elif action == "start":
+            raise ValueError(
+                "a recording starts with the scheduler, so that it can be replayed from the first event: "
+                "start it with `dsched scheduler --record FILE` (or SchedulerServer(record=...))"
+            )
         elif action != "status":
-            raise ValueError(f"action must be start, stop or status, not {action!r}")
+            raise ValueError(f"action must be stop or status, not {action!r}")
         if recorder is None:
             return {"recording": False, "path": None, "bytes": 0, "batches": 0, "events": 0, "stopped": ""}
         return {
@@ -230,9 +234,7 @@ class SchedulerDiagnostics:
             seconds = _float(params, "seconds")
             return await self.capture(_str(params, "kind") or "cprofile", 5.0 if seconds is None else seconds)
         if op == "record":
-            max_bytes = _float(params, "max_bytes")
-            answer = self.record(_str(params, "action") or "", _str(params, "path"), int(max_bytes) if max_bytes else None)
-            return json.dumps(answer).encode()
+            return json.dumps(self.record(_str(params, "action") or "")).encode()
         raise ValueError(f"unknown diagnostic {op!r}")
 
     # -- captures -----------------------------------------------------------------------

@@ -148,7 +148,7 @@ class SchedulerServer:
         # Profiles, captures, the task stream; the dashboard (None: no dashboard).
         self.diagnostics = SchedulerDiagnostics(self, profile_interval=profile_interval)
         if record is not None:  # a recording starts with the scheduler (see dsched/_recording.py)
-            self.diagnostics.record("start", record, record_max_bytes)
+            self.diagnostics.start_recording(record, record_max_bytes)
         self.dashboard_address = dashboard_address
         self.dashboard: DashboardServer | None = None
 

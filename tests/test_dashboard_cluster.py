@@ -89,10 +89,15 @@ def test_status(http: httpx.Client, running: tuple[LocalCluster, Client]) -> Non
 
 
 def test_workers(http: httpx.Client, running: tuple[LocalCluster, Client]) -> None:
-    workers = http.get("/api/workers").json()["workers"]
+    deadline = time.monotonic() + 20
+    while True:  # memory and CPU come with the workers' heartbeats (every 0.5 s)
+        workers = http.get("/api/workers").json()["workers"]
+        if all(w["memory"] > 0 and w["cpu"] is not None for w in workers) or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     assert sorted(w["address"] for w in workers) == sorted(running[0].workers)
     assert sum(w["tasks_finished"] for w in workers) >= 40
-    assert all(w["memory"] > 0 for w in workers)  # from heartbeats
+    assert all(w["memory"] > 0 and w["cpu"] >= 0 for w in workers)
     assert len(http.get("/api/workers", params={"limit": 1}).json()["workers"]) == 1
 
 
@@ -188,12 +193,14 @@ def test_cprofile_capture(http: httpx.Client, running: tuple[LocalCluster, Clien
         client.capture_profile(kind="perf")
 
 
-def test_recording_cannot_start_mid_run(running: tuple[LocalCluster, Client], tmp_path: Any) -> None:
+def test_recording_starts_only_with_the_scheduler(http: httpx.Client, running: tuple[LocalCluster, Client]) -> None:
     _, client = running
-    with pytest.raises(DiagnosticsError, match="must start with the scheduler"):
-        client.start_recording(tmp_path / "late.rec")
+    assert client.recording_status()["recording"] is False
     with pytest.raises(DiagnosticsError, match="not recording"):
         client.stop_recording()
+    # No request can make the scheduler create (or truncate) a file.
+    response = http.post("/api/record", json={"action": "start", "path": "/tmp/x.rec"})
+    assert response.status_code == 400 and "starts with the scheduler" in response.json()["error"]
 
 
 def test_viztracer_capture(http: httpx.Client, running: tuple[LocalCluster, Client]) -> None:

@@ -96,12 +96,18 @@ async def test_recording_starts_only_with_the_scheduler(tmp_path: Path) -> None:
     server = SchedulerServer(profile_interval=None, record=str(tmp_path / "a.rec"))
     d = server.diagnostics
     assert d.record("status")["recording"] is True
-    with pytest.raises(ValueError, match="recording already"):
-        d.record("start", str(tmp_path / "b.rec"))
+    with pytest.raises(ValueError, match="records already"):
+        d.start_recording(str(tmp_path / "b.rec"))
+    with pytest.raises(ValueError, match="starts with the scheduler"):
+        d.record("start")  # never on request: no request creates a file
     stopped = d.record("stop")
     assert stopped["recording"] is False and stopped["stopped"] == "closed"
-    server.state.handle_events([sc.ClientAdded("c")])  # the core has run: too late to start
-    with pytest.raises(ValueError, match="must start with the scheduler"):
-        d.record("start", str(tmp_path / "c.rec"))
+    with pytest.raises(ValueError, match="not recording"):
+        d.record("stop")
     with pytest.raises(ValueError, match="action"):
         d.record("pause")
+    late = SchedulerServer(profile_interval=None).diagnostics
+    late.server.state.handle_events([sc.ClientAdded("c")])  # the core has run: too late to start
+    with pytest.raises(ValueError, match="must start with the scheduler"):
+        late.start_recording(str(tmp_path / "c.rec"))
+    assert not (tmp_path / "b.rec").exists() and not (tmp_path / "c.rec").exists()

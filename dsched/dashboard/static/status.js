@@ -37,7 +37,8 @@
       card("throughput", "Throughput", d.fmtNumber(throughput.tasks_per_s, 1) + " /s",
         d.fmtNumber(throughput.finished) + " finished, " + d.fmtNumber(throughput.erred) + " erred"),
       card("workers", "Workers", d.fmtNumber(status.workers),
-        d.fmtNumber(status.threads) + " threads, " + d.fmtNumber(status.clients) + " clients"),
+        d.fmtNumber(status.threads) + (status.threads === 1 ? " thread, " : " threads, ") +
+        d.fmtNumber(status.clients) + (status.clients === 1 ? " client" : " clients")),
       card("memory", "Memory", d.fmtBytes(status.memory), "held by the workers"),
       card("scheduler", "Uptime", d.fmtDuration(scheduler.uptime_s),
         "dsched " + (versions.dsched || "?") + (versions.compiled ? " (compiled)" : "") + ", Python " + (versions.python || "?"))
