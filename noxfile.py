@@ -61,6 +61,19 @@ def typing_tests(session: nox.Session) -> None:
     session.run("mypy", "--strict", "--warn-unused-ignores", "typing_tests", *session.posargs)
 
 
+@nox.session
+def screenshots(session: nox.Session) -> None:
+    """Refresh docs/images/dashboard-*.png: the dashboard's browser test, saving screenshots (needs chromium)."""
+    session.install(".[test]", env=COMPILED_ENV)  # the build users get, as the pages show it
+    # From outside the checkout: the cluster's children run `python -m dsched`, which
+    # puts the working directory first on sys.path, and would import the sources.
+    session.chdir(session.create_tmp())
+    session.run(
+        "pytest", str(ROOT / "tests" / "test_dashboard_browser.py"), *session.posargs,
+        env={"DSCHED_SCREENSHOTS": str(ROOT / "docs" / "images"), "DSCHED_REQUIRE_BROWSER": "1"},
+    )
+
+
 def _venv_python(venv: Path) -> Path:
     return venv / ("Scripts" if os.name == "nt" else "bin") / ("python.exe" if os.name == "nt" else "python")
 
