@@ -11,7 +11,7 @@ from __future__ import annotations
 import platform
 import time
 from itertools import islice
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import sched_core as sc
 from dsched._version import __version__

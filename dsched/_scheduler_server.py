@@ -39,7 +39,6 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Final, TypeAlias
 
