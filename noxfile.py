@@ -80,7 +80,7 @@ def _venv_python(venv: Path) -> Path:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Benchmark the core (core_bench.py, flow_sim.py), the runtime against dask (runtime_bench.py), then layers (layers_bench.py).
+    """Benchmark the core (core_bench.py, flow_sim.py), the runtime against dask (runtime_bench.py), layers and Dask collections (layers_bench.py), profiling overhead (profiling_bench.py).
 
     The session's own virtualenv gets the compiled build; a second virtualenv
     (under the session's tmp dir) gets the interpreted one.  Extra arguments
@@ -123,8 +123,11 @@ def bench(session: nox.Session) -> None:
     runtime_args += os.environ.get("RUNTIME_BENCH_ARGS", "").split()
     session.run("python", str(ROOT / "benchmarks" / "runtime_bench.py"), *runtime_args)
     # High-level graphs: layer expansion in the compiled core, client bytes, first result.
-    layer_args = ["--n", "100000", "--e2e", "10000"] if "--quick" in session.posargs else []
+    quick = "--quick" in session.posargs
+    layer_args = ["--map-inputs", "100000", "--array-side", "30", "--df-partitions", "100", "--repeat", "1"] if quick else []
     session.run("python", str(ROOT / "benchmarks" / "layers_bench.py"), *layer_args)
+    # What the profilers and a polled dashboard cost the runtime workloads (target <= 5%).
+    session.run("python", str(ROOT / "benchmarks" / "profiling_bench.py"), *(["--quick"] if quick else []))
 
 
 # Markdown links [text](target) and reference definitions [label]: target.
