@@ -239,7 +239,9 @@ class _InProcessHost:
     def sampler_stats(self) -> list[dict[str, float]]:
         """Each sampler's counters: the scheduler's first, then the workers'."""
         samplers = [self.server.diagnostics.sampler] if self.server.diagnostics.sampler is not None else []
-        samplers += [w._profiler.sampler for w in self.workers if w._profiler is not None]
+        # The workers of one process share one sampler: count it once.
+        shared = {id(s): s for w in self.workers if w._profiler is not None and (s := w._profiler.sampler) is not None}
+        samplers += shared.values()
         out = []
         for sampler in samplers:
             stats = sampler.overhead()

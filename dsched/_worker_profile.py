@@ -62,6 +62,12 @@ class WorkerProfiler:
         self.namespace = f"{next(_namespaces)}/"
         self._shared: _SharedSampler | None = None
 
+    @property
+    def sampler(self) -> Sampler | None:
+        """The sampler this worker shares with the other workers of its process (None when stopped)."""
+        shared = self._shared
+        return shared.sampler if shared is not None else None
+
     def start(self) -> None:
         with _lock:
             shared = _samplers.get(self.interval)
