@@ -21,6 +21,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -43,7 +45,7 @@ from _runtime_systems import (
     _wait_for_workers,
 )
 
-__all__ = ["CONFIGS", "DashboardPoller", "Setup", "inprocess_setup", "subprocess_setup"]
+__all__ = ["CONFIGS", "DashboardPoller", "PollerProcess", "Setup", "inprocess_setup", "subprocess_setup"]
 
 PROFILE_INTERVAL = 0.01  # the default of SchedulerServer, Worker and the CLI
 # config -> (samplers in the scheduler and the workers, the dashboard served and polled)
@@ -140,6 +142,31 @@ class DashboardPoller:
     def summary(self) -> dict[str, Any]:
         return {"requests": dict(self.requests), "seconds": dict(self.seconds), "bytes": self.bytes,
                 "errors": self.errors[:10], "n_errors": len(self.errors)}
+
+
+class PollerProcess:
+    """A :class:`DashboardPoller` in a process of its own (as a browser would be): ``--poller process``.
+
+    Polls until its stdin closes, then prints its summary as JSON.
+    """
+
+    def __init__(self, status_link: str) -> None:
+        self.link = status_link
+        self._summary: dict[str, Any] = {}
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> PollerProcess:
+        command = [sys.executable, str(Path(__file__).resolve()), "--poll", self.link]
+        self._process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._process is not None
+        stdout, _ = self._process.communicate(timeout=60)  # closes stdin: the poller stops
+        self._summary = json.loads(stdout)
+
+    def summary(self) -> dict[str, Any]:
+        return self._summary
 
 
 def _config_flags(config: str, interval: float) -> tuple[list[str], list[str]]:
@@ -279,3 +306,9 @@ def inprocess_setup(config: str, n_workers: int, interval: float = PROFILE_INTER
             future.result(timeout=60)
     finally:
         loop.stop()
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["--poll"]:  # PollerProcess's child
+    with DashboardPoller(sys.argv[2]) as _poller:
+        sys.stdin.buffer.read()
+    print(json.dumps(_poller.summary()), flush=True)

@@ -6,6 +6,7 @@
     python benchmarks/profiling_bench.py --only b --configs off,on,samplers,dashboard   # which half costs
     python benchmarks/profiling_bench.py --only d --d-workers 32                        # fewer in-process workers
     python benchmarks/profiling_bench.py --only b --interval 0.05                      # samplers every 50 ms
+    python benchmarks/profiling_bench.py --only d --poller process                     # poll from another process
 
 Configurations (see _profiling_setups.py):
   off  no sampler in the scheduler or the workers, no dashboard
@@ -73,7 +74,7 @@ def plan(args: argparse.Namespace) -> list[dict[str, Any]]:
     workers = {"a": 2, "b": 2, "d": args.d_workers}
     return [
         {"workload": w, "config": config, "n": n, "workers": workers[w], "inner": args.inner, "run": i,
-         "interval": args.interval}
+         "interval": args.interval, "poller": args.poller}
         for w in WORKLOADS if w in args.only
         for i in range(args.runs)
         for config in args.configs
@@ -85,7 +86,7 @@ def plan(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def measure(spec: dict[str, Any]) -> dict[str, Any]:
     """Start the cluster in ``spec['config']``, warm up, time the workload ``spec['inner']`` times."""
-    from _profiling_setups import DashboardPoller, inprocess_setup, subprocess_setup
+    from _profiling_setups import DashboardPoller, PollerProcess, inprocess_setup, subprocess_setup
     from _runtime_measure import RUNNERS, _settle, warmup_size
 
     runner = RUNNERS[spec["workload"]]
@@ -96,7 +97,8 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     with make(spec["config"], spec["workers"], spec["interval"]) as setup:
         start_s = time.perf_counter() - began
         cpu: dict[str, list[float]] = {name: [] for name in setup.processes}
-        poller = DashboardPoller(setup.dashboard) if setup.dashboard else None
+        poller_class = PollerProcess if spec["poller"] == "process" else DashboardPoller
+        poller = poller_class(setup.dashboard) if setup.dashboard else None
         with poller if poller is not None else nullcontext():
             client = setup.cluster.client
             runner(client, warmup_size(spec["n"]), 0)
@@ -284,7 +286,8 @@ def print_report(rows: list[dict[str, Any]], info: dict[str, Any], errors: list[
     print(f"\nProfiling overhead: {info['cpus']} CPUs, Python {info['python']}, {info['platform']}; load average "
           f"{info['load_start']} at the start, {info['load_end']} at the end; {info['seconds']:.0f} s in all")
     print(f"versions: {info['versions']}")
-    print(f"samplers every {info['interval'] * 1e3:g} ms; {info['runs']} runs per configuration, alternating "
+    print(f"samplers every {info['interval'] * 1e3:g} ms, dashboard poller in a {info['poller']}; "
+          f"{info['runs']} runs per configuration, alternating "
           f"{'/'.join(info['configs'])}; a run = a fresh cluster, {info['inner']} timed repetitions, its median; "
           "MEDIAN of the runs; overhead = (off - on) / off")
     if info["quick"]:
@@ -341,6 +344,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         f"(default {DEFAULT_CONFIGS}; also: samplers, dashboard: each half of on alone)")
     parser.add_argument("--interval", type=float, default=PROFILE_INTERVAL,
                         help=f"the samplers' interval in seconds (default {PROFILE_INTERVAL}: dsched's default)")
+    parser.add_argument("--poller", choices=("thread", "process"), default="thread",
+                        help="poll the dashboard from a thread of the benchmark's process (default; for (d) the "
+                        "cluster's own process) or from a process of its own, as a browser would")
     parser.add_argument("--d-workers", type=int, default=128, help="in-process workers of (d) (default 128)")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds before a run is killed")
     parser.add_argument("--json", dest="json_path", default=None, help="also write the results as JSON")
@@ -367,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     info: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform(),
                             "cpus": os.cpu_count(), "load_start": os.getloadavg()[0], "runs": args.runs,
                             "inner": args.inner, "quick": args.quick, "configs": args.configs,
-                            "interval": args.interval}
+                            "interval": args.interval, "poller": args.poller}
     log(f"profiling benchmark: {len(specs)} runs, each in a fresh process; {info['cpus']} CPUs, "
         f"load average {info['load_start']}")
     started = time.perf_counter()
