@@ -35,6 +35,7 @@ from dsched._dashboard_source import status
 from dsched._profile_export import to_collapsed, to_speedscope
 from dsched._profiler import CallTree, Sampler
 from dsched._recording import DEFAULT_MAX_BYTES, EventRecorder
+from dsched._scheduler_routes import send_quietly
 
 if TYPE_CHECKING:
     from dsched._scheduler_routes import ClientConn
@@ -212,10 +213,7 @@ class SchedulerDiagnostics:
         except Exception as exc:  # a diagnostic must never take the scheduler down
             logger.exception("diagnostics %r failed", msg.op)
             reply = p.DiagnosticsReply(msg.request, error=f"{type(exc).__name__}: {exc}")
-        try:
-            conn.sender.send(reply)
-        except CommClosedError:
-            pass  # the client left
+        send_quietly(conn.sender, reply)  # the client may have left meanwhile
 
     async def _payload(self, op: str, params: dict[str, Any]) -> bytes:
         if op == "status":

@@ -284,7 +284,7 @@ def sizeof(obj: object) -> int:
             rows = len(obj)  # type: ignore[arg-type]
             width = sum(_width(dtype) for dtype in dtypes)
             return rows * (width + _INDEX_WIDTH) + 100
-        except Exception:
+        except Exception:  # not a DataFrame after all: measure it as any other object below
             pass
     if isinstance(obj, (list, tuple, set, frozenset)) and t in (list, tuple, set, frozenset):
         n = len(obj)
