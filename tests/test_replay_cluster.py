@@ -98,7 +98,7 @@ def test_a_recorded_run_with_a_killed_worker_replays_to_the_same_state(portal: B
     assert workers[0].returncode == -signal.SIGKILL
     assert recorded["recording"]["stopped"] == "closed" and recorded["recording"]["batches"] > 10
     assert len(recorded["state"]["tasks"]) == n + n // 10  # what the client holds
-    assert recorded["state"]["finished"] > n + n // 10  # some ran twice: those lost with the killed worker
+    assert recorded["state"]["finished"] >= n + n // 10  # more when the killed worker held results only it had
 
     result = replay(path)
     assert result.ok, result.report()
