@@ -218,6 +218,7 @@ EVENT_FIELDS: Final[dict[type, tuple[tuple[str, str], ...]]] = {
     ),
     sc.WorkerRemoved: (("address", PLAIN), ("expected", PLAIN)),
     sc.WorkerHeartbeat: (("address", PLAIN), ("latency", PLAIN), ("memory", PLAIN)),
+    sc.WorkerStatusChanged: (("address", PLAIN), ("paused", PLAIN)),
     sc.TaskFinished: (("worker", PLAIN), ("key", PLAIN), ("nbytes", PLAIN), ("duration", PLAIN), ("run_id", PLAIN)),
     sc.TaskErred: (
         ("worker", PLAIN),

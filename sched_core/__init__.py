@@ -73,6 +73,7 @@ from sched_core._events import (
     WorkerAdded,
     WorkerHeartbeat,
     WorkerRemoved,
+    WorkerStatusChanged,
 )
 from sched_core._instructions import (
     ClientError,
@@ -218,6 +219,7 @@ __all__ = [
     "WorkerMachineInstruction",
     "WorkerRemoved",
     "WorkerState",
+    "WorkerStatusChanged",
     "WorkerTask",
     "check_stale_build",
     "key_group",

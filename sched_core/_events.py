@@ -199,6 +199,24 @@ class WorkerHeartbeat(SchedulerEvent):
         self.memory = memory
 
 
+class WorkerStatusChanged(SchedulerEvent):
+    """A worker paused (its memory is past its pause threshold) or resumed.
+
+    A paused worker keeps its data and finishes what it is running, but is given
+    no new task until it resumes; tasks it has not started may be stolen.
+    """
+
+    address: str
+    paused: bool
+
+    def __init__(self, address: str, paused: bool) -> None:
+        self.address = address
+        self.paused = paused
+
+    def __repr__(self) -> str:
+        return f"<WorkerStatusChanged {self.address!r} {'paused' if self.paused else 'running'}>"
+
+
 class TaskFinished(SchedulerEvent):
     """A worker finished a task.
 

@@ -169,6 +169,7 @@ class WorkerState:
     nbytes_average: float  # smoothed size of task results made here
     n_finished: int
     alive: bool
+    paused: bool  # past its memory pause threshold: no new tasks until it resumes
     index: int  # position in SchedulerState.worker_list
 
     def __init__(
@@ -190,6 +191,7 @@ class WorkerState:
         self.nbytes_average = 0.0
         self.n_finished = 0
         self.alive = True
+        self.paused = False
         self.index = -1
 
     def has_resources(self, needed: dict[str, float]) -> bool:
@@ -201,7 +203,8 @@ class WorkerState:
     def __repr__(self) -> str:
         return (
             f"<WorkerState {self.address!r} nthreads={self.nthreads} "
-            f"processing={len(self.processing)} memory={len(self.has_what)}>"
+            f"processing={len(self.processing)} memory={len(self.has_what)}"
+            f"{' paused' if self.paused else ''}>"
         )
 
 

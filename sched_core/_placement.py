@@ -76,14 +76,14 @@ def best_worker(ts: TaskState, candidates: list[WorkerState], bandwidth: float) 
 
 
 def dependency_holders(ts: TaskState, limit: int) -> list[WorkerState]:
-    """Alive workers holding any of ``ts``'s dependencies, at most ``limit`` of them."""
+    """Alive, running (not paused) workers holding any of ``ts``'s dependencies, at most ``limit``."""
     found: list[WorkerState] = []
     for dep in ts.dependencies:
         holders = dep.who_has
         if holders is None:
             continue
         for ws in holders:
-            if ws.alive and ws not in found:
+            if ws.alive and not ws.paused and ws not in found:
                 found.append(ws)
                 if len(found) >= limit:
                     return found

@@ -27,6 +27,7 @@ from sched_core._events import (
     WorkerAdded,
     WorkerHeartbeat,
     WorkerRemoved,
+    WorkerStatusChanged,
 )
 from sched_core._graph import GraphError, graph_order, parse_submission
 from sched_core._instructions import (
@@ -97,6 +98,8 @@ class SchedulerState(TransitionEngine):
                 self._on_worker_added(event)
             elif isinstance(event, WorkerRemoved):
                 self._on_worker_removed(event)
+            elif isinstance(event, WorkerStatusChanged):
+                self._on_worker_status(event)
             elif isinstance(event, ClientWantsKeys):
                 self._on_client_wants(event)
             elif isinstance(event, CancelKeys):
@@ -274,14 +277,35 @@ class SchedulerState(TransitionEngine):
         if ws.name != ws.address:
             self.aliases[ws.name] = ws
         self.total_nthreads += ws.nthreads
-        if self.unrunnable:
-            waiting = sorted(self.unrunnable, key=priority_of)
-            for ts in waiting:
-                if ts.state == NO_WORKER:
-                    chosen = self._decide_worker(ts)
-                    if chosen is not None:
-                        del self.unrunnable[ts]
-                        self._send_to_worker(ts, chosen)
+        self._retry_unrunnable()
+        self._fill(ws)
+
+    def _retry_unrunnable(self) -> None:
+        """Place the no-worker tasks that a new or resumed worker may now run."""
+        if not self.unrunnable:
+            return
+        waiting = sorted(self.unrunnable, key=priority_of)
+        for ts in waiting:
+            if ts.state == NO_WORKER:
+                chosen = self._decide_worker(ts)
+                if chosen is not None:
+                    del self.unrunnable[ts]
+                    self._send_to_worker(ts, chosen)
+
+    def _on_worker_status(self, event: WorkerStatusChanged) -> None:
+        """Pause (no new tasks; what it holds stays placeable for stealing) or resume."""
+        ws = self.workers.get(event.address)
+        if ws is None:
+            self.n_stale_messages += 1
+            return
+        if ws.paused == event.paused:
+            return
+        ws.paused = event.paused
+        if event.paused:
+            self.n_paused += 1
+            return
+        self.n_paused -= 1
+        self._retry_unrunnable()
         self._fill(ws)
 
     def _on_worker_removed(self, event: WorkerRemoved) -> None:
@@ -298,6 +322,8 @@ class SchedulerState(TransitionEngine):
             self.worker_list[ws.index] = last
             last.index = ws.index
         ws.alive = False
+        if ws.paused:
+            self.n_paused -= 1
         self.total_nthreads -= ws.nthreads
         self._drop_instructions_to(ws.address)
 
@@ -481,16 +507,18 @@ class SchedulerState(TransitionEngine):
         """Move not-yet-started tasks from overloaded workers to idle ones."""
         if len(self.worker_list) < 2:
             return
-        idle = [ws for ws in self.worker_list if len(ws.processing) < ws.nthreads]
+        idle = [ws for ws in self.worker_list if len(ws.processing) < ws.nthreads and not ws.paused]
         if not idle:
             return
-        busy = [ws for ws in self.worker_list if len(ws.processing) > ws.nthreads]
+        # A paused worker starts nothing, so all it was given is offered; it
+        # refuses (by state) the tasks it is already running.
+        busy = [ws for ws in self.worker_list if len(ws.processing) > (0 if ws.paused else ws.nthreads)]
         if not busy:
             return
         busy.sort(key=_load_of, reverse=True)
         free_slots = {ws: ws.nthreads - len(ws.processing) for ws in idle}
         for victim in busy:
-            spare = len(victim.processing) - victim.nthreads
+            spare = len(victim.processing) - (0 if victim.paused else victim.nthreads)
             scanned = 0
             for ts in reversed(victim.processing):
                 if spare <= 0 or scanned >= STEAL_SCAN_LIMIT or not free_slots:
@@ -500,7 +528,7 @@ class SchedulerState(TransitionEngine):
                     continue
                 if ts.resource_restrictions is not None:
                     continue
-                thief = self._pick_thief(ts, free_slots)
+                thief = self._pick_thief(ts, free_slots, victim.paused)
                 if thief is None:
                     continue
                 ts.steal_target = thief
@@ -515,7 +543,8 @@ class SchedulerState(TransitionEngine):
                     self._flush_free(victim)
                 self._out.append(StealRequest(victim.address, ts.key, ts.run_id))
 
-    def _pick_thief(self, ts: TaskState, free_slots: dict[WorkerState, int]) -> WorkerState | None:
+    def _pick_thief(self, ts: TaskState, free_slots: dict[WorkerState, int], forced: bool) -> WorkerState | None:
+        """The idle worker to move ``ts`` to; unless ``forced`` (its worker is paused), only if moving is cheap."""
         best: WorkerState | None = None
         best_cost = 0.0
         for ws in free_slots:
@@ -523,8 +552,8 @@ class SchedulerState(TransitionEngine):
             if best is None or cost < best_cost:
                 best = ws
                 best_cost = cost
-        if best is None:
-            return None
+        if best is None or forced:
+            return best
         moving_cost = transfer_bytes(ts, best) / self.bandwidth
         if moving_cost > STEAL_COST_RATIO * max(ts.expected_duration, 0.001):
             return None
@@ -543,7 +572,7 @@ class SchedulerState(TransitionEngine):
             return  # already running or done there; the result will come
         self._stop_processing(ts, ws)
         self.n_steals += 1
-        if thief.alive and ts.n_waiting == 0:
+        if thief.alive and not thief.paused and ts.n_waiting == 0:
             self._send_to_worker(ts, thief)
         else:
             self._set_state(ts, RELEASED)

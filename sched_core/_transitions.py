@@ -81,6 +81,7 @@ class TransitionEngine:
     aliases: dict[str, WorkerState]
     clients: dict[str, ClientState]
     total_nthreads: int
+    n_paused: int  # workers in worker_list that are paused (given no new tasks)
     generation: int
     counts: StateCounts
     queue: TaskQueue
@@ -117,6 +118,7 @@ class TransitionEngine:
         self.aliases = {}
         self.clients = {}
         self.total_nthreads = 0
+        self.n_paused = 0
         self.generation = 0
         self.counts = StateCounts()
         self.queue = TaskQueue()
@@ -408,6 +410,8 @@ class TransitionEngine:
         needed = ts.resource_restrictions
         if needed is not None:
             valid = [ws for ws in valid if ws.has_resources(needed)]
+        if self.n_paused:
+            valid = [ws for ws in valid if not ws.paused]
         if not valid and ts.loose_restrictions:
             return None
         return valid
@@ -424,9 +428,28 @@ class TransitionEngine:
         holders = dependency_holders(ts, MAX_CANDIDATES)
         if holders:
             return best_worker(ts, holders, self.bandwidth)
-        return best_worker(ts, self._sample_workers(), self.bandwidth)
+        sample = self._sample_workers()
+        if not sample:
+            return None  # every worker is paused: the task waits in no-worker
+        return best_worker(ts, sample, self.bandwidth)
 
     def _sample_workers(self) -> list[WorkerState]:
+        """Up to ``SAMPLE_WORKERS`` running (not paused) workers; empty if all are paused."""
+        sample = self._sample_window()
+        if self.n_paused == 0:
+            return sample
+        running = [ws for ws in sample if not ws.paused]
+        if running or self.n_paused >= len(self.worker_list):
+            return running
+        # The whole window is paused: only then is the list scanned.
+        for ws in self.worker_list:
+            if not ws.paused:
+                running.append(ws)
+                if len(running) >= SAMPLE_WORKERS:
+                    break
+        return running
+
+    def _sample_window(self) -> list[WorkerState]:
         """A rotating window of workers, so that placing a task is O(1) in cluster size."""
         workers = self.worker_list
         n = len(workers)
@@ -470,6 +493,8 @@ class TransitionEngine:
 
     def _fill(self, ws: WorkerState) -> None:
         """Give ``ws`` queued root tasks, highest priority first, up to its capacity."""
+        if ws.paused:
+            return
         queue = self.queue
         processing = ws.processing
         capacity = ws.capacity

@@ -62,9 +62,11 @@ def validate_state(state: TransitionEngine) -> None:
             raise AssertionError(f"{ws!r} holds {nbytes} bytes, thinks {ws.nbytes}")
     if len(state.worker_list) != len(state.workers) or total_threads != state.total_nthreads:
         raise AssertionError("worker list or thread count out of date")
+    if state.n_paused != sum(1 for ws in state.worker_list if ws.paused):
+        raise AssertionError(f"n_paused is {state.n_paused}, out of date")
     if state.queued:
         for ws in state.worker_list:
-            if len(ws.processing) < ws.capacity:
+            if len(ws.processing) < ws.capacity and not ws.paused:
                 raise AssertionError(f"{ws!r} has room for {ws.capacity} tasks while tasks are queued")
     queued = state.queued
     if len(queued) != state.counts.queued or len(state.queue) != state.counts.queued:
