@@ -53,6 +53,8 @@ RECV_CHUNK = 256 * 1024
 # Payloads above this are gathered as a chunk list (one join) and sent without
 # prepending the header (two sends).  Below it, one buffer and one send.
 LARGE_PAYLOAD = 256 * 1024
+# How long a refusal of an oversized frame may take to write before the comm closes anyway.
+OVERSIZE_REPLY_TIMEOUT = 1.0
 
 Handler = Callable[["Comm"], Awaitable[None]]
 
@@ -134,6 +136,7 @@ class Comm:
         "frames_sent",
         "local",
         "max_frame_size",
+        "oversize_reply",
         "peer",
     )
 
@@ -149,6 +152,9 @@ class Comm:
         self.peer = peer
         self.local = local
         self.max_frame_size = max_frame_size
+        # A payload to send, best effort, before closing on an oversized frame:
+        # the server's refusal naming the limit (None: close without a word).
+        self.oversize_reply: bytes | None = None
         self.closed = False
         self._reason = ""
         self._buf = bytearray()
@@ -245,6 +251,7 @@ class Comm:
                     f"{self.peer} announced a {size}-byte frame, over max_frame_size="
                     f"{self.max_frame_size} (garbage or a mismatched protocol?)"
                 )
+                await self._send_oversize_reply()
                 await self._abort(reason)
                 raise FrameTooLarge(reason)
             end = HEADER_SIZE + size
@@ -274,6 +281,18 @@ class Comm:
             buf += last[len(last) - excess :]
         self._big = None
         return b"".join(chunks)
+
+    async def _send_oversize_reply(self) -> None:
+        reply = self.oversize_reply
+        if reply is None:
+            return
+        # Bounded: a peer that stopped reading must not keep this connection open.
+        with anyio.move_on_after(OVERSIZE_REPLY_TIMEOUT):
+            try:
+                async with self._send_lock:
+                    await self._stream.send(HEADER.pack(len(reply)) + reply)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                pass  # the refusal only explains why we close
 
     # -- closing -------------------------------------------------------------------
 

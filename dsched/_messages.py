@@ -38,6 +38,8 @@ from typing import TYPE_CHECKING, Annotated, Literal, TypeAlias
 from msgspec import Meta, Raw, Struct
 
 __all__ = [
+    "MAX_NAME_LENGTH",
+    "MAX_REASON_LENGTH",
     "Busy",
     "CancelKeys",
     "ClientError",
@@ -103,6 +105,16 @@ NonNegFloat = Annotated[float, Meta(ge=0.0)]  # also refuses NaN
 RunId = Annotated[int, Meta(ge=-1)]  # -1: unknown
 Batch = Annotated[int, Meta(ge=-1)]  # -1: unknown
 
+# Bounds on the strings a peer names things with (keys are bounded by the
+# scheduler's configurable ``Limits.max_key_length`` instead): a longer one is
+# refused on decode, before it reaches a log line, a dashboard or the core.
+MAX_NAME_LENGTH = 1024  # addresses, worker and layer names
+MAX_REASON_LENGTH = 16_384  # a Close's reason
+_MAX_LABEL_LENGTH = 256  # resource names, task states, diagnostic ops and parameter names
+Name = Annotated[str, Meta(max_length=MAX_NAME_LENGTH)]
+Label = Annotated[str, Meta(max_length=_MAX_LABEL_LENGTH)]
+Resources = dict[Label, NonNegFloat]
+
 
 class _Message(Struct, array_like=True, frozen=True, gc=False):
     """Base of every message (each subclass sets its own int ``tag``)."""
@@ -119,7 +131,7 @@ class Close(_Message, tag=1, frozen=True):
     client, that its holds may be dropped; from the scheduler, that it shuts down.
     """
 
-    reason: str = ""
+    reason: Annotated[str, Meta(max_length=MAX_REASON_LENGTH)] = ""
 
 
 # --- client -> scheduler -------------------------------------------------------------
@@ -139,8 +151,8 @@ class GraphTask(_Record, frozen=True):
     args: Payload
     priority: int = 0
     retries: NonNegInt = 0
-    workers: list[str] | None = None
-    resources: dict[str, NonNegFloat] | None = None
+    workers: list[Name] | None = None
+    resources: Resources | None = None
     allow_other_workers: bool = False
 
 
@@ -174,19 +186,19 @@ class MapLayerSpec(_Record, frozen=True):
     partition by partition (or broadcast, when of one partition).
     """
 
-    name: str
+    name: Name
     npartitions: Annotated[int, Meta(ge=1)]
     function: NonNegInt
     args: list[Payload] | None = None
-    inputs: list[str] = []
+    inputs: list[Name] = []
     input_partitions: list[Annotated[int, Meta(ge=1)]] = []
 
 
 class TreeReduceLayerSpec(_Record, frozen=True):
     """A tree reduction layer (see ``sched_core.TreeReduceLayer``); ``chunk`` -1: none."""
 
-    name: str
-    input: str
+    name: Name
+    input: Name
     input_partitions: Annotated[int, Meta(ge=1)]
     combine: NonNegInt
     aggregate: NonNegInt
@@ -197,8 +209,8 @@ class TreeReduceLayerSpec(_Record, frozen=True):
 class ShuffleLayerSpec(_Record, frozen=True):
     """A shuffle layer (see ``sched_core.ShuffleLayer``): ``split`` then ``combine`` function indices."""
 
-    name: str
-    input: str
+    name: Name
+    input: Name
     input_partitions: Annotated[int, Meta(ge=1)]
     npartitions: Annotated[int, Meta(ge=1)]
     split: NonNegInt
@@ -210,8 +222,8 @@ class LayerOptions(_Record, frozen=True):
 
     priority: int = 0
     retries: NonNegInt = 0
-    workers: list[str] | None = None
-    resources: dict[str, NonNegFloat] | None = None
+    workers: list[Name] | None = None
+    resources: Resources | None = None
     allow_other_workers: bool = False
 
 
@@ -231,7 +243,7 @@ class SubmitLayers(_Message, tag=17, frozen=True):
     reductions: list[TreeReduceLayerSpec]
     order: list[tuple[int, int]]
     wanted: list[str]
-    wanted_layers: list[str] = []
+    wanted_layers: list[Name] = []
     shuffles: list[ShuffleLayerSpec] = []
     options: LayerOptions | None = None
 
@@ -263,8 +275,9 @@ class Diagnostics(_Message, tag=18, frozen=True):
     "record", "status", ...); answered by :class:`DiagnosticsReply` with the same ``request``."""
 
     request: int
-    op: str
-    params: dict[str, str | float | bool | None] = {}
+    op: Label
+    # Values may list workers ("workers": comma-separated addresses), hence the larger bound.
+    params: dict[Label, Annotated[str, Meta(max_length=MAX_REASON_LENGTH)] | float | bool | None] = {}
 
 
 class WantKeys(_Message, tag=11, frozen=True):
@@ -289,7 +302,7 @@ class CancelKeys(_Message, tag=13, frozen=True):
 class Scattered(_Message, tag=14, frozen=True):
     """The client placed data on ``workers`` (with :class:`PutData`); it holds the keys."""
 
-    workers: list[str]
+    workers: list[Name]
     nbytes: dict[str, NonNegInt]
 
 
@@ -470,11 +483,11 @@ class HeartbeatAck(_Message, tag=35, frozen=True):
 class RegisterWorker(_Message, tag=40, frozen=True):
     """First message of a worker: ``address`` is where it serves data to peers."""
 
-    address: str
+    address: Name
     nthreads: Annotated[int, Meta(ge=1)]
     memory_limit: NonNegInt = 0
-    resources: dict[str, NonNegFloat] = {}
-    name: str = ""
+    resources: Resources = {}
+    name: Name = ""
 
 
 class TaskFinished(_Message, tag=41, frozen=True):
@@ -514,7 +527,7 @@ class MissingData(_Message, tag=44, frozen=True):
     """``key`` could not be found; ``errant_worker`` ("" if none) said it lacks it."""
 
     key: str
-    errant_worker: str
+    errant_worker: Name
     seen_batch: Batch
 
 
@@ -522,7 +535,7 @@ class StealResponse(_Message, tag=45, frozen=True):
     """Answer to :class:`StealRequest`: the task's state here before it, or None."""
 
     key: str
-    state: str | None
+    state: Label | None
     run_id: RunId
 
 

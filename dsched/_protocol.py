@@ -88,6 +88,7 @@ from msgspec import Meta, Struct
 
 from dsched._messages import *  # noqa: F403  (the protocol's public names are re-exported)
 from dsched._messages import (
+    MAX_NAME_LENGTH,
     ClientToScheduler,
     Payload,
     PeerMessage,
@@ -111,6 +112,7 @@ __all__ = [
     "FrameDecoder",
     "FrameEncoder",
     "Hello",
+    "LimitExceeded",
     "ProtocolError",
     "Refused",
     "Role",
@@ -126,6 +128,8 @@ __all__ = [
 PROTOCOL_VERSION: Final = 1
 MAX_MESSAGES: Final = 100_000
 _MAX_REASON: Final = 200
+# A shared secret longer than this is not a secret anyone typed or generated.
+MAX_AUTH_LENGTH: Final = 4096
 
 M = TypeVar("M")
 
@@ -136,6 +140,15 @@ class ProtocolError(Exception):
     The message is printable ASCII of bounded length, safe to log: whatever the
     peer sent is escaped and cut short.
     """
+
+
+class LimitExceeded(ProtocolError):
+    """A frame over one of the receiver's limits: ``limit`` names it, ``value`` is its value."""
+
+    def __init__(self, message: str, limit: str, value: int) -> None:
+        super().__init__(message)
+        self.limit = limit
+        self.value = value
 
 
 def _safe(text: str) -> str:
@@ -161,9 +174,9 @@ class Hello(Struct, tag="hello", tag_field="op", frozen=True, gc=False):
 
     protocol: int
     role: Role
-    name: str
-    address: str = ""
-    auth: str = ""
+    name: Annotated[str, Meta(max_length=MAX_NAME_LENGTH)]
+    address: Annotated[str, Meta(max_length=MAX_NAME_LENGTH)] = ""
+    auth: Annotated[str, Meta(max_length=MAX_AUTH_LENGTH)] = ""
 
     def __repr__(self) -> str:
         auth = "***" if self.auth else ""
@@ -373,8 +386,24 @@ class FrameDecoder(Generic[M]):
         try:
             batch, messages = self._decoder.decode(payload)
         except Exception as exc:
+            if self._too_many_messages(exc):
+                raise LimitExceeded(
+                    f"a {self.channel.name} frame holds more than max_messages={self.max_messages} messages",
+                    "max_messages",
+                    self.max_messages,
+                ) from None
             raise ProtocolError(f"invalid {self.channel.name} frame: {_reason(exc)}") from None
         return Frame(batch, messages)
+
+    def _too_many_messages(self, exc: Exception) -> bool:
+        # msgspec checks the messages array's length on its header (Meta(max_length)),
+        # before decoding any message; its error names the path "$[1]".
+        text = str(exc)
+        return (
+            isinstance(exc, msgspec.ValidationError)
+            and text.startswith(f"Expected `array` of length <= {self.max_messages}")
+            and text.endswith("- at `$[1]`")
+        )
 
     def decode(self, payload: bytes | bytearray | memoryview) -> list[M]:
         """The messages of one frame payload, in order."""

@@ -483,8 +483,9 @@ def test_deeply_nested_values_raise_protocol_error() -> None:
 
 def test_too_many_messages_are_refused_before_they_are_built() -> None:
     decoder = FrameDecoder(SCHEDULER_TO_WORKER, max_messages=10)
-    with pytest.raises(ProtocolError, match="length <= 10"):
+    with pytest.raises(ProtocolError, match="more than max_messages=10 messages") as info:
         decoder.decode(FrameEncoder(SCHEDULER_TO_WORKER).encode([Close()] * 11))
+    assert info.value.limit == "max_messages" and info.value.value == 10  # type: ignore[attr-defined]
     # An array header that claims 4 billion messages fails at once.
     with pytest.raises(ProtocolError):
         FrameDecoder(SCHEDULER_TO_WORKER).decode(b"\x92\x00\xdd\xff\xff\xff\xff")
