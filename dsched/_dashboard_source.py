@@ -56,6 +56,9 @@ def status(server: SchedulerServer) -> JSON:
         "threads": state.total_nthreads,
         "clients": len(server.clients),
         "memory": memory,
+        # Peers refused by each limit (see dsched/_limits.py), and frames that did not decode.
+        "refused": dict(server.refused),
+        "protocol_errors": server.protocol_errors,
     }
 
 
@@ -168,6 +171,8 @@ class SchedulerSource:
                    [({}, float(sum(conn.memory for conn in server.workers.values())))]),
             Metric("dsched_protocol_errors_total", "counter", "Connections dropped for protocol errors.",
                    [({}, float(server.protocol_errors))]),
+            Metric("dsched_refused_total", "counter", "Requests and connections refused, by the limit refusing them.",
+                   [({"limit": limit}, float(n)) for limit, n in sorted(server.refused.items())]),
             Metric("dsched_uptime_seconds", "gauge", "Seconds since the scheduler started.",
                    [({}, time.time() - diagnostics.started)]),
         ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from msgspec import Raw
@@ -129,7 +130,7 @@ def client_events(server: SchedulerServer, conn: ClientConn, messages: list[p.Cl
     out: list[Event] = []
     for msg in messages:
         if isinstance(msg, p.SubmitGraph):
-            out.extend(_graph_events(server, client, msg))
+            out.extend(_graph_events(server, conn, msg))
         elif isinstance(msg, p.SubmitLayers):
             out.extend(_layer_events(server, conn, msg))
         elif isinstance(msg, p.ReleaseKeys):
@@ -139,7 +140,11 @@ def client_events(server: SchedulerServer, conn: ClientConn, messages: list[p.Cl
         elif isinstance(msg, p.CancelKeys):
             out.append(sc.CancelKeys(client, msg.keys, msg.force))
         elif isinstance(msg, p.Scattered):
-            out.append(sc.KeysScattered(client, msg.workers, dict(msg.nbytes)))
+            long_key = _long_key(server, msg.nbytes)
+            if long_key is not None:
+                _refuse_over_limit(server, conn, "max_key_length", _key_too_long(server, long_key), list(msg.nbytes))
+            else:
+                out.append(sc.KeysScattered(client, msg.workers, dict(msg.nbytes)))
         elif isinstance(msg, (p.WhoHas, p.GetWorkers)):
             out.append((client, msg))
         elif isinstance(msg, p.Diagnostics):
@@ -150,7 +155,51 @@ def client_events(server: SchedulerServer, conn: ClientConn, messages: list[p.Cl
     return out
 
 
-def _graph_events(server: SchedulerServer, client: str, msg: p.SubmitGraph) -> list[Event]:
+def _refuse_over_limit(server: SchedulerServer, conn: ClientConn, limit: str, message: str, keys: list[str]) -> None:
+    """Refuse one request over ``limit``: a ``ClientError`` to its client (whose futures
+    for ``keys`` get it), counted; the scheduler's state is untouched."""
+    server.count_refusal(limit, conn.comm.peer, message)
+    send_quietly(conn.sender, p.ClientError(LIMIT_EXCEEDED, message, keys))
+
+
+# The ClientError kind of every request refused by a limit of the scheduler's.
+LIMIT_EXCEEDED = "limit-exceeded"
+
+
+def _long_key(server: SchedulerServer, keys: Iterable[str]) -> str | None:
+    """The first key over ``max_key_length``, if any (one len() per key)."""
+    limit = server.limits.max_key_length
+    for key in keys:
+        if len(key) > limit:
+            return key
+    return None
+
+
+def _key_too_long(server: SchedulerServer, key: str) -> str:
+    limit = server.limits.max_key_length
+    return f"key {key[:40]!r}... is {len(key):,} characters long, over max_key_length={limit:,}"
+
+
+def _check_graph_limits(server: SchedulerServer, msg: p.SubmitGraph) -> tuple[str, str] | None:
+    """``(limit, message)`` for a submission over a limit, or None."""
+    limits = server.limits
+    if len(msg.tasks) > limits.max_graph_tasks:
+        return "max_graph_tasks", (
+            f"a graph of {len(msg.tasks):,} tasks is over max_graph_tasks={limits.max_graph_tasks:,} "
+            "(split it, or describe it as layers)"
+        )
+    long_key = _long_key(server, (t.key for t in msg.tasks))
+    if long_key is not None:
+        return "max_key_length", _key_too_long(server, long_key)
+    return None
+
+
+def _graph_events(server: SchedulerServer, conn: ClientConn, msg: p.SubmitGraph) -> list[Event]:
+    over = _check_graph_limits(server, msg)
+    if over is not None:
+        _refuse_over_limit(server, conn, over[0], over[1], list(msg.wanted))
+        return []
+    client = conn.client
     refs = [server.functions.intern(f) for f in msg.functions]
     TaskSpec = sc.TaskSpec
     specs = [
@@ -265,6 +314,27 @@ def _apply_options(specs: list[sc.TaskSpec], options: p.LayerOptions) -> None:
         spec.allow_other_workers = options.allow_other_workers
 
 
+class _OverLimit(ValueError):
+    def __init__(self, limit: str, message: str) -> None:
+        super().__init__(message)
+        self.limit = limit
+
+
+# Characters a layer's keys add to its name, at most: "('" + name + "-combine-NN" + "', " + index + ")".
+_LAYER_KEY_OVERHEAD = 40
+
+
+def _check_layer_names(server: SchedulerServer, layers: list[sc.Layer]) -> None:
+    limit = server.limits.max_key_length
+    for layer in layers:
+        if len(layer.name) + _LAYER_KEY_OVERHEAD > limit:
+            raise _OverLimit(
+                "max_key_length",
+                f"layer name {layer.name[:40]!r}... is {len(layer.name):,} characters long: its keys would be "
+                f"over max_key_length={limit:,}",
+            )
+
+
 def _layer_events(server: SchedulerServer, conn: ClientConn, msg: p.SubmitLayers) -> list[Event]:
     refs = [server.functions.intern(f) for f in msg.functions]
     layers: list[sc.Layer] = []
@@ -285,10 +355,12 @@ def _layer_events(server: SchedulerServer, conn: ClientConn, msg: p.SubmitLayers
                 )
         expander = sc.LayerExpander(layers)
         if expander.total > server.max_layer_tasks:
-            raise ValueError(
-                f"the layers expand to {expander.total:,} tasks, more than this scheduler accepts "
-                f"in one submission ({server.max_layer_tasks:,})"
+            raise _OverLimit(
+                "max_layer_tasks",
+                f"the layers expand to {expander.total:,} tasks, over max_layer_tasks={server.max_layer_tasks:,} "
+                "(the most this scheduler accepts in one submission)",
             )
+        _check_layer_names(server, layers)
         wanted = list(msg.wanted)
         partitions = {layer.name: layer.npartitions for layer in layers}
         for name in msg.wanted_layers:
@@ -297,7 +369,10 @@ def _layer_events(server: SchedulerServer, conn: ClientConn, msg: p.SubmitLayers
             wanted.extend(sc.layer_key(name, i) for i in range(partitions[name]))
     except ValueError as exc:
         keys = list(msg.wanted) + [sc.layer_key(name, 0) for name in msg.wanted_layers]
-        send_quietly(conn.sender, p.ClientError("invalid-layers", str(exc), keys))
+        if isinstance(exc, _OverLimit):
+            _refuse_over_limit(server, conn, exc.limit, str(exc), keys)
+        else:
+            send_quietly(conn.sender, p.ClientError("invalid-layers", str(exc), keys))
         return []
     server.chunked_graphs += 1
     holder = f"{conn.client}\x00layers-{server.chunked_graphs}"

@@ -47,12 +47,14 @@ from anyio.abc import TaskGroup, TaskStatus
 
 import sched_core as sc
 from dsched._batched import BatchedSender
-from dsched._comm import DEFAULT_MAX_FRAME_SIZE, Comm, CommClosedError, listen
+from dsched._comm import DEFAULT_MAX_FRAME_SIZE, Comm, CommClosedError, FrameTooLarge, listen
 from dsched._dashboard_server import DashboardServer, start_dashboard
 from dsched._gc_policy import GcMode, GcPolicy
+from dsched._limits import HANDSHAKE_MAX_FRAME_SIZE, ConnectionLimiter, Limits, RefusalCounts, peer_host
 from dsched._protocol import (
     CLIENT_TO_SCHEDULER,
     PROTOCOL_VERSION,
+    Channel,
     Close,
     ForgetFunctions,
     SCHEDULER_TO_CLIENT,
@@ -60,6 +62,7 @@ from dsched._protocol import (
     WORKER_TO_SCHEDULER,
     FrameDecoder,
     FrameEncoder,
+    LimitExceeded,
     ProtocolError,
     Refused,
     RegisterWorker,
@@ -112,6 +115,7 @@ class SchedulerServer:
         profile_interval: float | None = 0.01,
         record: str | None = None,
         record_max_bytes: int | None = None,
+        limits: Limits | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -135,6 +139,12 @@ class SchedulerServer:
         # program asks for "relaxed" (see dsched/_gc_policy.py).
         self.gc = GcPolicy(gc_mode, gc_interval)
         self.protocol_errors = 0
+        # Per-peer bounds (messages per frame, tasks per submission, key length,
+        # connections per host), what each refused, and who is shaking hands now.
+        self.limits = limits if limits is not None else Limits()
+        self.refused = RefusalCounts()
+        self.connection_limiter = ConnectionLimiter(self.limits)
+        self._handshaking: set[Comm] = set()
         self.chunked_graphs = 0
         # Each client's events in order, in a queue of its own (a client's big graph
         # holds up only that client); clients with queued events take turns.
@@ -381,6 +391,49 @@ class SchedulerServer:
             self.push(conn.client, sc.ClientRemoved(conn.client))
 
     async def _handle(self, comm: Comm) -> None:
+        """Admit the connection (per-host limits), then shake hands and serve it."""
+        host = peer_host(comm.peer)
+        over = self.connection_limiter.admit(host)
+        if over is not None:
+            await self._refuse_at_once(comm, *over)
+            return
+        self._handshaking.add(comm)
+        try:
+            await self._handshake(comm, host)
+        finally:
+            handshaking = comm in self._handshaking
+            self._handshaking.discard(comm)
+            self.connection_limiter.release(host, handshaking=handshaking)
+
+    def _handshake_done(self, comm: Comm, host: str) -> None:
+        comm.max_frame_size = self.max_frame_size
+        if comm in self._handshaking:
+            self._handshaking.discard(comm)
+            self.connection_limiter.handshake_done(host)
+
+    def count_refusal(self, limit: str, peer: str, reason: str) -> None:
+        """Count and log one refusal by ``limit`` (the routes call this too)."""
+        self.refused[limit] += 1
+        logger.warning("refused %s: %s", peer, reason)
+
+    async def _refuse_at_once(self, comm: Comm, limit: str, reason: str) -> None:
+        self.count_refusal(limit, comm.peer, reason)
+        # Take its Hello first (briefly): closing with it unread would reset the
+        # connection, and the peer might lose the refusal that says why.
+        comm.max_frame_size = HANDSHAKE_MAX_FRAME_SIZE
+        with anyio.move_on_after(_REFUSAL_LINGER):
+            try:
+                await comm.recv_frame()
+            except CommClosedError:
+                return
+        await self._refuse(comm, Refused(reason))
+
+    async def _handshake(self, comm: Comm, host: str) -> None:
+        # A Hello is small: a bigger frame is refused before anything is allocated for it.
+        comm.max_frame_size = HANDSHAKE_MAX_FRAME_SIZE
+        comm.oversize_reply = encode_handshake(
+            Refused(f"a handshake frame may be at most {HANDSHAKE_MAX_FRAME_SIZE} bytes")
+        )
         try:
             with anyio.fail_after(self.handshake_timeout):
                 payload = await comm.recv_frame()
@@ -390,8 +443,13 @@ class SchedulerServer:
             logger.warning("bad handshake from %s: %s", comm.peer, exc)
             await self._refuse(comm, Refused(str(exc)))
             return
+        except FrameTooLarge as exc:
+            self.count_refusal("max_frame_size", comm.peer, exc.reason)
+            return
         except TimeoutError:
-            logger.info("no handshake from %s within %ss", comm.peer, self.handshake_timeout)
+            reason = f"no handshake within handshake_timeout={self.handshake_timeout}s"
+            self.count_refusal("handshake_timeout", comm.peer, reason)
+            await self._refuse(comm, Refused(reason))
             return
         refusal = check_hello(hello, roles=("client", "worker"), auth=self.auth)
         if refusal is None and hello.role == "client" and hello.name in self.clients:
@@ -407,11 +465,13 @@ class SchedulerServer:
             PROTOCOL_VERSION,
             self.scheduler_id,
             name=self.address,
+            max_messages=self.limits.max_messages,
             heartbeat_interval=self.heartbeat_interval(),
             client_id=client_id,
             dashboard=self.dashboard_link or "",
         )
         await comm.send_frame(encode_handshake(welcome))
+        self._handshake_done(comm, host)
         if hello.role == "worker":
             await self._serve_worker(comm)
         else:
@@ -424,13 +484,23 @@ class SchedulerServer:
             pass  # it hung up first; the refusal only explains why we close
 
     async def _serve_worker(self, comm: Comm) -> None:
-        decoder = FrameDecoder(WORKER_TO_SCHEDULER)
+        decoder = FrameDecoder(WORKER_TO_SCHEDULER, max_messages=self.limits.max_messages)
+        self._goodbye_on_oversize(comm, SCHEDULER_TO_WORKER)
         try:
-            first = decoder.decode(await comm.recv_frame())
+            with anyio.fail_after(self.handshake_timeout):
+                first = decoder.decode(await comm.recv_frame())
             if not first or not isinstance(first[0], RegisterWorker):
                 raise ProtocolError("a worker's first message must be RegisterWorker")
         except ProtocolError as exc:
-            self._protocol_error(comm, exc)
+            await self._protocol_error(comm, exc, SCHEDULER_TO_WORKER)
+            return
+        except FrameTooLarge as exc:
+            self.count_refusal("max_frame_size", comm.peer, exc.reason)
+            return
+        except TimeoutError:
+            reason = f"no RegisterWorker within handshake_timeout={self.handshake_timeout}s"
+            self.count_refusal("handshake_timeout", comm.peer, reason)
+            await _say_close(comm, SCHEDULER_TO_WORKER, reason)
             return
         reg = first[0]
         assert isinstance(reg, RegisterWorker)
@@ -457,7 +527,9 @@ class SchedulerServer:
                     conn.last_heard = time.monotonic()
                     self.push_from_workers(worker_events(self, conn, decoder.decode(payload)))
             except ProtocolError as exc:
-                self._protocol_error(comm, exc)
+                await self._protocol_error(comm, exc, SCHEDULER_TO_WORKER)
+            except FrameTooLarge as exc:
+                self.count_refusal("max_frame_size", comm.peer, exc.reason)
             except CommClosedError as exc:
                 logger.info("worker %s disconnected: %s", conn.address, exc.reason)
             finally:
@@ -466,7 +538,8 @@ class SchedulerServer:
                     await comm.aclose("worker connection ended")  # nothing to flush to
 
     async def _serve_client(self, comm: Comm, client: str) -> None:
-        decoder = FrameDecoder(CLIENT_TO_SCHEDULER)
+        decoder = FrameDecoder(CLIENT_TO_SCHEDULER, max_messages=self.limits.max_messages)
+        self._goodbye_on_oversize(comm, SCHEDULER_TO_CLIENT)
         encoder = FrameEncoder(SCHEDULER_TO_CLIENT)
 
         def encode(batch: list[Any]) -> list[bytes]:
@@ -481,7 +554,9 @@ class SchedulerServer:
                     payload = await comm.recv_frame()
                     self.push_many(client, client_events(self, conn, decoder.decode(payload)))
             except ProtocolError as exc:
-                self._protocol_error(comm, exc)
+                await self._protocol_error(comm, exc, SCHEDULER_TO_CLIENT)
+            except FrameTooLarge as exc:
+                self.count_refusal("max_frame_size", comm.peer, exc.reason)
             except CommClosedError as exc:
                 logger.info("client %s disconnected: %s", client, exc.reason)
             finally:
@@ -489,9 +564,31 @@ class SchedulerServer:
                 if not conn.closing:
                     await comm.aclose("client connection ended")
 
-    def _protocol_error(self, comm: Comm, exc: ProtocolError) -> None:
-        self.protocol_errors += 1
+    def _goodbye_on_oversize(self, comm: Comm, channel: Channel[Any]) -> None:
+        reason = f"a frame over max_frame_size={self.max_frame_size} bytes was refused"
+        comm.oversize_reply = FrameEncoder(channel).encode([Close(reason)])
+
+    async def _protocol_error(self, comm: Comm, exc: ProtocolError, channel: Channel[Any]) -> None:
+        """Count it, and tell the peer why its connection closes (the caller closes it)."""
+        if isinstance(exc, LimitExceeded):
+            self.refused[exc.limit] += 1
+        else:
+            self.protocol_errors += 1
         logger.warning("protocol error from %s, closing the connection: %s", comm.peer, exc)
+        await _say_close(comm, channel, str(exc))
+
+
+async def _say_close(comm: Comm, channel: Channel[Any], reason: str) -> None:
+    """Send one ``Close(reason)``, best effort and bounded in time, before closing ``comm``."""
+    with anyio.move_on_after(_REFUSAL_LINGER):
+        try:
+            await comm.send_frame(FrameEncoder(channel).encode([Close(reason)]))
+        except CommClosedError:
+            pass  # it left first; the reason only explained why we close
+
+
+# How long a refusal may take: to read the refused peer's Hello, or to write its reason.
+_REFUSAL_LINGER: Final = 1.0
 
 
 ClientItem: TypeAlias = "sc.SchedulerEvent | tuple[str, Any] | LayerFeed"

@@ -122,7 +122,8 @@ async def test_a_graph_expanding_beyond_the_limit_is_refused() -> None:
         huge = p.SubmitLayers([dumps_function(square)], [p.MapLayerSpec("many", 10**12, 0)], [], [(0, 0)], [], ["many"])
         await c.send(huge)
         err = await c.expect(p.ClientError)
-        assert err.kind == "invalid-layers" and "1,000,000,000,000 tasks" in err.message
+        assert err.kind == "limit-exceeded" and "1,000,000,000,000 tasks" in err.message
+        assert "max_layer_tasks=1,000" in err.message and s.refused["max_layer_tasks"] == 1
         assert s.state.tasks == {}
         await c.send(layers_message(4))  # still served
         await c.wait_done(["('s', 0)"])

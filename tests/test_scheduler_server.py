@@ -159,8 +159,11 @@ async def test_garbage_closes_only_that_connection() -> None:
         # garbage after a valid handshake
         bad = await fake_client(server, "bad")
         await bad.comm.send_frame(b"\x93\x01\x02\x03 not a frame")
+        (goodbye,) = await bad.expect(p.Close)  # the reason, then the connection closes
+        assert "invalid client->scheduler frame" in goodbye.reason
         with pytest.raises(CommClosedError), anyio.fail_after(5):
             await bad.comm.recv_frame()
+        assert server.refused["max_frame_size"] == 1  # the 0xff... header, during the handshake
         assert server.protocol_errors >= 2
         with anyio.fail_after(5):
             while "bad" in server.state.clients:
