@@ -264,11 +264,10 @@ class _InProcessHost:
         self._stop.set()
 
     def sampler_stats(self) -> list[dict[str, float]]:
-        """Each sampler's counters: the scheduler's first, then the workers'."""
-        samplers = [self.server.diagnostics.sampler] if self.server.diagnostics.sampler is not None else []
-        # The workers of one process share one sampler: count it once.
-        shared = {id(s): s for w in self.workers if w._profiler is not None and (s := w._profiler.sampler) is not None}
-        samplers += shared.values()
+        """Each sampler's counters (one: the scheduler and the workers of a process share it)."""
+        candidates = [self.server.diagnostics.sampler]
+        candidates += [w._profiler.sampler for w in self.workers if w._profiler is not None]
+        samplers = {id(s): s for s in candidates if s is not None}.values()  # each counted once
         out = []
         for sampler in samplers:
             stats = sampler.overhead()

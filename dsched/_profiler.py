@@ -51,6 +51,7 @@ __all__ = [
     "MAX_DEPTH",
     "CallTree",
     "FrameId",
+    "Label",
     "Sampler",
     "SamplerStats",
     "ThreadLabels",
@@ -60,7 +61,10 @@ __all__ = [
 FrameId: TypeAlias = tuple[str, int, str]
 """A function: ``(co_filename, co_firstlineno, co_name)``."""
 
-ThreadLabels: TypeAlias = Callable[[], Mapping[int, str | None]]
+Label: TypeAlias = str | tuple[str, ...] | None
+"""A thread's label; a tuple files its stack under each of several labels; None skips the thread."""
+
+ThreadLabels: TypeAlias = Callable[[], Mapping[int, Label]]
 """Returns ``{thread ident: label}`` for the threads to sample now (None: skip that thread)."""
 
 DEFAULT_MAX_NODES: Final = 10_000
@@ -324,15 +328,15 @@ def _stack_of(frame: FrameType | None) -> list[FrameId]:
     return stack[start:] if start else stack
 
 
-def _collect(labels: Mapping[int, str | None], skip: int) -> list[tuple[str, list[FrameId]]]:
+def _collect(labels: Mapping[int, Label], skip: int) -> list[tuple[str | tuple[str, ...], list[FrameId]]]:
     """The labelled stacks of the threads in ``labels`` that are running Python code."""
     # Copied first (one C call for a dict), so that other threads may change it meanwhile.
-    wanted = [(i, label) for i, label in list(labels.items()) if isinstance(label, str) and i != skip]
+    wanted = [(i, label) for i, label in list(labels.items()) if label is not None and i != skip]
     if not wanted:
         return []
     frames = _current_frames()
     try:
-        stacks = []
+        stacks: list[tuple[str | tuple[str, ...], list[FrameId]]] = []
         for ident, label in wanted:
             frame = frames.get(ident)
             if frame is not None:  # None: the thread has exited (or runs no Python code yet)
@@ -477,11 +481,12 @@ class Sampler:
         when = time.time() if when is None else when
         with self._lock:
             trees = self._bucket(when).trees
-            for label, stack in stacks:
-                tree = trees.get(label)
-                if tree is None:
-                    tree = trees[label] = CallTree(self.max_nodes, self.max_depth)
-                tree.add_stack(stack)
+            for labelled, stack in stacks:
+                for label in (labelled,) if isinstance(labelled, str) else labelled:
+                    tree = trees.get(label)
+                    if tree is None:
+                        tree = trees[label] = CallTree(self.max_nodes, self.max_depth)
+                    tree.add_stack(stack)
             self._samples += 1
             self._stacks += len(stacks)
             self._busy += time.thread_time() - began

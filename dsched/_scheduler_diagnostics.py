@@ -34,6 +34,7 @@ from dsched._comm import CommClosedError
 from dsched._dashboard_source import status
 from dsched._profile_export import to_collapsed, to_speedscope
 from dsched._profiler import CallTree, Sampler
+from dsched._shared_sampler import attach, detach
 from dsched._recording import DEFAULT_MAX_BYTES, EventRecorder
 from dsched._scheduler_routes import send_quietly
 
@@ -64,7 +65,11 @@ class SchedulerDiagnostics:
         # (time, tasks finished, tasks erred) once a second: throughput over a window.
         self.progress: deque[tuple[float, int, int]] = deque(maxlen=600)
         self.sampler: Sampler | None = None
+        """The process's shared sampler (``dsched._shared_sampler``) while started, else None."""
         self._profile_interval = profile_interval
+        # This scheduler's label in that sampler: unique, since an in-process cluster's
+        # workers (and, in tests, other schedulers) share it.
+        self._label = f"{server.scheduler_id}/{LOOP_LABEL}"
         self._loop_thread = 0
         self._profile_requests: dict[int, dict[str, Any]] = {}
         self._next_request = 0
@@ -76,13 +81,12 @@ class SchedulerDiagnostics:
     def start(self) -> None:
         self._loop_thread = threading.get_ident()
         if self._profile_interval:
-            loop_thread = self._loop_thread
-            self.sampler = Sampler(lambda: {loop_thread: LOOP_LABEL}, interval=self._profile_interval)
-            self.sampler.start()
+            labels = {self._loop_thread: self._label}
+            self.sampler = attach(self._profile_interval, self._label, lambda: labels)
 
     def stop(self) -> None:
-        if self.sampler is not None:
-            self.sampler.stop()
+        if self.sampler is not None and self._profile_interval:
+            detach(self._profile_interval, self._label)
             self.sampler = None
         if self.recorder is not None:
             self.recorder.close()
@@ -152,7 +156,7 @@ class SchedulerDiagnostics:
     def profile_server(self, start: float | None, stop: float | None) -> dict[str, Any]:
         if self.sampler is None:
             return CallTree().to_json()
-        return self.sampler.tree(start, stop, None).to_json()
+        return self.sampler.tree(start, stop, self._label).to_json()
 
     async def profile_workers(
         self, start: float | None, stop: float | None, workers: list[str] | None, prefix: str | None

@@ -3,9 +3,10 @@
 The scheduler asks with ``GetProfile`` (a time window and a prefix); the answer
 is this worker's call tree for that window, JSON-encoded.
 
-Workers of one process share one sampling thread (an in-process cluster may
-run a hundred workers; a sampler each would wake a hundred threads every
-10 ms, and each would read every thread's stack).  Each worker registers its
+Workers of one process share one sampling thread, with the process's scheduler
+if it has one (``dsched._shared_sampler``: an in-process cluster may run a
+hundred workers; a sampler each would wake a hundred threads every 10 ms, and
+each would read every thread's stack).  Each worker registers its
 threads under a label namespace of its own, ``"<n>/<prefix>"``; the event
 loop they share is labelled once, ``"*/worker-event-loop"``, and belongs to
 every worker's profile.
@@ -13,6 +14,7 @@ every worker's profile.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import threading
 from collections.abc import Mapping
@@ -23,6 +25,7 @@ import msgspec
 import sched_core as sc
 from dsched import _protocol as p
 from dsched._profiler import CallTree, Sampler
+from dsched._shared_sampler import attach, attached, detach
 
 __all__ = ["LOOP_LABEL", "WorkerProfiler"]
 
@@ -30,26 +33,21 @@ LOOP_LABEL: Final = "worker-event-loop"
 _SHARED: Final = "*/"
 
 _lock = threading.Lock()
-_samplers: dict[float, _SharedSampler] = {}  # by interval: one per process and interval
+_workers: dict[float, dict[str, WorkerProfiler]] = {}  # by interval, then namespace
 _namespaces = itertools.count()
+_SOURCE: Final = "workers"
 
 
-class _SharedSampler:
-    """One Sampler for every worker of this process that samples at ``interval``."""
-
-    def __init__(self, interval: float) -> None:
-        self.interval = interval
-        self.workers: dict[str, WorkerProfiler] = {}
-        self.sampler = Sampler(self._labels, interval=interval, name="dsched-worker-profiler")
-
-    def _labels(self) -> dict[int, str | None]:
-        labels: dict[int, str | None] = {}
-        for namespace, worker in list(self.workers.items()):
-            # A copy first: the task threads change ``running`` meanwhile (dict.copy is atomic).
-            for ident, key in dict(worker.running).items():
+def _labels_of(workers: dict[str, WorkerProfiler]) -> dict[int, str | None]:
+    """The running task threads of every worker (labelled by namespace and prefix), and their loops."""
+    labels: dict[int, str | None] = {}
+    for namespace, worker in list(workers.items()):
+        running = worker.running
+        if running:
+            for ident, key in dict(running).items():
                 labels[ident] = namespace + sc.key_split(key)
-            labels[worker.loop_thread] = _SHARED + LOOP_LABEL
-        return labels
+        labels[worker.loop_thread] = _SHARED + LOOP_LABEL
+    return labels
 
 
 class WorkerProfiler:
@@ -60,43 +58,42 @@ class WorkerProfiler:
         self.loop_thread = threading.get_ident()
         self.interval = interval
         self.namespace = f"{next(_namespaces)}/"
-        self._shared: _SharedSampler | None = None
-
-    @property
-    def sampler(self) -> Sampler | None:
-        """The sampler this worker shares with the other workers of its process (None when stopped)."""
-        shared = self._shared
-        return shared.sampler if shared is not None else None
+        self.sampler: Sampler | None = None
+        """The process's shared sampler (dsched._shared_sampler) while started, else None."""
 
     def start(self) -> None:
+        # Under the lock throughout, so that a worker starting while the last one
+        # stops never finds the source half detached.
         with _lock:
-            shared = _samplers.get(self.interval)
-            if shared is None:
-                shared = _samplers[self.interval] = _SharedSampler(self.interval)
-                shared.sampler.start()
-            shared.workers[self.namespace] = self
-            self._shared = shared
+            workers = _workers.get(self.interval)
+            if workers is None:
+                workers = _workers[self.interval] = {}
+                sampler = attach(self.interval, _SOURCE, functools.partial(_labels_of, workers))
+            else:
+                sampler = attached(self.interval)
+            workers[self.namespace] = self
+            self.sampler = sampler
 
     def stop(self) -> None:
         with _lock:
-            shared, self._shared = self._shared, None
-            if shared is None:
+            if self.sampler is None:
                 return
-            shared.workers.pop(self.namespace, None)
-            if shared.workers:
-                return
-            del _samplers[self.interval]
-        shared.sampler.stop()  # outside the lock: it joins the sampling thread
+            self.sampler = None
+            workers = _workers[self.interval]
+            del workers[self.namespace]
+            if not workers:
+                del _workers[self.interval]
+                detach(self.interval, _SOURCE)
 
     def tree(self, start: float | None, stop: float | None, prefix: str | None) -> CallTree:
         """This worker's tasks whose prefix starts with ``prefix`` (and, unless a prefix is given,
         the event loop), in the window [start, stop]."""
-        shared = self._shared
-        if shared is None:
+        sampler = self.sampler
+        if sampler is None:
             return CallTree()
-        tree = shared.sampler.tree(start, stop, self.namespace + (prefix or ""))
+        tree = sampler.tree(start, stop, self.namespace + (prefix or ""))
         if prefix is None:
-            tree.merge(shared.sampler.tree(start, stop, _SHARED))
+            tree.merge(sampler.tree(start, stop, _SHARED))
         return tree
 
     def answer(self, msg: p.GetProfile) -> p.ProfileData:

@@ -30,7 +30,7 @@ def names(node: dict[str, Any]) -> set[str]:
 
 
 def sampler_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name == "dsched-worker-profiler"]
+    return [t for t in threading.enumerate() if t.name == "dsched-profiler"]
 
 
 def test_workers_of_one_process_share_a_sampler_and_keep_their_own_tasks() -> None:
