@@ -20,7 +20,8 @@ from typing import Final
 import anyio
 
 from dsched import _protocol as p
-from dsched._comm import Comm, CommClosedError
+from dsched._comm import Comm, CommClosedError, FrameTooLarge
+from dsched._limits import HANDSHAKE_MAX_FRAME_SIZE, ConnectionLimiter, Limits, RefusalCounts, peer_host
 from dsched._peer_pool import PeerPool
 from dsched._serialize import dumps_value_or_error, loads_value, sizeof
 
@@ -78,6 +79,8 @@ class PeerServing:
         address: str,
         auth: str = "",
         max_concurrent: int = 10,
+        handshake_timeout: float = 10.0,
+        limits: Limits | None = None,
     ) -> None:
         self.data = data
         self.on_put = on_put
@@ -85,6 +88,12 @@ class PeerServing:
         self.address = address
         self.auth = auth
         self.max_concurrent = max_concurrent
+        # The same per-host connection limits and refusals as the scheduler's.
+        self.handshake_timeout = handshake_timeout
+        self.limits = limits if limits is not None else Limits()
+        self.connection_limiter = ConnectionLimiter(self.limits)
+        self.refused = RefusalCounts()
+        self.protocol_errors = 0
         self.serving = 0
         self.served_keys = 0
         self.busy_replies = 0
@@ -92,28 +101,95 @@ class PeerServing:
 
 async def serve_peer(serving: PeerServing, comm: Comm) -> None:
     """Answer one peer connection until it closes (the listener's handler)."""
-    try:
-        with anyio.fail_after(10.0):
-            hello = p.decode_hello(await comm.recv_frame())
-    except (p.ProtocolError, TimeoutError) as exc:
-        logger.warning("bad peer handshake from %s: %s", comm.peer, exc)
+    host = peer_host(comm.peer)
+    limiter = serving.connection_limiter
+    over = limiter.admit(host)
+    max_frame_size = comm.max_frame_size  # the listener's, restored after the handshake
+    comm.max_frame_size = min(max_frame_size, HANDSHAKE_MAX_FRAME_SIZE)  # a Hello is small
+    if over is not None:
+        limit, reason = over
+        serving.refused[limit] += 1
+        logger.warning("refused peer %s: %s", comm.peer, reason)
+        with anyio.move_on_after(_REFUSAL_LINGER):  # take its Hello: closing with it unread resets the connection
+            await _refuse(comm, reason, read_hello=True)
         return
+    handshaking = True
+    try:
+        hello = await _hello(serving, comm)
+        if hello is None:
+            return
+        await comm.send_frame(p.encode_handshake(p.Welcome(
+            p.PROTOCOL_VERSION, serving.scheduler_id, name=serving.address, max_messages=serving.limits.max_messages,
+        )))
+        limiter.handshake_done(host)
+        handshaking = False
+        await _serve(serving, comm, max_frame_size)
+    finally:
+        limiter.release(host, handshaking=handshaking)
+
+
+async def _hello(serving: PeerServing, comm: Comm) -> p.Hello | None:
+    """The peer's accepted Hello, or None after refusing it."""
+    try:
+        with anyio.fail_after(serving.handshake_timeout):
+            hello = p.decode_hello(await comm.recv_frame())
+    except p.ProtocolError as exc:
+        serving.protocol_errors += 1
+        logger.warning("bad peer handshake from %s: %s", comm.peer, exc)
+        await _refuse(comm, str(exc))
+        return None
+    except FrameTooLarge as exc:
+        serving.refused["max_frame_size"] += 1
+        logger.warning("refused peer %s: %s", comm.peer, exc.reason)
+        return None
+    except TimeoutError:
+        serving.refused["handshake_timeout"] += 1
+        await _refuse(comm, f"no handshake within handshake_timeout={serving.handshake_timeout}s")
+        return None
     refusal = p.check_hello(hello, roles=("peer",), auth=serving.auth)
     if refusal is not None:
         logger.info("refused peer %s: %s", comm.peer, refusal.reason)
-        try:
-            await comm.send_frame(p.encode_handshake(refusal))
-        except CommClosedError:
-            pass  # it left first; the refusal only explained why we close
-        return
-    await comm.send_frame(p.encode_handshake(p.Welcome(p.PROTOCOL_VERSION, serving.scheduler_id, name=serving.address)))
+        await _refuse(comm, refusal.reason)
+        return None
+    return hello
+
+
+async def _refuse(comm: Comm, reason: str, *, read_hello: bool = False) -> None:
+    try:
+        if read_hello:
+            await comm.recv_frame()
+        await comm.send_frame(p.encode_handshake(p.Refused(reason)))
+    except CommClosedError:
+        pass  # it left first; the refusal only explained why we close
+
+
+# How long a refusal may take: to read the refused peer's Hello, or to write its reason.
+_REFUSAL_LINGER: Final = 1.0
+
+
+async def _serve(serving: PeerServing, comm: Comm, max_frame_size: int) -> None:
+    comm.max_frame_size = max_frame_size
     encoder = p.FrameEncoder(p.PEER)
-    decoder = p.FrameDecoder(p.PEER)
+    decoder = p.FrameDecoder(p.PEER, max_messages=serving.limits.max_messages)
+    comm.oversize_reply = encoder.encode([p.Close(f"a frame over max_frame_size={comm.max_frame_size} bytes was refused")])
     while True:
         try:
             messages = decoder.decode(await comm.recv_frame())
         except p.ProtocolError as exc:
+            if isinstance(exc, p.LimitExceeded):
+                serving.refused[exc.limit] += 1
+            else:
+                serving.protocol_errors += 1
             logger.warning("protocol error from peer %s, closing: %s", comm.peer, exc)
+            with anyio.move_on_after(_REFUSAL_LINGER):
+                try:
+                    await comm.send_frame(encoder.encode([p.Close(str(exc))]))
+                except CommClosedError:
+                    pass
+            return
+        except FrameTooLarge as exc:
+            serving.refused["max_frame_size"] += 1
+            logger.warning("closed peer %s: %s", comm.peer, exc.reason)
             return
         except CommClosedError:
             return
