@@ -10,9 +10,12 @@ from typing import TYPE_CHECKING, Annotated
 import anyio
 import typer
 
+from dsched import _cli_security as cs
 from dsched._cli_signals import cancel_on_signal, signal_name
 from dsched._comm import CommClosedError, ConnectError, format_address, parse_address
+from dsched._handshake import HandshakeRefused
 from dsched._procs import adopt_parent_environment, read_scheduler_file
+from dsched._security import SecurityError
 from dsched._sizes import cpu_count, parse_memory_limit, parse_resources
 
 if TYPE_CHECKING:
@@ -55,6 +58,8 @@ async def _enter_worker(make: type[Worker], address: str, deadline: float, **kwa
         worker = make(address, **kwargs)  # type: ignore[arg-type]
         try:
             return await worker.__aenter__()
+        except HandshakeRefused as exc:  # e.g. a wrong secret: retrying will not help
+            raise WorkerStartError(f"the scheduler at {address} did not accept this worker: {exc}") from None
         except ConnectError as exc:
             if time.monotonic() + delay > deadline:
                 raise WorkerStartError(f"cannot reach the scheduler at {address}: {exc}") from None
@@ -116,7 +121,12 @@ def register(app: typer.Typer) -> None:
         resources: Annotated[
             str, typer.Option(help='Abstract resources tasks may require, as "GPU=2,MEM=10e9".')
         ] = "",
-        host: Annotated[str, typer.Option(help="Interface to serve data to peers on.")] = "127.0.0.1",
+        host: Annotated[
+            str,
+            typer.Option(
+                help="Interface to serve data to peers on (beyond loopback a secret is required, or --insecure).",
+            ),
+        ] = "127.0.0.1",
         port: Annotated[int, typer.Option(min=0, max=65535, help="Port to serve data to peers on; 0 picks one.")] = 0,
         scheduler_file: Annotated[
             Path | None,
@@ -130,6 +140,15 @@ def register(app: typer.Typer) -> None:
             float,
             typer.Option(min=0.0, help="Seconds between samples of the task threads' stacks (0: no profiler)."),
         ] = 0.01,
+        secret_file: cs.SecretFileOption = None,
+        tls_ca_file: cs.TlsCaFileOption = None,
+        tls_cert: cs.TlsCertOption = None,
+        tls_key: cs.TlsKeyOption = None,
+        tls_require_client_cert: cs.TlsRequireClientCertOption = None,
+        tls_check_hostname: cs.TlsCheckHostnameOption = None,
+        require_encryption: cs.RequireEncryptionOption = None,
+        security_file: cs.SecurityFileOption = None,
+        insecure: cs.InsecureOption = False,
     ) -> None:
         """Run a worker: it runs tasks for a scheduler until SIGINT (Ctrl-C), SIGTERM or the scheduler stops.
 
@@ -147,13 +166,18 @@ def register(app: typer.Typer) -> None:
             resource_map = parse_resources(resources)
         except ValueError as exc:
             raise typer.BadParameter(str(exc)) from None
+        security = cs.security_from_options(
+            secret_file=secret_file, tls_ca_file=tls_ca_file, tls_cert=tls_cert, tls_key=tls_key,
+            tls_require_client_cert=tls_require_client_cert, tls_check_hostname=tls_check_hostname,
+            require_encryption=require_encryption, security_file=security_file,
+        )
         kwargs: dict[str, object] = dict(
             nthreads=threads, name=name, memory_limit=limit, resources=resource_map, host=host, port=port,
-            profile_interval=profile_interval or None,
+            profile_interval=profile_interval or None, security=security, insecure=insecure,
         )
         try:
             anyio.run(_main, address, scheduler_file, timeout, kwargs, backend="asyncio")
-        except WorkerStartError as exc:
+        except (WorkerStartError, SecurityError) as exc:
             typer.echo(f"dsched worker: {exc}", err=True)
             raise typer.Exit(1) from None
 

@@ -36,6 +36,7 @@ from dsched._handshake import open_comm
 from dsched._batched import BatchedSender
 from dsched._client_errors import ClientDisconnectedError
 from dsched._peer_pool import PeerPool
+from dsched._security import Security
 from dsched._client_state import ClientState, CountWaiter, run_notifications
 from dsched._comm import Comm, CommClosedError, ConnectError
 from dsched._future import FINISHED, KeyState
@@ -94,15 +95,17 @@ class _Collector:
 class SchedulerLink:
     """The connection to the scheduler and the coroutines built on it."""
 
-    def __init__(self, state: ClientState, *, name: str = "", auth: str = "", timeout: float = 10.0) -> None:
+    def __init__(
+        self, state: ClientState, *, name: str = "", security: Security | None = None, timeout: float = 10.0
+    ) -> None:
         self.state = state
         self.name = name
-        self.auth = auth
+        self.security = security if security is not None else Security()
         self.timeout = timeout
         self.welcome: p.Welcome | None = None
         self.comm: Comm | None = None
         self.sender: BatchedSender[p.ClientToScheduler] | None = None
-        self.peers = PeerPool(name=name, auth=auth, timeout=timeout)
+        self.peers = PeerPool(name=name, security=self.security, timeout=timeout)
         self.closing = False
         self.lost: BaseException | None = None
         self.loop_thread_id = -1
@@ -115,10 +118,15 @@ class SchedulerLink:
 
     # -- connecting and closing --------------------------------------------------------
 
+    def use_security(self, security: Security) -> None:
+        """Connect with ``security`` (a cluster's, known once it started); before :meth:`open`."""
+        self.security = security
+        self.peers.security = security
+
     async def open(self, address: str) -> p.Welcome:
         """Connect, shake hands, start reading and sending.  Raises ``ConnectError`` if refused."""
-        hello = p.Hello(p.PROTOCOL_VERSION, "client", self.name, auth=self.auth)
-        comm, reply = await open_comm(address, hello, timeout=self.timeout)
+        hello = p.Hello(p.PROTOCOL_VERSION, "client", self.name, auth=self.security.secret)
+        comm, reply = await open_comm(address, hello, timeout=self.timeout, security=self.security)
         self.welcome = reply
         self.comm = comm
         self.peers.name = reply.client_id

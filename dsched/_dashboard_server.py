@@ -5,6 +5,12 @@ without locks or copies; every request does bounded work (see
 ``dsched._dashboard_source``), so a browser polling a few pages costs the
 scheduler little.  uvicorn is told to leave the process's signals alone: the
 scheduler (or the user's program, for an in-process cluster) owns them.
+
+Access: on loopback the dashboard is open (to this machine's host names only).
+Beyond loopback it needs the scheduler's secret when there is one (see
+``dsched.dashboard._app``: a bearer token, or ``?token=`` once in a browser,
+which sets a cookie), and it is served over HTTPS when the scheduler has a
+TLS certificate.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ from anyio.abc import TaskGroup, TaskStatus
 from starlette.applications import Starlette
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
+from dsched._security import Security, is_loopback
+
 if TYPE_CHECKING:
     from dsched._scheduler_server import SchedulerServer
 
@@ -30,7 +38,6 @@ __all__ = ["DashboardServer", "parse_dashboard_address", "start_dashboard"]
 logger = logging.getLogger("dsched.dashboard")
 
 DEFAULT_PORT = 8787
-_LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
 def parse_dashboard_address(address: str) -> tuple[str, int]:
@@ -71,11 +78,16 @@ def _bind(host: str, port: int) -> socket.socket:
 class DashboardServer:
     """The dashboard's HTTP server; ``run`` serves until ``close``."""
 
-    def __init__(self, app: Starlette, host: str, port: int, *, fall_back: bool = True) -> None:
+    def __init__(
+        self, app: Starlette, host: str, port: int, *, fall_back: bool = True, security: Security | None = None
+    ) -> None:
         self.app = app
         self.host = host
         self.port = port
         self.fall_back = fall_back  # a port in use: take another rather than fail
+        # HTTPS with the scheduler's certificate; never mutual TLS: browsers have no client certificates.
+        self.tls_cert = security.tls_cert if security is not None else None
+        self.tls_key = security.tls_key if security is not None else None
         self._server: _EmbeddedServer | None = None
 
     @property
@@ -83,7 +95,8 @@ class DashboardServer:
         host = f"[{self.host}]" if ":" in self.host else self.host
         if self.host in ("0.0.0.0", "::"):
             host = socket.gethostname()
-        return f"http://{host}:{self.port}/status"
+        scheme = "https" if self.tls_cert else "http"
+        return f"{scheme}://{host}:{self.port}/status"
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         try:
@@ -94,7 +107,10 @@ class DashboardServer:
             logger.warning("dashboard port %d is in use; taking another one", self.port)
             sock = _bind(self.host, 0)
         self.port = sock.getsockname()[1]
-        config = uvicorn.Config(self.app, log_level="warning", lifespan="off", access_log=False)
+        config = uvicorn.Config(
+            self.app, log_level="warning", lifespan="off", access_log=False,
+            ssl_certfile=self.tls_cert, ssl_keyfile=self.tls_key,
+        )
         self._server = _EmbeddedServer(config)
         task_status.started()
         try:
@@ -117,18 +133,18 @@ async def start_dashboard(server: SchedulerServer, tg: TaskGroup, address: str) 
     from dsched.dashboard import create_app
 
     host, port = parse_dashboard_address(address)
-    loopback = host in _LOOPBACK
+    loopback = is_loopback(host)
     app = create_app(SchedulerSource(server), secret=None if loopback or not server.auth else server.auth)
     if loopback:
         # Open on loopback, so only this machine's names may reach it: a web page whose own host
         # name was pointed at 127.0.0.1 (DNS rebinding) cannot read or drive the dashboard.
-        app.add_middleware(TrustedHostMiddleware, allowed_hosts=["127.0.0.1", "localhost", "::1", "[::1]"])
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=["127.0.0.1", "localhost", "::1", "[::1]", host])
     elif not server.auth:
         logger.warning(
             "the dashboard listens on %s without a secret: anyone who can reach that port can read the "
             "cluster's state and profile the scheduler (bind it to 127.0.0.1 and use an SSH tunnel, or set a secret)",
             address,
         )
-    dashboard = DashboardServer(app, host, port)
+    dashboard = DashboardServer(app, host, port, security=server.security)
     await tg.start(dashboard.run)
     return dashboard

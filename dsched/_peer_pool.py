@@ -17,6 +17,7 @@ import anyio
 from dsched import _protocol as p
 from dsched._comm import Comm, CommClosedError
 from dsched._handshake import open_comm
+from dsched._security import Security
 
 __all__ = ["PeerPool"]
 
@@ -33,19 +34,23 @@ class _PeerConn:
 
 
 class PeerPool:
-    """Idle connections to workers, reused; one request at a time on each."""
+    """Idle connections to workers, reused; one request at a time on each.
 
-    def __init__(self, *, name: str, auth: str = "", timeout: float = 10.0) -> None:
+    ``security``: the cluster's secret (sent in each ``Hello``) and TLS settings
+    (for ``tls://`` worker addresses).
+    """
+
+    def __init__(self, *, name: str, security: Security | None = None, timeout: float = 10.0) -> None:
         self.name = name
-        self.auth = auth
+        self.security = security if security is not None else Security()
         self.timeout = timeout
         self._idle: dict[str, list[_PeerConn]] = {}
         self._request = 0
         self._closed = False
 
     async def _connect(self, address: str) -> _PeerConn:
-        hello = p.Hello(p.PROTOCOL_VERSION, "peer", self.name, auth=self.auth)
-        comm, _ = await open_comm(address, hello, timeout=self.timeout, peer_kind="worker")
+        hello = p.Hello(p.PROTOCOL_VERSION, "peer", self.name, auth=self.security.secret)
+        comm, _ = await open_comm(address, hello, timeout=self.timeout, peer_kind="worker", security=self.security)
         return _PeerConn(comm)
 
     async def exchange(self, address: str, message: p.PeerMessage) -> p.PeerMessage:

@@ -15,6 +15,7 @@ import anyio
 from dsched import _protocol as p
 from dsched._handshake import open_comm
 from dsched._comm import Comm, CommClosedError
+from dsched._security import Security, security_for
 
 __all__ = ["SchedulerProbe", "wait_for_workers"]
 
@@ -22,9 +23,9 @@ __all__ = ["SchedulerProbe", "wait_for_workers"]
 class SchedulerProbe:
     """``async with SchedulerProbe(address) as probe: await probe.workers()``."""
 
-    def __init__(self, address: str, *, auth: str = "", timeout: float = 10.0) -> None:
+    def __init__(self, address: str, *, security: Security | None = None, timeout: float = 10.0) -> None:
         self.address = address
-        self.auth = auth
+        self.security = security if security is not None else security_for(address)
         self.timeout = timeout
         self._comm: Comm | None = None
         self._encoder = p.FrameEncoder(p.CLIENT_TO_SCHEDULER)
@@ -32,8 +33,8 @@ class SchedulerProbe:
         self._request = 0
 
     async def __aenter__(self) -> SchedulerProbe:
-        hello = p.Hello(p.PROTOCOL_VERSION, "client", "", auth=self.auth)
-        self._comm, _ = await open_comm(self.address, hello, timeout=self.timeout)
+        hello = p.Hello(p.PROTOCOL_VERSION, "client", "", auth=self.security.secret)
+        self._comm, _ = await open_comm(self.address, hello, timeout=self.timeout, security=self.security)
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -69,6 +70,7 @@ async def wait_for_workers(
     timeout: float,
     check: Callable[[], None] | None = None,
     poll_interval: float = 0.05,
+    security: Security | None = None,
 ) -> list[p.WorkerInfo]:
     """Poll the scheduler until ``condition(workers)`` holds; return those workers.
 
@@ -76,7 +78,7 @@ async def wait_for_workers(
     process died).  Raises ``TimeoutError`` after ``timeout`` seconds.
     """
     with anyio.fail_after(timeout):
-        async with SchedulerProbe(address, timeout=timeout) as probe:
+        async with SchedulerProbe(address, security=security, timeout=timeout) as probe:
             while True:
                 workers = await probe.workers()
                 if condition(workers):
