@@ -21,6 +21,11 @@ never wait for the network in either mode.
 go to it) and closes it with the client; ``Client(cluster)`` connects to any
 object with a ``scheduler_address``.
 
+Security: ``Client("tls://host:8786", security=Security(...))``.  Without
+``security`` a client uses its cluster's (``Client(cluster)``, so a
+``LocalCluster``'s generated secret needs no typing) or else what the
+environment and the security file say (:meth:`Security.load`).
+
 Costs: ``map`` pickles its function once and sends one ``SubmitGraph`` for
 all its tasks; per task it pickles the arguments, hashes them for the key and
 builds one record (a few microseconds).  Completions are applied per frame
@@ -47,6 +52,7 @@ from dsched._client_errors import ClientDisconnectedError
 from dsched._client_loop import SchedulerLink
 from dsched._client_results import futures_in, unpack, value_of
 from dsched._client_state import ClientState, run_notifications
+from dsched._security import Security, security_for
 from dsched._client_tasks import (
     MAP_LAYER_MIN_INPUTS,
     MAX_SUBMIT_BYTES,
@@ -114,7 +120,7 @@ class Client(ClientDiagnostics):
         asynchronous: bool = False,
         name: str = "",
         timeout: float = 10.0,
-        auth: str = "",
+        security: Security | None = None,
         set_as_default: bool = False,
         **cluster_kwargs: Any,
     ) -> None:
@@ -134,8 +140,18 @@ class Client(ClientDiagnostics):
             self.cluster = address
         if cluster_kwargs and address is not None:
             raise TypeError(f"unexpected arguments {sorted(cluster_kwargs)} (only used to start a LocalCluster)")
+        if address is None:
+            if security is not None:
+                cluster_kwargs["security"] = security  # the cluster this client starts uses it
+        elif security is None:
+            # A cluster object knows its own (generated) secret; otherwise the environment says.
+            cluster_security = getattr(self.cluster, "security", None)
+            if isinstance(cluster_security, Security):
+                security = cluster_security
+            else:
+                security = security_for(self._address or str(self.cluster.scheduler_address))
         self._state = ClientState()
-        self._link = SchedulerLink(self._state, name=name, auth=auth, timeout=timeout)
+        self._link = SchedulerLink(self._state, name=name, security=security, timeout=timeout)
         self._thread: LoopThread | None = None
         if not asynchronous:
             self._start_sync()
@@ -150,6 +166,7 @@ class Client(ClientDiagnostics):
 
             self.cluster = LocalCluster(**self._cluster_kwargs)
             self._owns_cluster = True
+            self._link.use_security(self.cluster.security)
         self._address = self.cluster.scheduler_address
 
     def _start_sync(self) -> None:
@@ -177,6 +194,7 @@ class Client(ClientDiagnostics):
 
                     self.cluster = await LocalCluster(asynchronous=True, **self._cluster_kwargs)
                     self._owns_cluster = True
+                    self._link.use_security(self.cluster.security)
                 self._address = self.cluster.scheduler_address
             await self._link.open(self._address)
         except BaseException:

@@ -84,7 +84,7 @@ class ChildProcess:
     the child in error messages.
     """
 
-    def __init__(self, name: str, args: list[str], *, echo: bool = True) -> None:
+    def __init__(self, name: str, args: list[str], *, echo: bool = True, env: dict[str, str] | None = None) -> None:
         self.name = name
         self.args = args
         self.lines: collections.deque[str] = collections.deque(maxlen=_LOG_LINES)
@@ -94,7 +94,7 @@ class ChildProcess:
             args,
             stdin=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
-            env=child_environment(),
+            env={**child_environment(), **(env or {})},  # env: e.g. the cluster's secret, never on argv
             start_new_session=True,
         )
         assert self.popen.stderr is not None

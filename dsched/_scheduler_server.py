@@ -72,6 +72,7 @@ from dsched._protocol import (
     encode_handshake,
 )
 from dsched._scheduler_diagnostics import SchedulerDiagnostics
+from dsched._security import Security, check_listen_allowed
 from dsched._scheduler_routes import (
     ClientConn,
     FunctionTable,
@@ -92,7 +93,11 @@ logger = logging.getLogger("dsched.scheduler")
 class SchedulerServer:
     """``async with SchedulerServer(host, port) as server:`` serves until the block ends.
 
-    ``server.address`` is ``tcp://host:port``; ``server.state`` the core.
+    ``server.address`` is ``tcp://host:port`` (``tls://`` when ``security`` has a
+    certificate); ``server.state`` the core.  ``security`` (default: what the
+    environment says, :meth:`Security.load`) holds the secret every client and
+    worker must send and the TLS settings; listening beyond loopback without
+    a secret (or mutual TLS) raises ``SecurityError`` unless ``insecure=True``.
     """
 
     def __init__(
@@ -101,7 +106,8 @@ class SchedulerServer:
         port: int = 0,
         *,
         state: sc.SchedulerState | None = None,
-        auth: str = "",
+        security: Security | None = None,
+        insecure: bool = False,
         heartbeat_interval: float = 0.5,
         heartbeat_timeout: float = 10.0,
         tick_interval: float = 0.1,
@@ -120,7 +126,10 @@ class SchedulerServer:
         self.host = host
         self.port = port
         self.state = state if state is not None else sc.SchedulerState()
-        self.auth = auth
+        self.security = security if security is not None else Security.load()
+        check_listen_allowed(host, self.security, insecure=insecure, what="scheduler", option="--host")
+        self.security.server_ssl_context()  # a missing or unreadable certificate fails here, not at the first connection
+        self.auth = self.security.secret
         self.heartbeat_interval_base = heartbeat_interval
         self.heartbeat_timeout = heartbeat_timeout
         self.tick_interval = tick_interval
@@ -232,7 +241,7 @@ class SchedulerServer:
     async def _run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         async with listen(
             self.host, self.port, self._handle, max_frame_size=self.max_frame_size,
-            handshake_timeout=self.handshake_timeout,
+            handshake_timeout=self.handshake_timeout, ssl_context=self.security.server_ssl_context(),
         ) as listener:
             self.address = listener.address
             self.port = listener.port

@@ -24,6 +24,7 @@ from dsched import _protocol as p
 from dsched._client import Client
 from dsched._cluster import LocalCluster
 from dsched._comm import connect, parse_address
+from dsched._security import security_for
 
 
 def inc(x: int) -> int:
@@ -202,7 +203,9 @@ async def _who_has(address: str, keys: list[str]) -> dict[str, list[str]]:
     _, host, port = parse_address(address)
     comm = await connect(host, port)
     try:
-        await comm.send_frame(p.encode_handshake(p.Hello(p.PROTOCOL_VERSION, "client", "")))
+        # The cluster's generated secret, as this process started it.
+        hello = p.Hello(p.PROTOCOL_VERSION, "client", "", auth=security_for(address).secret)
+        await comm.send_frame(p.encode_handshake(hello))
         assert isinstance(p.decode_reply(await comm.recv_frame()), p.Welcome)
         await comm.send_frame(p.FrameEncoder(p.CLIENT_TO_SCHEDULER).encode([p.WhoHas(1, keys)]))
         decoder = p.FrameDecoder(p.SCHEDULER_TO_CLIENT)
@@ -219,7 +222,8 @@ def test_killed_client_has_its_tasks_released(cluster: LocalCluster, tmp_path: P
     script = tmp_path / "doomed.py"
     script.write_text(textwrap.dedent(_DOOMED_CLIENT))
     ran = tmp_path / "ran.txt"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    # The script's Client finds the cluster's secret in its environment.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), **cluster.security.environment()}
     proc = subprocess.Popen(
         [sys.executable, str(script), cluster.scheduler_address, str(ran)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,

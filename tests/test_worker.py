@@ -14,6 +14,7 @@ import pytest
 from dsched import _protocol as p
 from dsched._comm import Comm, CommClosedError, connect, parse_address
 from dsched._scheduler_server import SchedulerServer
+from dsched._security import Security
 from dsched._serialize import Ref, dumps_args, dumps_function, dumps_value, loads_exception
 from dsched._worker import Worker
 from dsched._peer_pool import PeerPool
@@ -213,9 +214,9 @@ async def test_worker_retires_with_close() -> None:
 
 
 async def test_refused_worker_raises() -> None:
-    async with SchedulerServer(auth="secret") as s:
+    async with SchedulerServer(security=Security(secret="secret")) as s:
         with pytest.raises(Exception, match="refused"):
-            async with Worker(s.address, auth="wrong"):
+            async with Worker(s.address, security=Security(secret="wrong")):
                 pass
 
 
@@ -308,7 +309,8 @@ async def test_extreme_user_priorities_do_not_break_the_wire() -> None:
 
 
 async def test_worker_on_all_interfaces_advertises_a_reachable_address() -> None:
-    async with SchedulerServer() as s, Worker(s.address, host="0.0.0.0") as w:
+    # Every interface: peers must authenticate (or the worker be told insecure=True).
+    async with SchedulerServer() as s, Worker(s.address, host="0.0.0.0", insecure=True) as w:
         assert w.address.startswith("tcp://127.0.0.1:")
         c = await BareClient.open(s.address)
         await c.submit(c.task("x", inc, 1))
