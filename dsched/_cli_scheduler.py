@@ -11,6 +11,8 @@ from typing import Annotated
 import anyio
 import typer
 
+import sched_core as sc
+from sched_core._scheduler import DEFAULT_ALLOWED_FAILURES
 from dsched._cli_signals import cancel_on_signal, signal_name
 from dsched._dashboard_server import parse_dashboard_address
 from dsched._sizes import parse_bytes
@@ -30,11 +32,13 @@ async def serve_scheduler(
     profile_interval: float | None = 0.01,
     record: Path | None = None,
     record_max_bytes: int | None = None,
+    allowed_failures: int = DEFAULT_ALLOWED_FAILURES,
 ) -> None:
     """Serve until a stop signal; write and remove the scheduler file around that."""
     received: list[int] = []
     async with SchedulerServer(
-        host, port, dashboard_address=dashboard_address, profile_interval=profile_interval or None,
+        host, port, state=sc.SchedulerState(allowed_failures=allowed_failures),
+        dashboard_address=dashboard_address, profile_interval=profile_interval or None,
         record=str(record) if record is not None else None, record_max_bytes=record_max_bytes,
     ) as server:
         logger.info("scheduler %s at %s", server.scheduler_id, server.address)
@@ -98,6 +102,14 @@ def register(app: typer.Typer) -> None:
         record_max_bytes: Annotated[
             str, typer.Option(help="Stop recording before the file passes this size (bytes or 4GiB, 500MB).")
         ] = "1GiB",
+        allowed_failures: Annotated[
+            int,
+            typer.Option(
+                min=0,
+                help="How many workers may die while running a task before the task is erred "
+                "with KilledWorker (a task that crashes its worker every time stops there).",
+            ),
+        ] = DEFAULT_ALLOWED_FAILURES,
         scheduler_file: Annotated[
             Path | None,
             typer.Option(
@@ -125,7 +137,7 @@ def register(app: typer.Typer) -> None:
         try:
             anyio.run(
                 serve_scheduler, host, port, scheduler_file, address, profile_interval, record, max_bytes,
-                backend="asyncio",
+                allowed_failures, backend="asyncio",
             )
         except OSError as exc:
             typer.echo(f"dsched scheduler: cannot listen on {host}:{port}: {exc.strerror or exc}", err=True)

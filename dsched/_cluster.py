@@ -38,8 +38,10 @@ from dsched._cluster_backends import (
     ClusterStartTimeout,
     InProcessBackend,
     ProcessBackend,
+    SchedulerOptions,
     WorkerOptions,
 )
+from sched_core._scheduler import DEFAULT_ALLOWED_FAILURES
 from dsched._loop_thread import LoopThread
 from dsched._sizes import cpu_count, format_bytes, parse_memory_limit
 
@@ -107,6 +109,8 @@ class LocalCluster:
     ``dashboard_link``; ``profile_interval``: seconds between the profilers'
     samples in the scheduler and every worker (None or 0: no profiler).
     ``start_timeout`` bounds starting the scheduler and each batch of workers.
+    ``allowed_failures``: how many workers may die while running a task before
+    the task is erred with :class:`~dsched.KilledWorker`.
     """
 
     def __init__(
@@ -125,7 +129,10 @@ class LocalCluster:
         profile_interval: float | None = 0.01,
         start_timeout: float = 60.0,
         stop_timeout: float = 5.0,
+        allowed_failures: int = DEFAULT_ALLOWED_FAILURES,
     ) -> None:
+        if allowed_failures < 0:
+            raise ValueError(f"allowed_failures must be at least 0, not {allowed_failures}")
         n, threads = default_workers_and_threads(n_workers, threads_per_worker, processes)
         if n < 0 or threads < 1:
             raise ValueError(f"need n_workers >= 0 and threads_per_worker >= 1, not {n} and {threads}")
@@ -141,17 +148,18 @@ class LocalCluster:
             profile_interval=profile_interval or None,
         )
         self.memory_limit = options.memory_limit
+        scheduler_options = SchedulerOptions(allowed_failures=allowed_failures)
         self._backend: Backend
         if processes:
             self._backend = ProcessBackend(
                 host=host, scheduler_port=scheduler_port, n_workers=n, options=options,
                 log_level=_level_name(silence_logs), start_timeout=start_timeout, stop_timeout=stop_timeout,
-                dashboard_address=dashboard_address,
+                dashboard_address=dashboard_address, scheduler_options=scheduler_options,
             )
         else:
             self._backend = InProcessBackend(
                 host=host, scheduler_port=scheduler_port, n_workers=n, options=options, start_timeout=start_timeout,
-                dashboard_address=dashboard_address,
+                dashboard_address=dashboard_address, scheduler_options=scheduler_options,
             )
         self.status = "created"
         self._loop: LoopThread | None = None

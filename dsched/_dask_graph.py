@@ -44,6 +44,7 @@ module-level, so a worker unpickles them by reference from ``dsched``.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Hashable, Iterator, Mapping
 from typing import Any
 
@@ -62,13 +63,25 @@ def _task_spec() -> Any:
     """``dask._task_spec`` if dask is installed (imported on first use: dsched does not need dask)."""
     global _spec
     if _spec is None:
-        try:
-            import dask._task_spec as spec_module
-        except ImportError:  # no dask: graphs can only be in the tuple format
-            _spec = False
-        else:
-            _spec = spec_module
+        # Imported in a thread of its own: importing dask keeps a traceback (dask.widgets
+        # stores the ImportError of a missing jinja2), whose frames would otherwise
+        # chain back to the caller's and keep its locals - the futures of the
+        # first ``client.get`` - alive for good.
+        found: list[Any] = []
+        thread = threading.Thread(target=_import_task_spec, args=(found,), name="dsched-import-dask", daemon=True)
+        thread.start()
+        thread.join()
+        _spec = found[0] if found else False
     return _spec or None
+
+
+def _import_task_spec(found: list[Any]) -> None:
+    try:
+        import dask._task_spec as spec_module
+    except ImportError:  # no dask: graphs can only be in the tuple format
+        found.append(False)
+    else:
+        found.append(spec_module)
 
 
 def istask(obj: object) -> bool:
