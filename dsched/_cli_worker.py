@@ -17,6 +17,7 @@ from dsched._handshake import HandshakeRefused
 from dsched._procs import adopt_parent_environment, read_scheduler_file
 from dsched._security import SecurityError
 from dsched._sizes import cpu_count, parse_memory_limit, parse_resources
+from dsched._worker_memory import DEFAULT_PAUSE, DEFAULT_SPILL, DEFAULT_TARGET, DEFAULT_TERMINATE, parse_fraction
 
 if TYPE_CHECKING:
     from dsched._worker import Worker
@@ -140,6 +141,31 @@ def register(app: typer.Typer) -> None:
             float,
             typer.Option(min=0.0, help="Seconds between samples of the task threads' stacks (0: no profiler)."),
         ] = 0.01,
+        local_directory: Annotated[
+            Path | None,
+            typer.Option(help="Where to spill results to disk (a temporary directory inside it, removed on exit).",
+                         file_okay=False),
+        ] = None,
+        memory_target: Annotated[
+            str,
+            typer.Option(help="Spill least recently used results to disk once they take this fraction of "
+                         "--memory-limit (false: never by their size)."),
+        ] = str(DEFAULT_TARGET),
+        memory_spill: Annotated[
+            str,
+            typer.Option(help="Spill results until under --memory-target once the process's memory passes this "
+                         "fraction of --memory-limit (false: off)."),
+        ] = str(DEFAULT_SPILL),
+        memory_pause: Annotated[
+            str,
+            typer.Option(help="Pause (start no new task, keep serving data) while the process's memory is past "
+                         "this fraction of --memory-limit (false: never)."),
+        ] = str(DEFAULT_PAUSE),
+        memory_terminate: Annotated[
+            str,
+            typer.Option(help="Log an error when the process's memory passes this fraction of --memory-limit "
+                         "(false: off)."),
+        ] = str(DEFAULT_TERMINATE),
         secret_file: cs.SecretFileOption = None,
         tls_ca_file: cs.TlsCaFileOption = None,
         tls_cert: cs.TlsCertOption = None,
@@ -164,6 +190,12 @@ def register(app: typer.Typer) -> None:
             threads = nthreads if nthreads is not None else cpu_count()
             limit = parse_memory_limit(memory_limit, threads)
             resource_map = parse_resources(resources)
+            fractions = {
+                "memory_target_fraction": parse_fraction(memory_target, "--memory-target"),
+                "memory_spill_fraction": parse_fraction(memory_spill, "--memory-spill"),
+                "memory_pause_fraction": parse_fraction(memory_pause, "--memory-pause"),
+                "memory_terminate_fraction": parse_fraction(memory_terminate, "--memory-terminate"),
+            }
         except ValueError as exc:
             raise typer.BadParameter(str(exc)) from None
         security = cs.security_from_options(
@@ -174,6 +206,7 @@ def register(app: typer.Typer) -> None:
         kwargs: dict[str, object] = dict(
             nthreads=threads, name=name, memory_limit=limit, resources=resource_map, host=host, port=port,
             profile_interval=profile_interval or None, security=security, insecure=insecure,
+            local_directory=str(local_directory) if local_directory is not None else None, **fractions,
         )
         try:
             anyio.run(_main, address, scheduler_file, timeout, kwargs, backend="asyncio")

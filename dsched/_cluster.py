@@ -38,12 +38,11 @@ from dsched._cluster_backends import (
     ClusterStartTimeout,
     InProcessBackend,
     ProcessBackend,
-    SchedulerOptions,
     WorkerOptions,
 )
-from sched_core._scheduler import DEFAULT_ALLOWED_FAILURES
 from dsched._loop_thread import LoopThread
 from dsched._sizes import cpu_count, format_bytes, parse_memory_limit
+from dsched._worker_memory import DEFAULT_PAUSE, DEFAULT_SPILL, DEFAULT_TARGET, DEFAULT_TERMINATE, parse_fraction
 
 __all__ = ["ClusterStartError", "ClusterStartTimeout", "LocalCluster", "default_workers_and_threads"]
 
@@ -109,8 +108,11 @@ class LocalCluster:
     ``dashboard_link``; ``profile_interval``: seconds between the profilers'
     samples in the scheduler and every worker (None or 0: no profiler).
     ``start_timeout`` bounds starting the scheduler and each batch of workers.
-    ``allowed_failures``: how many workers may die while running a task before
-    the task is erred with :class:`~dsched.KilledWorker`.
+    With a ``memory_limit``, each worker spills results to disk (in a temporary
+    directory under ``local_directory``) and pauses by the thresholds
+    ``memory_target_fraction`` (0.6), ``memory_spill_fraction`` (0.7),
+    ``memory_pause_fraction`` (0.8) and ``memory_terminate_fraction`` (0.95),
+    each a fraction of the limit or False (see docs/operations.md).
     """
 
     def __init__(
@@ -129,10 +131,12 @@ class LocalCluster:
         profile_interval: float | None = 0.01,
         start_timeout: float = 60.0,
         stop_timeout: float = 5.0,
-        allowed_failures: int = DEFAULT_ALLOWED_FAILURES,
+        local_directory: str | None = None,
+        memory_target_fraction: float | bool | None = DEFAULT_TARGET,
+        memory_spill_fraction: float | bool | None = DEFAULT_SPILL,
+        memory_pause_fraction: float | bool | None = DEFAULT_PAUSE,
+        memory_terminate_fraction: float | bool | None = DEFAULT_TERMINATE,
     ) -> None:
-        if allowed_failures < 0:
-            raise ValueError(f"allowed_failures must be at least 0, not {allowed_failures}")
         n, threads = default_workers_and_threads(n_workers, threads_per_worker, processes)
         if n < 0 or threads < 1:
             raise ValueError(f"need n_workers >= 0 and threads_per_worker >= 1, not {n} and {threads}")
@@ -146,20 +150,24 @@ class LocalCluster:
             resources=dict(resources or {}),
             host=host,
             profile_interval=profile_interval or None,
+            local_directory=local_directory,
+            memory_target_fraction=parse_fraction(memory_target_fraction, "memory_target_fraction"),
+            memory_spill_fraction=parse_fraction(memory_spill_fraction, "memory_spill_fraction"),
+            memory_pause_fraction=parse_fraction(memory_pause_fraction, "memory_pause_fraction"),
+            memory_terminate_fraction=parse_fraction(memory_terminate_fraction, "memory_terminate_fraction"),
         )
         self.memory_limit = options.memory_limit
-        scheduler_options = SchedulerOptions(allowed_failures=allowed_failures)
         self._backend: Backend
         if processes:
             self._backend = ProcessBackend(
                 host=host, scheduler_port=scheduler_port, n_workers=n, options=options,
                 log_level=_level_name(silence_logs), start_timeout=start_timeout, stop_timeout=stop_timeout,
-                dashboard_address=dashboard_address, scheduler_options=scheduler_options,
+                dashboard_address=dashboard_address,
             )
         else:
             self._backend = InProcessBackend(
                 host=host, scheduler_port=scheduler_port, n_workers=n, options=options, start_timeout=start_timeout,
-                dashboard_address=dashboard_address, scheduler_options=scheduler_options,
+                dashboard_address=dashboard_address,
             )
         self.status = "created"
         self._loop: LoopThread | None = None

@@ -27,19 +27,16 @@ from typing import TYPE_CHECKING
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
-import sched_core as sc
-from sched_core._scheduler import DEFAULT_ALLOWED_FAILURES
 from dsched import _protocol as p
 from dsched._probe import wait_for_workers
 from dsched._procs import ChildProcess, read_scheduler_file, stop_all
 from dsched._scheduler_server import SchedulerServer
+from dsched._worker_memory import DEFAULT_PAUSE, DEFAULT_SPILL, DEFAULT_TARGET, DEFAULT_TERMINATE
 
 if TYPE_CHECKING:
     from dsched._worker import Worker
 
-__all__ = [
-    "ClusterStartError", "ClusterStartTimeout", "InProcessBackend", "ProcessBackend", "SchedulerOptions", "WorkerOptions",
-]
+__all__ = ["ClusterStartError", "ClusterStartTimeout", "InProcessBackend", "ProcessBackend", "WorkerOptions"]
 
 
 class ClusterStartError(RuntimeError):
@@ -59,13 +56,24 @@ class WorkerOptions:
     resources: dict[str, float]
     host: str
     profile_interval: float | None = 0.01  # seconds between profiler samples; None: no profiler
+    # Where workers spill, and their memory thresholds as fractions of memory_limit (None: off).
+    local_directory: str | None = None
+    memory_target_fraction: float | None = DEFAULT_TARGET
+    memory_spill_fraction: float | None = DEFAULT_SPILL
+    memory_pause_fraction: float | None = DEFAULT_PAUSE
+    memory_terminate_fraction: float | None = DEFAULT_TERMINATE
 
-
-@dataclasses.dataclass(frozen=True)
-class SchedulerOptions:
-    """What the scheduler of a local cluster is started with."""
-
-    allowed_failures: int = DEFAULT_ALLOWED_FAILURES
+    def memory_args(self) -> list[str]:
+        """The ``dsched worker`` options for the spill directory and the thresholds."""
+        args = ["--local-directory", self.local_directory] if self.local_directory else []
+        for option, fraction in (
+            ("--memory-target", self.memory_target_fraction),
+            ("--memory-spill", self.memory_spill_fraction),
+            ("--memory-pause", self.memory_pause_fraction),
+            ("--memory-terminate", self.memory_terminate_fraction),
+        ):
+            args += [option, "false" if fraction is None else repr(fraction)]
+        return args
 
 
 class ProcessBackend:
@@ -88,9 +96,7 @@ class ProcessBackend:
         start_timeout: float,
         stop_timeout: float,
         dashboard_address: str | None = None,
-        scheduler_options: SchedulerOptions = SchedulerOptions(),
     ) -> None:
-        self.scheduler_options = scheduler_options
         self.host = host
         self.scheduler_port = scheduler_port
         self.n_workers = n_workers
@@ -147,7 +153,6 @@ class ProcessBackend:
             self._command(
                 "scheduler", "--host", self.host, "--port", str(self.scheduler_port), "--scheduler-file", str(path),
                 "--profile-interval", str(self.options.profile_interval or 0), *dashboard,
-                "--allowed-failures", str(self.scheduler_options.allowed_failures),
             ),
         )
         self.scheduler = child
@@ -171,6 +176,7 @@ class ProcessBackend:
         opts = self.options
         args = ["worker", self.scheduler_address, "--name", name, "--nthreads", str(opts.nthreads), "--host", opts.host]
         args += ["--memory-limit", str(opts.memory_limit), "--profile-interval", str(opts.profile_interval or 0)]
+        args += opts.memory_args()
         if opts.resources:
             args += ["--resources", ",".join(f"{k}={v!r}" for k, v in opts.resources.items())]
         return self._command(*args)
@@ -239,9 +245,7 @@ class InProcessBackend:
         options: WorkerOptions,
         start_timeout: float,
         dashboard_address: str | None = None,
-        scheduler_options: SchedulerOptions = SchedulerOptions(),
     ) -> None:
-        self.scheduler_options = scheduler_options
         self.dashboard_address = dashboard_address
         self.host = host
         self.scheduler_port = scheduler_port
@@ -262,7 +266,6 @@ class InProcessBackend:
         self._stop = anyio.Event()
         async with SchedulerServer(
             self.host, self.scheduler_port, gc_mode="relaxed", dashboard_address=self.dashboard_address,
-            state=sc.SchedulerState(allowed_failures=self.scheduler_options.allowed_failures),
             profile_interval=self.options.profile_interval,
         ) as server:
             self.server = server
@@ -298,6 +301,11 @@ class InProcessBackend:
                 resources=dict(opts.resources),
                 host=opts.host,
                 profile_interval=opts.profile_interval,
+                local_directory=opts.local_directory,
+                memory_target_fraction=opts.memory_target_fraction,
+                memory_spill_fraction=opts.memory_spill_fraction,
+                memory_pause_fraction=opts.memory_pause_fraction,
+                memory_terminate_fraction=opts.memory_terminate_fraction,
             ) as worker:
                 self.workers[name] = worker
                 self.worker_addresses[name] = worker.address

@@ -37,6 +37,7 @@ def status(server: SchedulerServer) -> JSON:
     tasks: dict[str, int] = _counts(state.counts)
     tasks["total"] = len(state.tasks)
     memory = sum(conn.memory for conn in server.workers.values())
+    spilled = sum(conn.spilled for conn in server.workers.values())
     return {
         "scheduler": {
             "id": server.scheduler_id,
@@ -56,6 +57,9 @@ def status(server: SchedulerServer) -> JSON:
         "threads": state.total_nthreads,
         "clients": len(server.clients),
         "memory": memory,
+        # Result bytes spilled to the workers' disks, and workers paused by memory pressure.
+        "spilled": spilled,
+        "paused_workers": state.n_paused,
         # Peers refused by each limit (see dsched/_limits.py), and frames that did not decode.
         "refused": dict(server.refused),
         "protocol_errors": server.protocol_errors,
@@ -87,6 +91,9 @@ class SchedulerSource:
                 "processing": len(ws.processing),
                 "in_memory": len(ws.has_what),
                 "nbytes": ws.nbytes,
+                "managed": conn.managed if conn is not None else 0,
+                "spilled": conn.spilled if conn is not None else 0,
+                "paused": ws.paused,
                 "latency_ms": ws.latency * 1000.0,
                 "last_seen_s": now - conn.last_heard if conn is not None else None,
                 "tasks_finished": ws.n_finished,
@@ -169,6 +176,12 @@ class SchedulerSource:
             Metric("dsched_clients", "gauge", "Connected clients.", [({}, float(len(server.clients)))]),
             Metric("dsched_worker_memory_bytes", "gauge", "Process memory of the workers, summed.",
                    [({}, float(sum(conn.memory for conn in server.workers.values())))]),
+            Metric("dsched_worker_managed_bytes", "gauge", "Result bytes held in the workers' memory, summed.",
+                   [({}, float(sum(conn.managed for conn in server.workers.values())))]),
+            Metric("dsched_worker_spilled_bytes", "gauge", "Result bytes spilled to the workers' disks, summed.",
+                   [({}, float(sum(conn.spilled for conn in server.workers.values())))]),
+            Metric("dsched_workers_paused", "gauge", "Workers paused by memory pressure.",
+                   [({}, float(state.n_paused))]),
             Metric("dsched_protocol_errors_total", "counter", "Connections dropped for protocol errors.",
                    [({}, float(server.protocol_errors))]),
             Metric("dsched_refused_total", "counter", "Requests and connections refused, by the limit refusing them.",

@@ -15,7 +15,7 @@ tag    message                 direction
 10-17  SubmitGraph ...         client -> scheduler
 20-27  KeysInMemory ...        scheduler -> client
 30-35  Compute ...             scheduler -> worker
-40-46  RegisterWorker ...      worker -> scheduler
+40-48  RegisterWorker ...      worker -> scheduler
 50-54  GetData ...             peer <-> peer (worker to worker, client to worker)
 =====  ======================  ===========================================
 
@@ -89,6 +89,7 @@ __all__ = [
     "WhoHas",
     "WhoHasReply",
     "WorkerInfo",
+    "WorkerStatus",
     "WorkerToScheduler",
     "WorkersReply",
 ]
@@ -561,6 +562,14 @@ class Heartbeat(_Message, tag=46, frozen=True):
     in_memory: NonNegInt = 0
     nbytes_in_memory: NonNegInt = 0
     cpu: NonNegFloat | None = None  # percent of one core since the last heartbeat
+    managed_bytes: NonNegInt = 0  # of nbytes_in_memory: in memory ...
+    spilled_bytes: NonNegInt = 0  # ... and spilled to disk
+
+
+class WorkerStatus(_Message, tag=48, frozen=True):
+    """The worker paused (memory past its pause threshold: it starts no new task) or runs again."""
+
+    paused: bool
 
 
 # --- peer <-> peer -------------------------------------------------------------------
@@ -639,6 +648,7 @@ WorkerToScheduler: TypeAlias = (
     | StealResponse
     | Heartbeat
     | ProfileData
+    | WorkerStatus
     | Close
 )
 PeerMessage: TypeAlias = GetData | DataReply | Busy | PutData | PutDataReply | Close

@@ -54,7 +54,8 @@ client (``Hello(role="client", name=<client id>)`` to the scheduler):
 
 worker (``Hello(role="worker")`` to the scheduler):
     worker -> scheduler: ``RegisterWorker`` first, then ``TaskFinished``, ``TaskErred``,
-    ``ReplicasAdded``, ``MissingData``, ``StealResponse``, ``Heartbeat``; ``Close`` to retire.
+    ``ReplicasAdded``, ``MissingData``, ``StealResponse``, ``Heartbeat``, ``WorkerStatus``
+    (paused or running again); ``Close`` to retire.
     scheduler -> worker: ``Compute``, ``DefineFunction``, ``ForgetFunctions``, ``FreeKeys``,
     ``StealRequest``, ``HeartbeatAck``, ``Close``.  A ``DefineFunction`` comes before (in
     the same frame or an earlier one) every ``Compute`` that refers to its ``ref``.

@@ -41,7 +41,7 @@ _INT64_MAX = 2**63 - 1
 class WorkerConn:
     """A connected, registered worker."""
 
-    __slots__ = ("address", "closing", "comm", "cpu", "functions_sent", "in_memory", "last_heard", "memory", "sender")
+    __slots__ = ("address", "closing", "comm", "cpu", "functions_sent", "last_heard", "managed", "memory", "sender", "spilled")
 
     def __init__(self, comm: Comm, sender: BatchedSender[p.SchedulerToWorker], address: str) -> None:
         self.comm = comm
@@ -52,7 +52,8 @@ class WorkerConn:
         self.closing = False  # it said Close: its departure is expected
         self.memory = 0  # process memory and CPU percent, from the last heartbeat
         self.cpu: float | None = None
-        self.in_memory = 0  # results it stores, from the last heartbeat
+        self.managed = 0  # bytes of results in its memory and spilled to its disk, from the last heartbeat
+        self.spilled = 0
 
 
 class ClientConn:
@@ -109,10 +110,13 @@ def worker_events(server: SchedulerServer, conn: WorkerConn, messages: list[p.Wo
             append(sc.WorkerHeartbeat(address, msg.latency, msg.memory))
             conn.memory = msg.memory
             conn.cpu = msg.cpu
-            conn.in_memory = msg.in_memory
+            conn.managed = msg.managed_bytes
+            conn.spilled = msg.spilled_bytes
             send_quietly(conn.sender, p.HeartbeatAck(msg.seq, server.heartbeat_interval()))
         elif isinstance(msg, p.ProfileData):
             server.diagnostics.profile_arrived(address, msg)
+        elif isinstance(msg, p.WorkerStatus):
+            append(sc.WorkerStatusChanged(address, msg.paused))
         elif isinstance(msg, p.ReplicasAdded):
             append(sc.ReplicasAdded(address, msg.keys, dict(msg.nbytes), msg.seen_batch))
         elif isinstance(msg, p.MissingData):

@@ -37,8 +37,8 @@ retires it: the scheduler is told with ``Close`` first).
 from __future__ import annotations
 
 import logging
-import os
 import time
+from collections.abc import MutableMapping
 from types import TracebackType
 from typing import Any
 
@@ -52,6 +52,19 @@ from dsched._batched import BatchedSender
 from dsched._handshake import open_comm
 from dsched._comm import Comm, CommClosedError, format_address, listen, parse_address
 from dsched._worker_executor import FunctionCache, TaskExecutor
+from dsched._worker_memory import (
+    DEFAULT_PAUSE,
+    DEFAULT_SPILL,
+    DEFAULT_TARGET,
+    DEFAULT_TERMINATE,
+    MemoryMonitor,
+    MemoryPolicy,
+    make_store,
+    parse_fraction,
+    process_memory,
+    watch_memory,
+)
+from dsched._worker_spill import SpillableStore
 from dsched._peer_pool import PeerPool
 from dsched._worker_peers import PeerServing, fetch, serve_peer
 from dsched._profiler import CallTree
@@ -66,15 +79,6 @@ _BUSY_RETRY_DELAY = 0.05
 PREFETCH_SECONDS = 0.002
 MAX_PREFETCH = 32
 _DURATION_WEIGHT = 0.2
-
-
-def process_memory() -> int:
-    """Resident memory of this process in bytes (0 where it cannot be read)."""
-    try:
-        with open("/proc/self/statm", "rb") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return 0
 
 
 class Worker:
@@ -97,6 +101,11 @@ class Worker:
         auth: str = "",
         connect_timeout: float = 10.0,
         profile_interval: float | None = 0.01,
+        local_directory: str | None = None,
+        memory_target_fraction: float | bool | None = DEFAULT_TARGET,
+        memory_spill_fraction: float | bool | None = DEFAULT_SPILL,
+        memory_pause_fraction: float | bool | None = DEFAULT_PAUSE,
+        memory_terminate_fraction: float | bool | None = DEFAULT_TERMINATE,
     ) -> None:
         if nthreads < 1:
             raise ValueError(f"nthreads must be at least 1, not {nthreads}")
@@ -111,7 +120,17 @@ class Worker:
         self.connect_timeout = connect_timeout
         self.address = ""
         self.scheduler_id = ""
-        self.data: dict[str, object] = {}
+        # Results held here; a spilling store once started, if the memory policy spills.
+        self.data: MutableMapping[str, object] = {}
+        self.memory_policy = MemoryPolicy(
+            memory_limit,
+            parse_fraction(memory_target_fraction, "memory_target_fraction"),
+            parse_fraction(memory_spill_fraction, "memory_spill_fraction"),
+            parse_fraction(memory_pause_fraction, "memory_pause_fraction"),
+            parse_fraction(memory_terminate_fraction, "memory_terminate_fraction"),
+        )
+        self.local_directory = local_directory
+        self.memory_monitor: MemoryMonitor | None = None
         self.functions = FunctionCache()
         self.run_ids: dict[str, int] = {}
         self.seen_batch = -1
@@ -202,6 +221,7 @@ class Worker:
                 if self._profiler is not None:
                     self._profiler.stop()
         finally:
+            self._drop_store()
             self.closed.set()
             if self._tg is not None:
                 self._tg.cancel_scope.cancel()
@@ -217,6 +237,9 @@ class Worker:
             if not self.name:
                 self.name = self.address
             self.machine = sc.WorkerMachine(self.address, self.nthreads, self.resources or None)
+            self.data = make_store(self.memory_policy, self.local_directory)
+            if self.memory_policy.monitored:
+                self.memory_monitor = MemoryMonitor(self.memory_policy, self.data, self._set_paused)
             self._executor = TaskExecutor(self.nthreads, self.data, self.functions, self._push_many)
             if self.profile_interval:
                 self._profiler = WorkerProfiler(self._executor.running, self.profile_interval)
@@ -233,6 +256,8 @@ class Worker:
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(self._consume)
                     tg.start_soon(self._heartbeats)
+                    if self.memory_monitor is not None:
+                        tg.start_soon(watch_memory, self.memory_monitor)
                     task_status.started()
                     await self._read_scheduler(comm)
                     tg.cancel_scope.cancel()
@@ -245,7 +270,13 @@ class Worker:
                 self._profiler.stop()
             if self._peers is not None:
                 await self._peers.aclose()
+            self._drop_store()
             self.closed.set()
+
+    def _drop_store(self) -> None:
+        """Remove spilled files and the spill directory (the worker is done with its data)."""
+        if isinstance(self.data, SpillableStore):
+            self.data.close()
 
     async def _connect(self) -> Comm:
         hello = p.Hello(p.PROTOCOL_VERSION, "worker", self.name, auth=self.auth)
@@ -324,6 +355,16 @@ class Worker:
             pass
 
     # -- the machine ------------------------------------------------------------------
+
+    def _set_paused(self, paused: bool) -> None:
+        """The memory monitor paused or resumed this worker: tell the machine and the scheduler."""
+        self._push(sc.PauseEvent() if paused else sc.UnpauseEvent())
+        sender = self._sender
+        if sender is not None:
+            try:
+                sender.send(p.WorkerStatus(paused))
+            except CommClosedError:
+                pass  # the scheduler is gone; _read_scheduler ends the worker
 
     def _push_many(self, events: list[sc.WorkerEvent]) -> None:
         self._events.extend(events)
@@ -473,6 +514,8 @@ class Worker:
             self._heartbeat_sent[seq] = time.monotonic()
             if len(self._heartbeat_sent) > 100:  # acks lost: keep the table bounded
                 self._heartbeat_sent.pop(next(iter(self._heartbeat_sent)))
+            data = self.data
+            spilled = data.spilled_bytes if isinstance(data, SpillableStore) else 0
             beat = p.Heartbeat(
                 seq,
                 self.latency,
@@ -482,6 +525,8 @@ class Worker:
                 in_memory=len(self.data),
                 nbytes_in_memory=machine.nbytes_in_memory,
                 cpu=cpu,
+                managed_bytes=machine.nbytes_in_memory - spilled,
+                spilled_bytes=spilled,
             )
             try:
                 sender.send(beat)

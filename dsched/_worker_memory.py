@@ -31,6 +31,8 @@ from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Final
 
+import anyio
+
 from dsched._gc_policy import _trim_malloc
 from dsched._sizes import format_bytes
 from dsched._worker_spill import SpillableStore
@@ -41,6 +43,7 @@ __all__ = [
     "make_store",
     "parse_fraction",
     "process_memory",
+    "watch_memory",
 ]
 
 logger = logging.getLogger("dsched.worker.memory")
@@ -213,3 +216,13 @@ class MemoryMonitor:
                 spilled, format_bytes(freed), format_bytes(store.memory_bytes),
             )
         return spilled
+
+
+async def watch_memory(monitor: MemoryMonitor, interval: float = MONITOR_INTERVAL) -> None:
+    """The worker's monitor task: check every ``interval`` seconds, spill on a thread when needed."""
+    while True:
+        await anyio.sleep(interval)
+        monitor.check()
+        if monitor.needs_spill():
+            await anyio.to_thread.run_sync(monitor.spill)
+            monitor.check()  # pause or resume on what spilling achieved, not a tick later

@@ -19,13 +19,18 @@
 
   // [key, heading, cell(worker) -> text or node, class]
   const COLUMNS = [
-    ["address", "Worker", (w) => [w.address, w.name && w.name !== w.address ? d.el("span", { class: "name", text: w.name }) : null], "address"],
+    ["address", "Worker", (w) => [
+      w.address,
+      w.name && w.name !== w.address ? d.el("span", { class: "name", text: w.name }) : null,
+      w.paused ? d.el("span", { class: "paused", title: "paused: memory is past its pause threshold", text: "paused" }) : null,
+    ], "address"],
     ["nthreads", "Threads", (w) => d.fmtNumber(w.nthreads)],
     ["cpu", "CPU", (w) => (w.cpu === null || w.cpu === undefined ? "–" : d.fmtNumber(w.cpu, 0) + "%")],
     ["memory", "Memory", memoryBar, "memory"],
     ["processing", "Processing", (w) => d.fmtNumber(w.processing)],
     ["in_memory", "In memory", (w) => d.fmtNumber(w.in_memory)],
     ["nbytes", "Stored", (w) => d.fmtBytes(w.nbytes)],
+    ["spilled", "Spilled", (w) => d.fmtBytes(w.spilled || 0)],
     ["tasks_finished", "Finished", (w) => d.fmtNumber(w.tasks_finished)],
     ["latency_ms", "Latency", (w) => (w.latency_ms === null || w.latency_ms === undefined ? "–" : d.fmtNumber(w.latency_ms, 1) + " ms")],
     ["last_seen_s", "Last seen", (w) => (w.last_seen_s === null || w.last_seen_s === undefined ? "–" : d.fmtDuration(w.last_seen_s) + " ago")],
