@@ -38,8 +38,10 @@ from dsched._cluster_backends import (
     ClusterStartTimeout,
     InProcessBackend,
     ProcessBackend,
+    SchedulerOptions,
     WorkerOptions,
 )
+from sched_core._scheduler import DEFAULT_ALLOWED_FAILURES
 from dsched._loop_thread import LoopThread
 from dsched._sizes import cpu_count, format_bytes, parse_memory_limit
 from dsched._worker_memory import DEFAULT_PAUSE, DEFAULT_SPILL, DEFAULT_TARGET, DEFAULT_TERMINATE, parse_fraction
@@ -113,6 +115,8 @@ class LocalCluster:
     ``memory_target_fraction`` (0.6), ``memory_spill_fraction`` (0.7),
     ``memory_pause_fraction`` (0.8) and ``memory_terminate_fraction`` (0.95),
     each a fraction of the limit or False (see docs/operations.md).
+    ``allowed_failures``: how many workers may die while running a task before
+    the task is erred with :class:`~dsched.KilledWorker`.
     """
 
     def __init__(
@@ -136,7 +140,10 @@ class LocalCluster:
         memory_spill_fraction: float | bool | None = DEFAULT_SPILL,
         memory_pause_fraction: float | bool | None = DEFAULT_PAUSE,
         memory_terminate_fraction: float | bool | None = DEFAULT_TERMINATE,
+        allowed_failures: int = DEFAULT_ALLOWED_FAILURES,
     ) -> None:
+        if allowed_failures < 0:
+            raise ValueError(f"allowed_failures must be at least 0, not {allowed_failures}")
         n, threads = default_workers_and_threads(n_workers, threads_per_worker, processes)
         if n < 0 or threads < 1:
             raise ValueError(f"need n_workers >= 0 and threads_per_worker >= 1, not {n} and {threads}")
@@ -157,17 +164,18 @@ class LocalCluster:
             memory_terminate_fraction=parse_fraction(memory_terminate_fraction, "memory_terminate_fraction"),
         )
         self.memory_limit = options.memory_limit
+        scheduler_options = SchedulerOptions(allowed_failures=allowed_failures)
         self._backend: Backend
         if processes:
             self._backend = ProcessBackend(
                 host=host, scheduler_port=scheduler_port, n_workers=n, options=options,
                 log_level=_level_name(silence_logs), start_timeout=start_timeout, stop_timeout=stop_timeout,
-                dashboard_address=dashboard_address,
+                dashboard_address=dashboard_address, scheduler_options=scheduler_options,
             )
         else:
             self._backend = InProcessBackend(
                 host=host, scheduler_port=scheduler_port, n_workers=n, options=options, start_timeout=start_timeout,
-                dashboard_address=dashboard_address,
+                dashboard_address=dashboard_address, scheduler_options=scheduler_options,
             )
         self.status = "created"
         self._loop: LoopThread | None = None

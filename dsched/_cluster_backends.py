@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
+import sched_core as sc
+from sched_core._scheduler import DEFAULT_ALLOWED_FAILURES
 from dsched import _protocol as p
 from dsched._probe import wait_for_workers
 from dsched._procs import ChildProcess, read_scheduler_file, stop_all
@@ -36,7 +38,9 @@ from dsched._worker_memory import DEFAULT_PAUSE, DEFAULT_SPILL, DEFAULT_TARGET, 
 if TYPE_CHECKING:
     from dsched._worker import Worker
 
-__all__ = ["ClusterStartError", "ClusterStartTimeout", "InProcessBackend", "ProcessBackend", "WorkerOptions"]
+__all__ = [
+    "ClusterStartError", "ClusterStartTimeout", "InProcessBackend", "ProcessBackend", "SchedulerOptions", "WorkerOptions",
+]
 
 
 class ClusterStartError(RuntimeError):
@@ -76,6 +80,13 @@ class WorkerOptions:
         return args
 
 
+@dataclasses.dataclass(frozen=True)
+class SchedulerOptions:
+    """What the scheduler of a local cluster is started with."""
+
+    allowed_failures: int = DEFAULT_ALLOWED_FAILURES
+
+
 class ProcessBackend:
     """The scheduler and each worker as ``python -m dsched ...`` child processes.
 
@@ -96,7 +107,9 @@ class ProcessBackend:
         start_timeout: float,
         stop_timeout: float,
         dashboard_address: str | None = None,
+        scheduler_options: SchedulerOptions = SchedulerOptions(),
     ) -> None:
+        self.scheduler_options = scheduler_options
         self.host = host
         self.scheduler_port = scheduler_port
         self.n_workers = n_workers
@@ -153,6 +166,7 @@ class ProcessBackend:
             self._command(
                 "scheduler", "--host", self.host, "--port", str(self.scheduler_port), "--scheduler-file", str(path),
                 "--profile-interval", str(self.options.profile_interval or 0), *dashboard,
+                "--allowed-failures", str(self.scheduler_options.allowed_failures),
             ),
         )
         self.scheduler = child
@@ -245,7 +259,9 @@ class InProcessBackend:
         options: WorkerOptions,
         start_timeout: float,
         dashboard_address: str | None = None,
+        scheduler_options: SchedulerOptions = SchedulerOptions(),
     ) -> None:
+        self.scheduler_options = scheduler_options
         self.dashboard_address = dashboard_address
         self.host = host
         self.scheduler_port = scheduler_port
@@ -266,6 +282,7 @@ class InProcessBackend:
         self._stop = anyio.Event()
         async with SchedulerServer(
             self.host, self.scheduler_port, gc_mode="relaxed", dashboard_address=self.dashboard_address,
+            state=sc.SchedulerState(allowed_failures=self.scheduler_options.allowed_failures),
             profile_interval=self.options.profile_interval,
         ) as server:
             self.server = server

@@ -41,7 +41,7 @@ _INT64_MAX = 2**63 - 1
 class WorkerConn:
     """A connected, registered worker."""
 
-    __slots__ = ("address", "closing", "comm", "cpu", "functions_sent", "last_heard", "managed", "memory", "sender", "spilled")
+    __slots__ = ("address", "closing", "comm", "cpu", "functions_sent", "in_memory", "last_heard", "managed", "memory", "sender", "spilled")
 
     def __init__(self, comm: Comm, sender: BatchedSender[p.SchedulerToWorker], address: str) -> None:
         self.comm = comm
@@ -54,6 +54,7 @@ class WorkerConn:
         self.cpu: float | None = None
         self.managed = 0  # bytes of results in its memory and spilled to its disk, from the last heartbeat
         self.spilled = 0
+        self.in_memory = 0  # results it stores, from the last heartbeat
 
 
 class ClientConn:
@@ -112,6 +113,7 @@ def worker_events(server: SchedulerServer, conn: WorkerConn, messages: list[p.Wo
             conn.cpu = msg.cpu
             conn.managed = msg.managed_bytes
             conn.spilled = msg.spilled_bytes
+            conn.in_memory = msg.in_memory
             send_quietly(conn.sender, p.HeartbeatAck(msg.seq, server.heartbeat_interval()))
         elif isinstance(msg, p.ProfileData):
             server.diagnostics.profile_arrived(address, msg)
