@@ -23,10 +23,12 @@ limit nothing is managed and the worker's store is a plain dict.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import sys
 import tempfile
+import time
 from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Final
@@ -53,6 +55,11 @@ DEFAULT_SPILL: Final = 0.7
 DEFAULT_PAUSE: Final = 0.8
 DEFAULT_TERMINATE: Final = 0.95
 MONITOR_INTERVAL: Final = 0.1
+# While paused, collect cyclic garbage (results in reference cycles are freed
+# only then) at most every GC_MIN_INTERVAL seconds and in at most GC_MAX_SHARE
+# of the time, so that a big heap cannot keep the loop busy collecting.
+GC_MIN_INTERVAL: Final = 1.0
+GC_MAX_SHARE: Final = 0.05
 
 
 def process_memory() -> int:
@@ -152,6 +159,7 @@ class MemoryMonitor:
         self.memory = 0  # the last measurement
         self.n_pauses = 0
         self._above_terminate = False
+        self._gc_next = 0.0  # monotonic time before which no collection is run
         self._target = policy.bytes_at(policy.target if policy.target is not None else policy.spill)
         self._spill_at = policy.bytes_at(policy.spill)
         self._pause_at = policy.bytes_at(policy.pause)
@@ -170,6 +178,8 @@ class MemoryMonitor:
                     format_bytes(memory), 100 * memory / limit, format_bytes(limit),
                 )
                 self._set_paused(True)
+            elif self.paused and memory > self._pause_at:
+                self._collect_garbage()
             elif memory <= self._pause_at and self.paused:
                 self.paused = False
                 logger.warning("worker resumed: process memory %s is back under the pause threshold", format_bytes(memory))
@@ -184,6 +194,14 @@ class MemoryMonitor:
                 )
             self._above_terminate = above
         return memory
+
+    def _collect_garbage(self) -> None:
+        now = time.monotonic()
+        if now < self._gc_next:
+            return
+        gc.collect()
+        took = time.monotonic() - now
+        self._gc_next = now + max(GC_MIN_INTERVAL, took / GC_MAX_SHARE)
 
     def needs_spill(self) -> bool:
         store = self.store

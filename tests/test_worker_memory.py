@@ -6,9 +6,11 @@ paused and resumed) are in ``test_worker_memory_cluster.py``.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import threading
+import weakref
 from pathlib import Path
 
 import pytest
@@ -282,3 +284,31 @@ def test_monitor_stops_spilling_when_nothing_is_left(tmp_path: Path) -> None:
     assert monitor.spill() == 1
     assert monitor.spill() == 0
     assert not monitor.needs_spill()
+
+
+class Node:
+    def __init__(self) -> None:
+        self.me = self  # a reference cycle: only the cyclic collector frees it
+
+
+def test_a_paused_monitor_collects_cyclic_garbage() -> None:
+    monitor = MemoryMonitor(MemoryPolicy(1000), {}, lambda paused: None, Probe(900))
+    monitor.check()
+    assert monitor.paused
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        node = Node()
+        ref = weakref.ref(node)
+        del node
+        assert ref() is not None
+        monitor.check()  # still paused: collects (and not again within GC_MIN_INTERVAL)
+        assert ref() is None
+        node = Node()
+        ref = weakref.ref(node)
+        del node
+        monitor.check()
+        assert ref() is not None
+    finally:
+        if enabled:
+            gc.enable()
