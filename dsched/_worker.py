@@ -84,6 +84,11 @@ _DURATION_WEIGHT = 0.2
 class Worker:
     """``async with Worker(scheduler_address) as worker:`` serves until the block ends.
 
+    With a ``memory_limit`` (bytes; 0: none) the worker spills results to a
+    temporary directory under ``local_directory`` and pauses by the memory
+    thresholds (fractions of the limit, or False: see ``_worker_memory`` and
+    docs/operations.md); ``memory_monitor`` is then the monitor doing it.
+
     ``worker.address`` is where it serves its data to peers.  ``serve_forever()``
     returns when the scheduler goes away.
     """
@@ -543,5 +548,7 @@ class Worker:
             "in_memory": len(self.data),
             "executed": machine.n_executed if machine else 0,
             "fetched": machine.n_fetched if machine else 0,
+            "paused": machine.paused if machine else False,
+            "spilled_bytes": self.data.spilled_bytes if isinstance(self.data, SpillableStore) else 0,
             "latency": self.latency,
         }
