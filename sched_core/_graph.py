@@ -145,9 +145,16 @@ def _link_dependencies(tasks: dict[str, TaskState], unregistered: TaskGroup, res
             if dep is None:
                 missing.append(dep_key)
                 continue
-            if dep.dependents is None:
-                dep.dependents = []
-            dep.dependents.append(ts)
+            dependents = dep.dependents
+            if dependents is None:
+                dep.dependents = [ts]
+            elif dependents and dependents[len(dependents) - 1] is ts:
+                # Listed twice (f(x, x)): one edge.  Every edge counts towards
+                # n_waiting and n_dependents, so a second one would make ts ready
+                # twice.  A duplicate is always this task's last link to ``dep``.
+                continue
+            else:
+                dependents.append(ts)
             dep.n_dependents += 1
             deps.append(dep)
         ts.dependencies = deps
@@ -193,10 +200,14 @@ def _same_definition(ts: TaskState, spec: TaskSpec) -> bool:
     if ts.run_spec is None or ts.run_spec != spec.run_spec:
         return False
     deps = ts.dependencies
-    if len(deps) != len(spec.dependencies):
-        return False
+    spec_deps = spec.dependencies
+    if len(deps) != len(spec_deps):
+        # Linking kept the first of keys listed twice: compare with the same.
+        spec_deps = list(dict.fromkeys(spec_deps))
+        if len(deps) != len(spec_deps):
+            return False
     for i in range(len(deps)):
-        if deps[i].key != spec.dependencies[i]:
+        if deps[i].key != spec_deps[i]:
             return False
     return True
 
