@@ -126,6 +126,8 @@ def test_worker_with_unreachable_scheduler_exits_with_a_message() -> None:
         (["tcp://127.0.0.1:1", "--resources", "GPU"], "bad resource"),
         (["not-an-address"], "not of the form"),
         (["tcp://127.0.0.1:1", "--nthreads", "0"], "nthreads"),
+        (["tcp://127.0.0.1:1", "--memory-pause", "lots"], "--memory-pause must be a fraction"),
+        (["tcp://127.0.0.1:1", "--memory-target", "-0.5"], "--memory-target must be above 0"),
     ],
 )
 def test_worker_refuses_bad_options(args: list[str], message: str) -> None:

@@ -312,3 +312,22 @@ def test_a_paused_monitor_collects_cyclic_garbage() -> None:
     finally:
         if enabled:
             gc.enable()
+
+
+def test_local_cluster_workers_get_the_thresholds_as_options() -> None:
+    from dsched._cluster_backends import WorkerOptions
+
+    options = WorkerOptions(
+        nthreads=1, memory_limit=10**9, resources={}, host="127.0.0.1",
+        local_directory="/scratch", memory_target_fraction=0.5, memory_pause_fraction=None,
+    )
+    args = options.memory_args()
+    assert args == [
+        "--local-directory", "/scratch",
+        "--memory-target", "0.5",
+        "--memory-spill", "0.7",
+        "--memory-pause", "false",
+        "--memory-terminate", "0.95",
+    ]
+    # What the worker's command line makes of them again.
+    assert [parse_fraction(v, o) for o, v in zip(args[2::2], args[3::2])] == [0.5, 0.7, None, 0.95]
