@@ -219,6 +219,7 @@ EVENT_FIELDS: Final[dict[type, tuple[tuple[str, str], ...]]] = {
     sc.WorkerRemoved: (("address", PLAIN), ("expected", PLAIN)),
     sc.WorkerHeartbeat: (("address", PLAIN), ("latency", PLAIN), ("memory", PLAIN)),
     sc.WorkerStatusChanged: (("address", PLAIN), ("paused", PLAIN)),
+    sc.RetireWorker: (("address", PLAIN),),
     sc.TaskFinished: (("worker", PLAIN), ("key", PLAIN), ("nbytes", PLAIN), ("duration", PLAIN), ("run_id", PLAIN)),
     sc.TaskErred: (
         ("worker", PLAIN),
@@ -371,6 +372,8 @@ INSTRUCTION_FIELDS: Final[dict[type, tuple[tuple[str, bool, bool], ...]]] = {
     ),
     sc.FreeKeys: (("worker", False, True), ("keys", False, True)),
     sc.StealRequest: (("worker", False, True), ("key", False, True), ("run_id", False, True)),
+    sc.AcquireReplicas: (("worker", False, True), ("who_has", False, True), ("nbytes", False, False)),
+    sc.CloseWorker: (("worker", False, True), ("reason", False, False)),
     sc.ClientKeysInMemory: (("client", False, True), ("keys", False, True)),
     sc.ClientKeyErred: (
         ("client", False, True),

@@ -186,6 +186,24 @@ class WorkerRemoved(SchedulerEvent):
         self.expected = expected
 
 
+class RetireWorker(SchedulerEvent):
+    """Retire a worker gracefully (a client asked, or the worker is closing).
+
+    It is given no new task and what it was to run goes elsewhere; results only
+    it holds are copied to other workers first; then the core emits
+    :class:`~sched_core.CloseWorker` for it.  Its removal follows as
+    ``WorkerRemoved(expected=True)`` once its connection ends.
+    """
+
+    address: str
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+
+    def __repr__(self) -> str:
+        return f"<RetireWorker {self.address!r}>"
+
+
 class WorkerHeartbeat(SchedulerEvent):
     """Periodic news from a worker; ``latency`` is its measured round trip in seconds."""
 

@@ -100,6 +100,38 @@ class StealRequest(WorkerInstruction):
         return f"<StealRequest {self.key!r} from {self.worker!r}>"
 
 
+class AcquireReplicas(WorkerInstruction):
+    """Fetch copies of these keys from the workers listed and keep them (a retiring worker's results).
+
+    ``who_has`` maps each key to the workers holding it; ``nbytes`` their sizes.
+    The worker reports the copies it stored as replicas added.
+    """
+
+    who_has: dict[str, list[str]]
+    nbytes: dict[str, int]
+
+    def __init__(self, worker: str, who_has: dict[str, list[str]], nbytes: dict[str, int]) -> None:
+        self.worker = worker
+        self.who_has = who_has
+        self.nbytes = nbytes
+
+    def __repr__(self) -> str:
+        return f"<AcquireReplicas {len(self.who_has)} keys on {self.worker!r}>"
+
+
+class CloseWorker(WorkerInstruction):
+    """The worker is retired: tell it to close (its results have copies elsewhere, or nowhere to go)."""
+
+    reason: str
+
+    def __init__(self, worker: str, reason: str) -> None:
+        self.worker = worker
+        self.reason = reason
+
+    def __repr__(self) -> str:
+        return f"<CloseWorker {self.worker!r}: {self.reason}>"
+
+
 class ClientKeysInMemory(ClientInstruction):
     """These keys the client holds are computed (their futures are done)."""
 

@@ -170,6 +170,9 @@ class WorkerState:
     n_finished: int
     alive: bool
     paused: bool  # past its memory pause threshold: no new tasks until it resumes
+    retiring: bool  # being retired: paused for good, its only copies moving elsewhere
+    retire_moves: dict[TaskState, WorkerState]  # while retiring: the worker each only copy is going to
+    closing: bool  # retired: told to close, its removal is to follow
     index: int  # position in SchedulerState.worker_list
 
     def __init__(
@@ -192,6 +195,9 @@ class WorkerState:
         self.n_finished = 0
         self.alive = True
         self.paused = False
+        self.retiring = False
+        self.retire_moves = {}
+        self.closing = False
         self.index = -1
 
     def has_resources(self, needed: dict[str, float]) -> bool:
@@ -204,7 +210,7 @@ class WorkerState:
         return (
             f"<WorkerState {self.address!r} nthreads={self.nthreads} "
             f"processing={len(self.processing)} memory={len(self.has_what)}"
-            f"{' paused' if self.paused else ''}>"
+            f"{' retiring' if self.retiring else ' paused' if self.paused else ''}>"
         )
 
 

@@ -19,6 +19,7 @@ from sched_core._events import (
     KeysScattered,
     MissingData,
     ReplicasAdded,
+    RetireWorker,
     SchedulerEvent,
     StealResponse,
     TaskErred,
@@ -41,7 +42,8 @@ from sched_core._instructions import (
 from sched_core._model import EMA_WEIGHT, ClientState, TaskState, WorkerState
 from sched_core._placement import placement_cost, queue_capacity, transfer_bytes
 from sched_core._states import ERRED, MEMORY, NO_WORKER, PROCESSING, RELEASED
-from sched_core._transitions import TransitionEngine, priority_of
+from sched_core._retire import RetiringEngine
+from sched_core._transitions import priority_of
 
 DEFAULT_ALLOWED_FAILURES: Final = 3
 DEFAULT_MAX_QUEUE_DEPTH: Final = 64
@@ -58,7 +60,7 @@ STEAL_SCAN_LIMIT: Final = 64
 STEAL_COST_RATIO: Final = 0.5
 
 
-class SchedulerState(TransitionEngine):
+class SchedulerState(RetiringEngine):
     """All the scheduler's state; feed it events, carry out the instructions it returns."""
 
     def __init__(
@@ -110,9 +112,13 @@ class SchedulerState(TransitionEngine):
                 self._client(event.client)
             elif isinstance(event, ClientRemoved):
                 self._on_client_removed(event)
+            elif isinstance(event, RetireWorker):
+                self._on_retire_worker(event)
             else:
                 raise TypeError(f"not a scheduler event: {event!r}")
             self._drain()
+        if self.retiring:
+            self._check_retirements()
         self._flush_all()
         self._out = []
         return out
@@ -298,8 +304,8 @@ class SchedulerState(TransitionEngine):
         if ws is None:
             self.n_stale_messages += 1
             return
-        if ws.paused == event.paused:
-            return
+        if ws.paused == event.paused or ws.retiring:
+            return  # a retiring worker stays paused
         ws.paused = event.paused
         if event.paused:
             self.n_paused += 1

@@ -161,6 +161,8 @@ class Cluster:
         self._buried: dict[str, dict[str, int]] = {}
         self.n_computes = 0
         self._worker_counter = 0
+        self.acquisitions: list[sched_core.AcquireReplicas] = []  # copies asked for (retiring workers)
+        self.closed: list[str] = []  # workers told to close (retired)
 
     # ------------------------------------------------------------------
     # Feeding events
@@ -280,6 +282,10 @@ class Cluster:
                 sim.outbox.append(StealResponse(sim.address, key, answer, instr.run_id))
             elif isinstance(instr, sched_core.ClientInstruction):
                 self._on_client_message(instr)
+            elif isinstance(instr, sched_core.AcquireReplicas):
+                self.acquisitions.append(instr)  # carried out by the test (``replicate``), or not
+            elif isinstance(instr, sched_core.CloseWorker):
+                self.closed.append(instr.worker)
             else:
                 raise DriverError(f"unexpected instruction {instr!r}")
 

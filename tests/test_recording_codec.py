@@ -226,6 +226,7 @@ EVENT_STRATEGIES: dict[type, st.SearchStrategy[Any]] = {
     sc.WorkerRemoved: st.builds(sc.WorkerRemoved, names, st.booleans()),
     sc.WorkerHeartbeat: st.builds(sc.WorkerHeartbeat, names, st.floats(0, 10), st.integers(0, 2**40)),
     sc.WorkerStatusChanged: st.builds(sc.WorkerStatusChanged, names, st.booleans()),
+    sc.RetireWorker: st.builds(sc.RetireWorker, names),
     sc.TaskFinished: st.builds(sc.TaskFinished, names, names, st.integers(-1, 2**40), st.floats(0, 1e6), run_ids),
     sc.TaskErred: st.builds(sc.TaskErred, names, names, opaque_values, st.one_of(st.none(), st.text()), run_ids),
     sc.ReplicasAdded: st.builds(sc.ReplicasAdded, names, key_lists, st.one_of(st.none(), sizes), run_ids),

@@ -1,0 +1,116 @@
+"""Retiring workers: the core's plan (copies first, then close) and the runtime around it."""
+
+from __future__ import annotations
+
+from _driver import computed_keys, freed, graph
+from _helpers import cluster
+import sched_core as sc
+
+
+def _retire(c: object, address: str) -> list[sc.Instruction]:
+    return c.handle(sc.RetireWorker(address))  # type: ignore[attr-defined,no-any-return]
+
+
+def test_only_copies_move_before_the_worker_is_closed() -> None:
+    c = cluster(("a", 1), ("b", 1), ("c", 1))
+    c.submit("client", graph({"x": [], "y": []}), wanted=["x", "y"])
+    x_on, y_on = c.running_on("x")[0], c.running_on("y")[0]
+    c.finish("x")
+    c.finish("y")
+    if x_on != y_on:
+        c.replicate("y", x_on)  # y has a second copy; x only one
+    out = _retire(c, x_on)
+    (acquire,) = [i for i in out if isinstance(i, sc.AcquireReplicas)]
+    assert acquire.worker != x_on and acquire.who_has == {"x": [x_on]}
+    assert c.closed == []  # not before x has a copy elsewhere
+    c.replicate("x", acquire.worker)
+    assert c.closed == [x_on]
+    c.remove_worker(x_on, expected=True)
+    assert c.state.tasks["x"].state_name == "memory"
+    assert {ws.address for ws in c.state.tasks["x"].who_has or []} == {acquire.worker}
+    assert c.state.n_recomputed == 0
+
+
+def test_retiring_worker_gets_no_new_tasks_and_gives_back_what_it_had() -> None:
+    c = cluster(("a", 1), ("b", 1))
+    c.submit("client", graph({"x": [], "y": []}), wanted=["x", "y"])
+    doomed = c.running_on("x")[0]
+    out = _retire(c, doomed)
+    assert "x" in computed_keys(out)
+    assert "x" in freed(out, doomed)
+    assert c.running_on("x") != [doomed]
+    c.submit("client", graph({"z": []}), wanted=["z"])
+    assert c.state.tasks["z"].processing_on.address != doomed
+    # Nothing only it holds: it is told to close at once.
+    assert c.closed == [doomed]
+
+
+def test_a_late_result_from_the_retiring_worker_is_stale() -> None:
+    c = cluster(("a", 1), ("b", 1))
+    c.submit("client", graph({"x": []}), wanted=["x"])
+    doomed = c.running_on("x")[0]
+    run_id = c.last_run_id(doomed, "x")
+    _retire(c, doomed)
+    before = c.state.n_stale_messages
+    c.handle(sc.TaskFinished(doomed, "x", 10, 0.1, run_id))
+    assert c.state.n_stale_messages == before + 1
+    assert c.state.tasks["x"].state_name == "processing"
+
+
+def test_a_move_whose_target_dies_is_asked_of_another_worker() -> None:
+    c = cluster(("a", 1), ("b", 1), ("c", 1))
+    c.submit("client", graph({"x": []}), wanted=["x"])
+    holder = c.running_on("x")[0]
+    c.finish("x")
+    (first,) = [i for i in _retire(c, holder) if isinstance(i, sc.AcquireReplicas)]
+    out = c.remove_worker(first.worker)
+    (second,) = [i for i in out if isinstance(i, sc.AcquireReplicas)]
+    assert second.worker not in (holder, first.worker)
+    c.replicate("x", second.worker)
+    assert c.closed == [holder]
+
+
+def test_nowhere_to_go_closes_at_once_and_the_data_is_lost_as_usual() -> None:
+    c = cluster(("a", 1), ("b", 1))
+    c.submit("client", graph({"x": []}), wanted=["x"])
+    holder = c.running_on("x")[0]
+    other = "b" if holder == "a" else "a"
+    c.finish("x")
+    _retire(c, other)  # nothing there: closed at once
+    out = _retire(c, holder)  # the only other worker is retiring too: no target
+    assert not [i for i in out if isinstance(i, sc.AcquireReplicas)]
+    assert sorted(c.closed) == ["a", "b"]
+
+
+def test_copies_are_spread_over_the_least_loaded_workers() -> None:
+    c = cluster(("a", 1), ("b", 1), ("c", 1))
+    keys = [f"k{i}" for i in range(6)]
+    c.submit("client", graph({k: [] for k in keys}, workers=["a"]), wanted=keys)
+    for k in keys:
+        c.finish(k, "a")
+    out = _retire(c, "a")
+    acquires = {i.worker: sorted(i.who_has) for i in out if isinstance(i, sc.AcquireReplicas)}
+    assert set(acquires) == {"b", "c"}
+    assert sorted(acquires["b"] + acquires["c"]) == sorted(keys)
+    assert abs(len(acquires["b"]) - len(acquires["c"])) <= 1
+
+
+def test_a_released_key_need_not_move() -> None:
+    c = cluster(("a", 1), ("b", 1))
+    c.submit("client", graph({"x": []}, workers=["a"]), wanted=["x"])
+    c.finish("x", "a")
+    _retire(c, "a")
+    assert c.closed == []
+    c.release("client", ["x"])
+    assert c.closed == ["a"]
+
+
+def test_a_paused_worker_is_no_target_and_a_retiring_one_stays_paused() -> None:
+    c = cluster(("a", 1), ("b", 1), ("c", 1))
+    c.submit("client", graph({"x": []}, workers=["a"]), wanted=["x"])
+    c.finish("x", "a")
+    c.handle(sc.WorkerStatusChanged("b", True))
+    (acquire,) = [i for i in _retire(c, "a") if isinstance(i, sc.AcquireReplicas)]
+    assert acquire.worker == "c"
+    c.handle(sc.WorkerStatusChanged("a", False))
+    assert c.state.workers["a"].paused and c.state.workers["a"].retiring
