@@ -185,18 +185,17 @@ def random_layers(rng: random.Random) -> list[sc.Layer]:
         name = f"l{len(layers)}" if sane else rng.choice(LAYER_NAMES)
         kind = rng.randrange(3)
         if kind == 0:
-            n = count(sane)
-            picked = [some_input(sane) for _ in range(rng.randint(0, 2) if defined or not sane else 0)]
-            parts = [(p_ if p_ in (1, n) or not sane else n) if rng.random() < 0.8 else 1 for _, p_ in picked]
-            if sane:
-                n = picked[0][1] if picked and picked[0][1] != 1 else n
-                parts = [p_ if p_ in (1, n) else 1 for (_, p_) in picked]
-                picked = [(i, p_) for (i, _), p_ in zip(picked, parts) if defined.get(i) == p_ or p_ == 1 and defined.get(i) == 1]
-                parts = [p_ for _, p_ in picked]
-            elif rng.random() < 0.3:
-                parts.append(count(False))
+            inputs = [some_input(sane) for _ in range(rng.randint(0, 2) if defined or not sane else 0)]
+            if sane:  # aligned with the first input; others aligned too, or broadcast (one partition)
+                n = inputs[0][1] if inputs else count(True)
+                inputs = [(source, k) for source, k in inputs if k in (1, n)]
+            else:
+                n = count(False)
+            parts = [k for _, k in inputs]
+            if not sane and rng.random() < 0.3:
+                parts.append(count(False))  # partition counts that do not match the inputs
             args: list[object] | None = [b"x"] * (n if sane else count(False)) if rng.random() < 0.3 else None
-            layers.append(sc.MapLayer(name, n, b"f", args, [i for i, _ in picked], parts))
+            layers.append(sc.MapLayer(name, n, b"f", args, [source for source, _ in inputs], parts))
         elif kind == 1 and (defined or not sane):
             source, parts_in = some_input(sane)
             chunk = b"c" if rng.random() < 0.5 else None
