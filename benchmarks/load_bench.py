@@ -167,8 +167,8 @@ def _close_stdin(process: subprocess.Popen[str]) -> None:
             stdin.close()
 
 
-def _tasks_left(system: str, health_url: str, timeout: float = 15.0) -> int | None:
-    """The tasks the scheduler still holds once every client has left (dsched's /api/status; None for dask)."""
+def _final_status(system: str, health_url: str, timeout: float = 15.0) -> dict[str, Any] | None:
+    """dsched's /api/status once every client has left and the tasks are forgotten (None for dask)."""
     if system != "dsched":
         return None
     parts = urlsplit(health_url)
@@ -180,9 +180,8 @@ def _tasks_left(system: str, health_url: str, timeout: float = 15.0) -> int | No
             status = json.loads(conn.getresponse().read())
         finally:
             conn.close()
-        left: int = status["tasks"]["total"]
-        if (left == 0 and status["clients"] == 0) or time.monotonic() > deadline:
-            return left
+        if (status["tasks"]["total"] == 0 and status["clients"] == 0) or time.monotonic() > deadline:
+            return status
         time.sleep(0.1)
 
 
@@ -222,7 +221,7 @@ def run_load(
                 probe.phase = "after"
                 for process, _ in children[n_worker_procs:]:
                     process.wait(timeout=60)  # the clients close and exit once they have answered
-                tasks_left = _tasks_left(system, health)
+                final = _final_status(system, health)
             scheduler_alive = scheduler.poll() is None
         finally:
             for process, _ in children:
@@ -248,7 +247,10 @@ def run_load(
         "errors": [e for r in results for e in r["errors"]],
         "join_s": join_s, "workload_s": workload_s,
         "scheduler_cpu_join_s": cpu1 - cpu0, "scheduler_cpu_workload_s": cpu2 - cpu1,
-        "scheduler_alive": scheduler_alive, "tasks_left": tasks_left,
+        "scheduler_alive": scheduler_alive,
+        "tasks_left": final["tasks"]["total"] if final else None,
+        # The longest batch that held dsched's loop: tells the scheduler's own stalls from the OS's.
+        "longest_step_ms": final["loop"]["longest_step_ms_1m"] if final else None,
         "health": {phase: probe.summary(phase) for phase in ("idle", "join", "workload", "after")}
         | {"all": probe.summary()},
     }
@@ -277,6 +279,7 @@ def report(runs: dict[str, dict[str, Any]]) -> str:
         _row("workload (s)", ours, theirs, "workload_s", "{:.2f}"),
         _row("scheduler CPU while joining (s)", ours, theirs, "scheduler_cpu_join_s", "{:.2f}"),
         _row("scheduler CPU in the workload (s)", ours, theirs, "scheduler_cpu_workload_s", "{:.2f}"),
+        _row("dsched's longest batch on its loop (ms)", ours, None, "longest_step_ms"),
     ]
     for phase in ("join", "workload", "all"):
         h_ours = ours.get("health", {}).get(phase, {})

@@ -63,6 +63,8 @@ def status(server: SchedulerServer) -> JSON:
         # Peers refused by each limit (see dsched/_limits.py), and frames that did not decode.
         "refused": dict(server.refused),
         "protocol_errors": server.protocol_errors,
+        # How long the core's batches held the loop (and so every request, this one included).
+        "loop": server.loop_stats.snapshot(),
     }
 
 
@@ -184,6 +186,11 @@ class SchedulerSource:
                    [({}, float(state.n_paused))]),
             Metric("dsched_protocol_errors_total", "counter", "Connections dropped for protocol errors.",
                    [({}, float(server.protocol_errors))]),
+            Metric("dsched_scheduler_batch_longest_seconds", "gauge",
+                   "The longest batch of events that held the scheduler's event loop in the last minute.",
+                   [({}, server.loop_stats.longest())]),
+            Metric("dsched_scheduler_batches_total", "counter", "Batches of events handled by the scheduler.",
+                   [({}, float(server.loop_stats.steps))]),
             Metric("dsched_refused_total", "counter", "Requests and connections refused, by the limit refusing them.",
                    [({"limit": limit}, float(n)) for limit, n in sorted(server.refused.items())]),
             Metric("dsched_uptime_seconds", "gauge", "Seconds since the scheduler started.",

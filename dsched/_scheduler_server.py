@@ -73,6 +73,7 @@ from dsched._protocol import (
 )
 from dsched._scheduler_diagnostics import SchedulerDiagnostics
 from dsched._security import Security, check_listen_allowed
+from dsched._step_stats import StepStats
 from dsched._scheduler_routes import (
     ClientConn,
     FunctionTable,
@@ -148,6 +149,7 @@ class SchedulerServer:
         # program asks for "relaxed" (see dsched/_gc_policy.py).
         self.gc = GcPolicy(gc_mode, gc_interval)
         self.protocol_errors = 0
+        self.loop_stats = StepStats()
         # Per-peer bounds (messages per frame, tasks per submission, key length,
         # connections per host), what each refused, and who is shaking hands now.
         self.limits = limits if limits is not None else Limits()
@@ -282,7 +284,9 @@ class SchedulerServer:
             await self._wake.wait()
             self._wake = anyio.Event()
             while self._has_pending():
+                began = time.perf_counter()
                 self._step()
+                self.loop_stats.step_took(time.perf_counter() - began)
                 await anyio.sleep(0)  # let readers and senders run between chunks
 
     def _step(self) -> None:
