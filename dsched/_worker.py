@@ -429,7 +429,9 @@ class Worker:
                     ins.key, ins.nbytes, max(0.0, ins.stop - ins.start), run_ids.get(ins.key, -1), max(0.0, ins.start)
                 ))
             elif isinstance(ins, sc.ReleaseData):
-                self.data.pop(ins.key, None)
+                data = self.data
+                if ins.key in data:
+                    del data[ins.key]  # not pop(): a spilled value would be read back to be dropped
             elif isinstance(ins, sc.GatherDep):
                 self._spawn(self._gather, ins.peer, ins.keys)
             elif isinstance(ins, sc.AddReplicaMsg):

@@ -67,7 +67,7 @@ class SpillableStore(MutableMapping[str, object]):
         self._dumps = dumps
         self._loads = loads
         self._measure = measure
-        self._lock = threading.RLock()
+        self._lock = threading.Lock()
         self._fast: OrderedDict[str, object] = OrderedDict()  # oldest use first
         self._pinned: dict[str, object] = {}  # values that do not pickle: memory only
         self._sizes: dict[str, int] = {}  # every key -> its estimated size in memory
@@ -119,17 +119,35 @@ class SpillableStore(MutableMapping[str, object]):
     def __setitem__(self, key: str, value: object) -> None:
         size = self._measure(value)
         with self._lock:
-            self._discard(key)
+            if key in self._sizes:
+                self._discard(key)
             self._fast[key] = value
             self._sizes[key] = size
             self.memory_bytes += size
-            self._spill_to(self.target)
+            if self.memory_bytes > self.target > 0:
+                self._spill_to(self.target)
 
     def __delitem__(self, key: str) -> None:
         with self._lock:
             if key not in self._sizes:
                 raise KeyError(key)
             self._discard(key)
+
+    def pop(self, key: str, *default: object) -> object:
+        """Remove ``key`` and return its value; a spilled value is read back from disk first.
+
+        To drop a key without reading it, ``del store[key]``.
+        """
+        with self._lock:
+            if key not in self._sizes:
+                if default:
+                    return default[0]
+                raise KeyError(key)
+            value = self._fast[key] if key in self._fast else self._pinned.get(key, _MISSING)
+            if value is _MISSING:
+                value = self._read(self._slow[key][0])
+            self._discard(key)
+            return value
 
     # -- what the worker asks -----------------------------------------------------------
 
@@ -212,10 +230,13 @@ class SpillableStore(MutableMapping[str, object]):
             return size
         return -1
 
+    def _read(self, filename: str) -> object:
+        with open(filename, "rb") as f:
+            return self._loads(f.read())
+
     def _unspill(self, key: str) -> object:
         filename, on_disk = self._slow[key]
-        with open(filename, "rb") as f:
-            value = self._loads(f.read())
+        value = self._read(filename)
         del self._slow[key]
         size = self._sizes[key]
         self.spilled_bytes -= size

@@ -92,6 +92,20 @@ def test_deleting_removes_values_and_their_files(tmp_path: Path) -> None:
     assert list(s) == ["c"]
 
 
+def test_pop_returns_values_from_either_tier(tmp_path: Path) -> None:
+    s = store_at(tmp_path)
+    for key in "abc":
+        s[key] = sized(100)
+    assert s.is_spilled("a")
+    assert s.pop("a") == sized(100)  # read back from its file, which is removed
+    assert s.pop("c") == sized(100)
+    assert s.pop("zz", None) is None
+    with pytest.raises(KeyError):
+        s.pop("zz")
+    assert list(s) == ["b"] and files(s) == [] and s.n_unspilled == 0
+    assert (s.memory_bytes, s.spilled_bytes) == (100, 0)
+
+
 def test_overwriting_a_spilled_key_replaces_it(tmp_path: Path) -> None:
     s = store_at(tmp_path)
     for key in "abc":
