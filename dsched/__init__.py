@@ -21,6 +21,7 @@ from dsched._client_errors import (
 )
 from dsched._cluster import LocalCluster
 from dsched._future import Future
+from dsched._limits import Limits
 from dsched._scheduler_server import SchedulerServer
 from dsched._serialize import RemoteError, SerializationError
 from dsched import graph
@@ -41,6 +42,7 @@ __all__ = [
     "FutureCancelledError",
     "GraphError",
     "KilledWorker",
+    "Limits",
     "LocalCluster",
     "LostDataError",
     "NoWorkerError",
