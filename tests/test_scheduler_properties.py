@@ -50,6 +50,7 @@ from sched_core import (
     WorkerAdded,
     WorkerHeartbeat,
     WorkerRemoved,
+    WorkerStatusChanged,
 )
 from sched_core._model import ClientState, WorkerState
 
@@ -267,6 +268,14 @@ class Simulation:
     def tick(self) -> list[SchedulerEvent]:
         return [Tick()]
 
+    def pause_or_resume(self) -> list[SchedulerEvent]:
+        """A worker's memory crosses its pause threshold, either way."""
+        if not self.c.workers:
+            return []
+        address = self.rng.choice(list(self.c.workers))
+        ws = self.c.state.workers.get(address)
+        return [WorkerStatusChanged(address, ws is None or not ws.paused)]
+
     def lose_data(self) -> list[SchedulerEvent]:
         """A worker loses a replica; another worker reports it missing."""
         holders = [(a, k) for a, sim in self.c.workers.items() for k in sim.data if k in self.c.state.tasks]
@@ -299,6 +308,7 @@ class Simulation:
             (self.client_leaves, 0.05 * i, True),
             (self.heartbeat, 0.5, True),
             (self.tick, 1.0, True),
+            (self.pause_or_resume, 0.4, True),
             (self.lose_data, 0.2 * i, False),
         ]
 
@@ -328,8 +338,11 @@ class Simulation:
         self.c.handle_list(events)
 
     def settle(self) -> None:
-        """Add a worker that can run anything and finish all outstanding work."""
+        """Resume every worker, add one that can run anything and finish all outstanding work."""
         c = self.c
+        paused = [address for address, ws in c.state.workers.items() if ws.paused]
+        if paused:
+            c.handle_list([WorkerStatusChanged(address, False) for address in paused])
         c.handle(WorkerAdded(c.new_address(), 2, 0, {RESOURCE: 1.0}))
         while self.next_piece < len(self.graph.pieces):
             c.handle_list(self.submit())
