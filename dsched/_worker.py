@@ -140,6 +140,7 @@ class Worker:
         self.run_ids: dict[str, int] = {}
         self.seen_batch = -1
         self.machine: sc.WorkerMachine | None = None
+        self._scheduler_max_messages = p.MAX_MESSAGES  # per frame, as its Welcome says
         self.heartbeat_interval = 0.5
         self.latency = 0.0
         self.closed = anyio.Event()
@@ -253,7 +254,7 @@ class Worker:
             self._serving = PeerServing(
                 self.data, self._data_put, scheduler_id=self.scheduler_id, address=self.address, auth=self.auth
             )
-            encoder = p.FrameEncoder(p.WORKER_TO_SCHEDULER)
+            encoder = p.FrameEncoder(p.WORKER_TO_SCHEDULER, max_messages=self._scheduler_max_messages)
             async with BatchedSender(comm, encoder.encode_frames) as sender:
                 self._sender = sender
                 sender.send(p.RegisterWorker(self.address, self.nthreads, self.memory_limit, self.resources, self.name))
@@ -319,6 +320,7 @@ class Worker:
         run_ids = self.run_ids
         for msg in messages:
             if isinstance(msg, p.Compute):
+        self._scheduler_max_messages = reply.max_messages
                 run_ids[msg.key] = msg.run_id
                 spec = (msg.function, msg.args, bool(msg.who_has), msg.call, msg.keys, msg.index)
                 events.append(sc.ComputeTaskEvent(msg.key, spec, msg.priority, msg.who_has, msg.nbytes, msg.resources))

@@ -22,6 +22,7 @@ import pytest
 
 from _client_helpers import wait_until
 from dsched._client import Client
+from dsched._dashboard_source import SchedulerSource
 from dsched._cluster import LocalCluster
 from dsched._scheduler_server import SchedulerServer
 from dsched._worker import Worker
@@ -101,6 +102,10 @@ async def test_a_paused_worker_starts_nothing_serves_its_data_and_resumes() -> N
         await wait_until(lambda: server.state.workers[pausing.address].paused)
         assert pausing.machine is not None and pausing.machine.paused
         assert (await client.scheduler_status())["paused_workers"] == 1
+        source = SchedulerSource(server)
+        assert {w["name"]: w["paused"] for w in source.workers(10)} == {"pausing": True, "other": False}
+        [paused_metric] = [m for m in source.metrics() if m.name == "dsched_workers_paused"]
+        assert paused_metric.samples == [({}, 1.0)]
         executed = pausing.machine.n_executed
 
         # New work goes to the other worker, which fetches what the paused one holds.
@@ -147,4 +152,8 @@ async def test_a_worker_spills_by_process_memory(tmp_path: Path) -> None:
         picked = [futures[0], futures[11], futures[19]]
         assert await client.gather(picked) == [block(0), block(11), block(19)]  # spilled ones loaded back
         await wait_until(lambda: server.workers[worker.address].spilled > 0)
+        [row] = SchedulerSource(server).workers(10)
+        assert row["spilled"] > 0 and row["managed"] > 0
+        [spilled_metric] = [m for m in SchedulerSource(server).metrics() if m.name == "dsched_worker_spilled_bytes"]
+        assert spilled_metric.samples == [({}, float(row["spilled"]))]
     assert os.listdir(tmp_path) == []
