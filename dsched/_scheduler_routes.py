@@ -166,7 +166,7 @@ def client_events(server: SchedulerServer, conn: ClientConn, messages: list[p.Cl
 def _refuse_over_limit(server: SchedulerServer, conn: ClientConn, limit: str, message: str, keys: list[str]) -> None:
     """Refuse one request over ``limit``: a ``ClientError`` to its client (whose futures
     for ``keys`` get it), counted; the scheduler's state is untouched."""
-    server.count_refusal(limit, conn.comm.peer, message)
+    server.count_refusal(limit, conn.comm.peer, message, logging.INFO)
     send_quietly(conn.sender, p.ClientError(LIMIT_EXCEEDED, message, keys))
 
 

@@ -424,10 +424,11 @@ class SchedulerServer:
             self._handshaking.discard(comm)
             self.connection_limiter.handshake_done(host)
 
-    def count_refusal(self, limit: str, peer: str, reason: str) -> None:
-        """Count and log one refusal by ``limit`` (the routes call this too)."""
+    def count_refusal(self, limit: str, peer: str, reason: str, level: int = logging.WARNING) -> None:
+        """Count and log one refusal by ``limit`` (the routes call this too, at INFO:
+        a refused request is the client's news, not the operator's)."""
         self.refused[limit] += 1
-        logger.warning("refused %s: %s", peer, reason)
+        logger.log(level, "refused %s: %s", peer, reason)
 
     async def _refuse_at_once(self, comm: Comm, limit: str, reason: str) -> None:
         self.count_refusal(limit, comm.peer, reason)
