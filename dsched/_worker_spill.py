@@ -17,8 +17,13 @@ Nothing is ever lost to spilling:
 * a deleted key's file is removed at once; :meth:`close` removes the directory.
 
 The store is used from the event loop and from the task threads at once, so
-every operation holds one lock, disk reads and writes included (a spill moves
-one value at a time, so no operation waits for more than one file).
+every operation holds one lock, disk reads and writes included: an operation
+may wait for another thread's spilling (pickling and writing the values that
+bring managed memory back under ``target``).  Membership tests and ``len``
+take no lock.
+
+A value bigger than ``target`` on its own is read from disk without being moved
+back to memory (it would be spilled again at once).
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ class SpillableStore(MutableMapping[str, object]):
     time): ``memory_bytes`` (managed bytes in memory), ``spilled_bytes`` (the
     same estimate for the values on disk), ``disk_bytes`` (their files' sizes),
     ``n_spilled`` / ``n_unspilled`` (moves to and from disk so far),
+    ``n_read_through`` (reads of values too big to move back to memory),
     ``n_unpicklable`` (values kept in memory because they do not pickle).
     """
 
@@ -82,6 +88,7 @@ class SpillableStore(MutableMapping[str, object]):
         self.n_spilled = 0
         self.n_unspilled = 0
         self.n_unpicklable = 0
+        self.n_read_through = 0
         os.makedirs(directory, exist_ok=True)
 
     def __repr__(self) -> str:
@@ -112,6 +119,9 @@ class SpillableStore(MutableMapping[str, object]):
                 return self._pinned[key]
             if key not in self._slow:
                 raise KeyError(key)
+            if self._sizes[key] > self.target > 0:
+                self.n_read_through += 1
+                return self._read(self._slow[key][0])
             value = self._unspill(key)
             self._spill_to(self.target)
             return value

@@ -122,8 +122,8 @@ def test_a_value_larger_than_target_goes_to_disk_alone(tmp_path: Path) -> None:
     s["huge"] = sized(1000)
     assert s.is_spilled("small") and s.is_spilled("huge")
     assert s.memory_bytes == 0
-    assert s["huge"] == sized(1000)  # loaded back for the reader, then spilled again
-    assert s.is_spilled("huge") and s.n_unspilled == 1
+    assert s["huge"] == sized(1000)  # read for the reader, but left on disk
+    assert s.is_spilled("huge") and s.n_unspilled == 0 and s.n_read_through == 1 and s.n_spilled == 2
 
 
 class Unpicklable:
