@@ -30,6 +30,7 @@ from dsched._scheduler_server import SchedulerServer
 
 CORE_SUBMISSIONS: Final = 2_000  # generated submissions against the core
 CORE_LAYER_SETS: Final = 5_000  # generated layer parameter sets against LayerExpander
+CORE_REQUEST_RUNS: Final = 200  # runs of 60 generated requests (scatter, want, release, cancel) each
 LIVE_SUBMISSIONS: Final = 300  # generated invalid SubmitGraph / SubmitLayers at a live server
 LIVE_SCHEMA_BREAKERS: Final = 30  # layer messages that break the schema, one connection each
 SEED: Final = 6_2026
@@ -155,6 +156,55 @@ def test_invalid_graphs_change_nothing_in_the_core() -> None:
     assert {k for k in cluster.state.tasks} >= set(list(good)[-5:])
     assert all(cluster.state_of(k) == "memory" for k in list(good)[-5:])
     sc.validate_state(cluster.state)
+
+
+def test_another_clients_requests_on_colliding_keys_keep_the_core_consistent() -> None:
+    """Scatters onto another client's keys (held, running, waiting), wants, releases and
+    cancels of them, and absurd graphs, interleaved with the work: the state stays valid
+    after every batch and the good client's keys still finish."""
+    for seed in range(CORE_REQUEST_RUNS):
+        rng = random.Random(seed)
+        cluster = Cluster(check=False, lossy=True)  # a scatter may claim data a worker lacks
+        cluster.add_worker("tcp://w1:1", 2)
+        cluster.add_worker("tcp://w2:1", 1)
+        cluster.add_client("good")
+        cluster.add_client("bad")
+        good = random_dag(rng, "g", 15)
+        wanted = list(good)[-3:]
+        cluster.submit("good", [spec(k, d) for k, d in good.items()], wanted)
+        keys = [*good, "x0", "x1", "nowhere"]
+        for step in range(60):
+            picked = rng.sample(keys, rng.randint(0, 3))
+            kind = rng.randrange(6)
+            if kind == 0:
+                workers = rng.sample(["tcp://w1:1", "tcp://w2:1", "tcp://gone:1"], rng.randint(0, 2))
+                nbytes = {key: rng.choice([0, 10, 2**62]) for key in picked}
+                for address in workers:  # the data is there, as PutData left it
+                    if address in cluster.workers:
+                        cluster.workers[address].data.update(nbytes)
+                cluster.handle(sc.KeysScattered("bad", workers, nbytes))
+            elif kind == 1:
+                cluster.handle(sc.ClientWantsKeys("bad", picked))
+            elif kind == 2:
+                cluster.handle(sc.ClientReleasesKeys("bad", picked))
+            elif kind == 3:
+                cluster.handle(sc.CancelKeys("bad", picked, rng.random() < 0.3))
+            elif kind == 4 and cluster.outstanding():
+                address, key = rng.choice(cluster.outstanding())
+                cluster.handle_list(cluster.finished_event(key, address))
+            elif kind == 5:
+                specs = absurd_specs(rng, f"a{step}")
+                cluster.handle(sc.GraphSubmitted("bad", specs, [specs[-1].key]))
+        cluster.remove_client("bad")
+        cluster.run()
+        sc.validate_state(cluster.state)
+        log = cluster.log("good")
+        for key in wanted:  # never left waiting: finished while held, or told it was cancelled (by a force)
+            ts = cluster.state.tasks.get(key)
+            if ts is not None and any(cs.client_id == "good" for cs in ts.who_wants or []):
+                assert ts.state_name in ("memory", "erred"), (seed, ts)
+            else:
+                assert key in log.cancelled, (seed, key)
 
 
 LAYER_NAMES: Final = ["a", "b", "c", "a-chunk", "a-split", "a-combine-1"]
