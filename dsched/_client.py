@@ -701,6 +701,20 @@ class Client(ClientDiagnostics):
             },
         }
 
+    def retire_workers(self, workers: str | Iterable[str], timeout: float = 60.0) -> Any:
+        """Retire workers (addresses or names) gracefully; the addresses of those retired (awaitable if asynchronous).
+
+        Each gets no new task, what it was to run goes elsewhere, and results
+        only it holds are copied to other workers before it is told to close:
+        futures keep their data.  Returns once they are gone; after ``timeout``
+        seconds a worker is closed even if copies are missing (those results
+        are recomputed when needed).  Unknown workers are ignored.
+        """
+        names = [workers] if isinstance(workers, str) else list(workers)
+        if timeout < 0:
+            raise ValueError(f"timeout must be at least 0, not {timeout}")
+        return self._call(self._link.retire_workers, names, float(timeout))
+
     def nthreads(self) -> Any:
         """``{worker address: threads}`` (awaitable in an asynchronous client)."""
         if self.asynchronous:

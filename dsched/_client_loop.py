@@ -54,6 +54,9 @@ MAX_RETRY: Final = 0.25
 WORKER_POLL: Final = 0.05
 
 
+# Answers to a request of this client (matched by ``request``), not news about keys.
+_REPLIES: Final = frozenset({p.WhoHasReply, p.WorkersReply, p.DiagnosticsReply, p.RetireWorkersReply})
+
 class DiagnosticsError(RuntimeError):
     """The scheduler could not answer a diagnostic request (the message says why)."""
 
@@ -161,7 +164,7 @@ class SchedulerLink:
         news: list[p.SchedulerToClient] = []
         for msg in messages:
             kind = type(msg)
-            if kind is p.WhoHasReply or kind is p.WorkersReply or kind is p.DiagnosticsReply:
+            if kind in _REPLIES:
                 slot = self._replies.get(msg.request)  # type: ignore[union-attr]
                 if slot is not None:
                     slot.value = msg
@@ -263,6 +266,11 @@ class SchedulerLink:
         reply = await self._ask(lambda request: p.WhoHas(request, keys))
         assert isinstance(reply, p.WhoHasReply)
         return reply.who_has
+
+    async def retire_workers(self, workers: list[str], timeout: float) -> list[str]:
+        reply = await self._ask(lambda request: p.RetireWorkers(request, workers, timeout))
+        assert isinstance(reply, p.RetireWorkersReply)
+        return reply.retired
 
     async def get_workers(self) -> list[p.WorkerInfo]:
         reply = await self._ask(p.GetWorkers)

@@ -40,6 +40,7 @@ from msgspec import Meta, Raw, Struct
 __all__ = [
     "MAX_NAME_LENGTH",
     "MAX_REASON_LENGTH",
+    "AcquireReplicas",
     "Busy",
     "CancelKeys",
     "ClientError",
@@ -74,6 +75,8 @@ __all__ = [
     "RegisterWorker",
     "ReleaseKeys",
     "ReplicasAdded",
+    "RetireWorkers",
+    "RetireWorkersReply",
     "Scattered",
     "SchedulerToClient",
     "SchedulerToWorker",
@@ -320,6 +323,18 @@ class GetWorkers(_Message, tag=16, frozen=True):
     request: int
 
 
+class RetireWorkers(_Message, tag=19, frozen=True):
+    """Retire these workers (addresses or names) gracefully: their only copies move first.
+
+    Answered by :class:`RetireWorkersReply` once they are gone, or after
+    ``timeout`` seconds (they are closed then in any case).
+    """
+
+    request: int
+    workers: list[Name]
+    timeout: NonNegFloat = 60.0
+
+
 # --- scheduler -> client -------------------------------------------------------------
 
 
@@ -401,6 +416,13 @@ class WorkersReply(_Message, tag=27, frozen=True):
     workers: list[WorkerInfo]
 
 
+class RetireWorkersReply(_Message, tag=29, frozen=True):
+    """Answer to :class:`RetireWorkers`: the addresses of the workers retired (and gone)."""
+
+    request: int
+    retired: list[str]
+
+
 # --- scheduler -> worker -------------------------------------------------------------
 
 
@@ -456,6 +478,17 @@ class StealRequest(_Message, tag=34, frozen=True):
 
     key: str
     run_id: RunId
+
+
+class AcquireReplicas(_Message, tag=37, frozen=True):
+    """Fetch copies of these keys from the workers listed and keep them (a retiring worker's results).
+
+    ``sched_core.AcquireReplicas`` on the wire; the worker reports what it
+    stored with :class:`ReplicasAdded`.
+    """
+
+    who_has: dict[str, list[str]]
+    nbytes: dict[str, NonNegInt] = {}
 
 
 class GetProfile(_Message, tag=36, frozen=True):
@@ -621,6 +654,7 @@ ClientToScheduler: TypeAlias = (
     | Scattered
     | WhoHas
     | GetWorkers
+    | RetireWorkers
     | Diagnostics
     | Close
 )
@@ -633,11 +667,13 @@ SchedulerToClient: TypeAlias = (
     | ClientError
     | WhoHasReply
     | WorkersReply
+    | RetireWorkersReply
     | DiagnosticsReply
     | Close
 )
 SchedulerToWorker: TypeAlias = (
-    Compute | DefineFunction | ForgetFunctions | FreeKeys | StealRequest | HeartbeatAck | GetProfile | Close
+    Compute | DefineFunction | ForgetFunctions | FreeKeys | StealRequest | HeartbeatAck | GetProfile
+    | AcquireReplicas | Close
 )
 WorkerToScheduler: TypeAlias = (
     RegisterWorker

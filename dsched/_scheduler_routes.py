@@ -41,7 +41,8 @@ _INT64_MAX = 2**63 - 1
 class WorkerConn:
     """A connected, registered worker."""
 
-    __slots__ = ("address", "closing", "comm", "cpu", "functions_sent", "in_memory", "last_heard", "managed", "memory", "sender", "spilled")
+    __slots__ = ("address", "closing", "comm", "cpu", "functions_sent", "in_memory", "last_heard", "managed", "memory",
+        "retire_deadline", "sender", "spilled")
 
     def __init__(self, comm: Comm, sender: BatchedSender[p.SchedulerToWorker], address: str) -> None:
         self.comm = comm
@@ -49,7 +50,8 @@ class WorkerConn:
         self.address = address
         self.functions_sent: set[int] = set()
         self.last_heard = time.monotonic()
-        self.closing = False  # it said Close: its departure is expected
+        self.closing = False  # told to close (retired) or the scheduler stops: its departure is expected
+        self.retire_deadline = 0.0  # retiring (monotonic time by which it is closed anyway); 0: not retiring
         self.memory = 0  # process memory and CPU percent, from the last heartbeat
         self.cpu: float | None = None
         self.managed = 0  # bytes of results in its memory and spilled to its disk, from the last heartbeat
@@ -126,8 +128,9 @@ def worker_events(server: SchedulerServer, conn: WorkerConn, messages: list[p.Wo
         elif isinstance(msg, p.StealResponse):
             append(sc.StealResponse(address, msg.key, msg.state, msg.run_id))
         elif isinstance(msg, p.Close):
-            conn.closing = True
-            break
+            # The worker is leaving: retire it (its only copies move first); it
+            # goes when the scheduler answers Close.
+            server.retirements.start(conn)
         else:  # RegisterWorker again
             raise p.ProtocolError(f"unexpected {type(msg).__name__} from a registered worker")
     return out
@@ -157,6 +160,8 @@ def client_events(server: SchedulerServer, conn: ClientConn, messages: list[p.Cl
             out.append((client, msg))
         elif isinstance(msg, p.Diagnostics):
             server.diagnostics.request(conn, msg)  # answered by a task of its own, off the queue
+        elif isinstance(msg, p.RetireWorkers):
+            server.retirements.request(conn, msg)
         else:  # Close
             conn.closing = True
             break
@@ -445,6 +450,12 @@ def route(server: SchedulerServer, instructions: list[sc.Instruction]) -> None:
             wconn = workers.get(ins.worker)
             if wconn is not None:
                 send_quietly(wconn.sender, p.StealRequest(ins.key, ins.run_id))
+        elif isinstance(ins, sc.AcquireReplicas):
+            wconn = workers.get(ins.worker)
+            if wconn is not None:
+                send_quietly(wconn.sender, p.AcquireReplicas(ins.who_has, ins.nbytes))
+        elif isinstance(ins, sc.CloseWorker):
+            server.retirements.close_worker(ins.worker, ins.reason)
         elif isinstance(ins, sc.ClientInstruction):
             cconn = clients.get(ins.client)
             if cconn is None and isinstance(ins, sc.ClientError) and "\x00" in ins.client:

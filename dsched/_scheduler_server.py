@@ -72,6 +72,7 @@ from dsched._protocol import (
     encode_handshake,
 )
 from dsched._scheduler_diagnostics import SchedulerDiagnostics
+from dsched._scheduler_retire import Retirements
 from dsched._security import Security, check_listen_allowed
 from dsched._step_stats import StepStats
 from dsched._scheduler_routes import (
@@ -167,6 +168,8 @@ class SchedulerServer:
         self._tg: TaskGroup | None = None
         # Profiles, captures, the task stream; the dashboard (None: no dashboard).
         self.diagnostics = SchedulerDiagnostics(self, profile_interval=profile_interval)
+        # Workers being retired, and clients waiting for them (see dsched/_scheduler_retire.py).
+        self.retirements = Retirements(self)
         if record is not None:  # a recording starts with the scheduler (see dsched/_recording.py)
             self.diagnostics.start_recording(record, record_max_bytes)
         self.dashboard_address = dashboard_address
@@ -356,6 +359,7 @@ class SchedulerServer:
             if now >= next_check:
                 next_check = now + min(1.0, self.heartbeat_deadline() / 4)
                 await self._check_heartbeats(now)
+                self.retirements.check_deadlines(now)
 
     def _forget_functions_if_idle(self) -> None:
         """With no task left, no function is needed: drop the table here and on the workers.
@@ -393,6 +397,7 @@ class SchedulerServer:
         if self.workers.get(conn.address) is conn:
             del self.workers[conn.address]
             self.push_from_workers([sc.WorkerRemoved(conn.address, expected)])
+            self.retirements.worker_gone(conn.address)
 
     def drop_client(self, conn: ClientConn) -> None:
         if self.clients.get(conn.client) is conn:
@@ -547,7 +552,8 @@ class SchedulerServer:
             except CommClosedError as exc:
                 logger.info("worker %s disconnected: %s", conn.address, exc.reason)
             finally:
-                self.drop_worker(conn, expected=conn.closing)
+                # A retiring worker's departure is expected, even one that did not wait to be told.
+                self.drop_worker(conn, expected=conn.closing or conn.retire_deadline > 0.0)
                 if not conn.closing:
                     await comm.aclose("worker connection ended")  # nothing to flush to
 

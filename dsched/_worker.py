@@ -76,6 +76,7 @@ __all__ = ["Worker", "process_memory"]
 logger = logging.getLogger("dsched.worker")
 
 _BUSY_RETRY_DELAY = 0.05
+_ACQUIRE_ATTEMPTS = 30  # a busy peer is asked again, backing off to 1 s: about half a minute
 PREFETCH_SECONDS = 0.002
 MAX_PREFETCH = 32
 _DURATION_WEIGHT = 0.2
@@ -91,7 +92,13 @@ class Worker:
 
     ``worker.address`` is where it serves its data to peers.  ``serve_forever()``
     returns when the scheduler goes away.
+
+    ``close()`` retires the worker: it says ``Close`` and keeps serving its
+    peers until the scheduler, having copied elsewhere what only this worker
+    holds, answers ``Close`` - for at most ``retire_timeout`` seconds.
     """
+
+    retire_timeout: float = 60.0
 
     def __init__(
         self,
@@ -159,6 +166,7 @@ class Worker:
         self._profiler: WorkerProfiler | None = None
         self.task_duration = -1.0  # moving average of task run times (s); -1: none yet
         self._closing = False
+        self._scheduler_done = anyio.Event()  # the scheduler connection ended (or it said Close)
 
     def __repr__(self) -> str:
         return f"<Worker {self.address or '(not started)'} name={self.name!r} nthreads={self.nthreads}>"
@@ -205,19 +213,27 @@ class Worker:
             await self.closed.wait()
 
     async def close(self, reason: str = "") -> None:
-        """Retire: tell the scheduler (``Close``), flush, stop the threads and the connections."""
+        """Retire: tell the scheduler (``Close``), wait for its ``Close``, stop the threads and the connections.
+
+        Meanwhile the worker keeps serving its peers: the scheduler has results
+        only this worker holds copied elsewhere before it answers (for at most
+        ``retire_timeout`` seconds).
+        """
         if self._closing:
             await self.closed.wait()
             return
         self._closing = True
         try:
-            with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+            with anyio.CancelScope(shield=True), anyio.move_on_after(self.retire_timeout + 5):
                 sender, comm = self._sender, self._comm
                 if sender is not None and comm is not None and not comm.closed:
                     try:
                         sender.send(p.Close(reason or "worker closing"))
                     except CommClosedError:
                         pass  # the scheduler is gone already
+                    else:
+                        with anyio.move_on_after(self.retire_timeout):
+                            await self._scheduler_done.wait()
                     await sender.close()
                     await comm.aclose(reason or "worker closing")
                 if self._peers is not None:
@@ -265,7 +281,10 @@ class Worker:
                     if self.memory_monitor is not None:
                         tg.start_soon(watch_memory, self.memory_monitor)
                     task_status.started()
-                    await self._read_scheduler(comm)
+                    try:
+                        await self._read_scheduler(comm)
+                    finally:
+                        self._scheduler_done.set()
                     tg.cancel_scope.cancel()
         if not self._closing:
             logger.info("worker %s: the scheduler connection ended, shutting down", self.address)
@@ -287,6 +306,7 @@ class Worker:
     async def _connect(self) -> Comm:
         hello = p.Hello(p.PROTOCOL_VERSION, "worker", self.name, auth=self.auth)
         comm, reply = await open_comm(self.scheduler_address, hello, timeout=self.connect_timeout)
+        self._scheduler_max_messages = reply.max_messages
         self.scheduler_id = reply.scheduler_id
         if reply.heartbeat_interval > 0:
             self.heartbeat_interval = reply.heartbeat_interval
@@ -309,7 +329,10 @@ class Worker:
                     logger.warning("lost the scheduler connection: %s", exc.reason)
                 return
             if self._scheduler_messages(frame.messages):
-                return  # the scheduler said Close
+                # The scheduler said Close (it retired this worker, or it stops): hang
+                # up, so that it sees the worker gone now, not at a heartbeat deadline.
+                await comm.aclose("closed by the scheduler")
+                return
             if frame.batch > self._frame_batch:
                 self._frame_batch = frame.batch
             self._wake.set()
@@ -320,7 +343,6 @@ class Worker:
         run_ids = self.run_ids
         for msg in messages:
             if isinstance(msg, p.Compute):
-        self._scheduler_max_messages = reply.max_messages
                 run_ids[msg.key] = msg.run_id
                 spec = (msg.function, msg.args, bool(msg.who_has), msg.call, msg.keys, msg.index)
                 events.append(sc.ComputeTaskEvent(msg.key, spec, msg.priority, msg.who_has, msg.nbytes, msg.resources))
@@ -343,6 +365,8 @@ class Worker:
                 self.functions.forget(msg.refs)
             elif isinstance(msg, p.GetProfile):
                 self._send_profile(msg)
+            elif isinstance(msg, p.AcquireReplicas):
+                self._spawn(self._acquire, msg.who_has)
             else:  # Close
                 logger.info("the scheduler closed the connection: %s", msg.reason)
                 return True
@@ -493,6 +517,39 @@ class Worker:
     async def _retry_later(self, peer: str) -> None:
         await anyio.sleep(_BUSY_RETRY_DELAY)
         self._push(sc.RetryBusyWorkerEvent(peer))
+
+    async def _acquire(self, who_has: dict[str, list[str]]) -> None:
+        """Copy a retiring worker's results here (the scheduler's ``AcquireReplicas``) and report them."""
+        by_peer: dict[str, list[str]] = {}
+        for key, holders in who_has.items():
+            if holders:
+                by_peer.setdefault(holders[0], []).append(key)
+        for peer, keys in by_peer.items():
+            values = await self._fetch_patiently(peer, keys)
+            if not values or self._sender is None:
+                continue
+            nbytes = self._data_put(values)
+            try:
+                self._sender.send(p.ReplicasAdded(list(nbytes), nbytes, max(self.seen_batch, self._frame_batch)))
+            except CommClosedError:
+                return
+
+    async def _fetch_patiently(self, peer: str, keys: list[str]) -> dict[str, object]:
+        """``keys`` from ``peer``, waiting while it is busy; {} if it cannot be reached."""
+        pool = self._peers
+        assert pool is not None
+        delay = _BUSY_RETRY_DELAY
+        for _ in range(_ACQUIRE_ATTEMPTS):
+            try:
+                reply = await fetch(pool, peer, keys)
+            except Exception as exc:  # the retiring worker is gone: its retirement times out
+                logger.info("could not copy %d keys from retiring %s: %s", len(keys), peer, exc)
+                return {}
+            if not reply.busy:
+                return reply.values
+            await anyio.sleep(delay)
+            delay = min(1.0, 2 * delay)
+        return {}
 
     def _data_put(self, values: dict[str, object]) -> dict[str, int]:
         """A peer (a client scattering) put values here."""

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import anyio
+from anyio.abc import TaskStatus
+
+from _client_helpers import BackgroundCluster, background_cluster, inc
 from _driver import computed_keys, freed, graph
 from _helpers import cluster
 import sched_core as sc
+from dsched._client import Client
+from dsched._worker import Worker
 
 
 def _retire(c: object, address: str) -> list[sc.Instruction]:
@@ -114,3 +120,76 @@ def test_a_paused_worker_is_no_target_and_a_retiring_one_stays_paused() -> None:
     assert acquire.worker == "c"
     c.handle(sc.WorkerStatusChanged("a", False))
     assert c.state.workers["a"].paused and c.state.workers["a"].retiring
+
+
+# --- the runtime: in-process workers --------------------------------------------------------
+
+
+def _executed(cluster: BackgroundCluster) -> int:
+    return sum(int(w.info()["executed"]) for w in cluster.workers)
+
+
+def _recomputed(cluster: BackgroundCluster) -> int:
+    return int(cluster.portal.call(lambda: cluster.server.state.n_recomputed))
+
+
+def test_client_retire_workers_keeps_the_data_it_alone_held() -> None:
+    with background_cluster(n_workers=3, nthreads=1) as cluster, Client(cluster.address) as client:
+        doomed = cluster.workers[0].address
+        future = client.submit(inc, 41, workers=[doomed])
+        assert future.result(timeout=10) == 42
+        assert cluster.holders(future.key) == [doomed]
+        executed = _executed(cluster)
+
+        assert client.retire_workers([doomed], timeout=20) == [doomed]
+
+        holders = cluster.holders(future.key)
+        assert holders and doomed not in holders
+        assert doomed not in client.scheduler_info()["workers"]
+        assert client.gather(future) == 42
+        assert _executed(cluster) == executed  # copied, not computed again
+        assert _recomputed(cluster) == 0
+
+
+def test_retire_by_name_and_unknown_workers() -> None:
+    with background_cluster(n_workers=2, nthreads=1) as cluster, Client(cluster.address) as client:
+        worker = cluster.workers[1]
+        assert client.retire_workers(["no-such-worker"], timeout=5) == []
+        assert client.retire_workers(worker.name, timeout=20) == [worker.address]
+        assert list(client.scheduler_info()["workers"]) == [cluster.workers[0].address]
+
+
+async def _serve_worker(address: str, stop: anyio.Event, *, task_status: TaskStatus[Worker]) -> None:
+    async with Worker(address, nthreads=1, name="leaving") as worker:
+        task_status.started(worker)
+        await stop.wait()  # then leaving the block closes it, as a program ending would
+
+
+def test_a_worker_closing_by_itself_hands_its_results_over_first() -> None:
+    with background_cluster(n_workers=1, nthreads=1) as cluster, Client(cluster.address) as client:
+        (staying,) = cluster.workers
+        stop = cluster.portal.call(anyio.Event)
+        running, leaving = cluster.portal.start_task(_serve_worker, cluster.address, stop)
+        cluster.wait_until(lambda: leaving.address in cluster.server.state.workers)
+        futures = client.map(inc, range(20), workers=[leaving.address])
+        assert client.gather(futures) == list(range(1, 21))
+        executed = leaving.info()["executed"] + staying.info()["executed"]
+
+        cluster.portal.call(stop.set)
+        running.result(timeout=20)  # Worker.close() returned: the scheduler let it go
+
+        cluster.wait_until(lambda: leaving.address not in cluster.server.state.workers)
+        assert [cluster.holders(f.key) for f in futures] == [[staying.address]] * len(futures)
+        assert client.gather(futures) == list(range(1, 21))
+        assert leaving.info()["executed"] + staying.info()["executed"] == executed
+        assert _recomputed(cluster) == 0
+
+
+def test_the_last_worker_retires_at_once_and_its_results_are_recomputed_later() -> None:
+    with background_cluster(n_workers=1, nthreads=1) as cluster, Client(cluster.address) as client:
+        (only,) = cluster.workers
+        future = client.submit(inc, 1)
+        assert future.result(timeout=10) == 2
+        assert client.retire_workers([only.address], timeout=20) == [only.address]
+        state = cluster.portal.call(cluster.task_state, future.key)
+        assert state in ("queued", "no-worker")  # wanted again, and nowhere to run until a worker joins

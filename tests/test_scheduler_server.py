@@ -222,7 +222,11 @@ async def test_worker_close_is_expected_and_client_disconnect_releases() -> None
         with anyio.fail_after(5):
             while server.state.tasks or "c1" in server.state.clients:
                 await anyio.sleep(0.01)
+        # A worker's Close starts its retirement; holding nothing only it has,
+        # it is let go at once (the scheduler's Close), and hangs up.
         await w.send(p.Close("retiring"))
+        await w.expect(p.Close)
+        await w.comm.aclose()
         with anyio.fail_after(5):
             while server.state.workers:
                 await anyio.sleep(0.01)
