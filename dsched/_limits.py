@@ -14,14 +14,17 @@ that many connections is more likely a runaway loop or an attack.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from collections import Counter
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, TypedDict
 
 from dsched._comm import parse_address
 
-__all__ = ["HANDSHAKE_MAX_FRAME_SIZE", "ConnectionLimiter", "Limits", "RefusalCounts", "peer_host"]
+__all__ = [
+    "HANDSHAKE_MAX_FRAME_SIZE", "ConnectionLimiter", "Limits", "RefusalCounts", "ServerLimits", "parse_limits", "peer_host",
+]
 
 # A Hello or its answer is a few hundred bytes: while one is awaited, a frame
 # announcing more is refused before anything is allocated for it, so that a
@@ -57,6 +60,60 @@ class Limits:
         for name, value in vars(self).items():
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"Limits.{name} must be a positive int, not {value!r}")
+
+
+class ServerLimits(TypedDict, total=False):
+    """The limits that are ``SchedulerServer`` keyword arguments of their own."""
+
+    max_frame_size: int
+    handshake_timeout: float
+    max_layer_tasks: int
+
+
+def parse_limits(specs: list[str]) -> tuple[Limits, ServerLimits]:
+    """``["max_key_length=1024", "max-frame-size=64MiB"]`` (the CLI's ``--limit``) -> limits.
+
+    Names are those of :class:`Limits`, plus ``max_frame_size`` (bytes, or a size
+    such as ``64MiB``), ``handshake_timeout`` (seconds) and ``max_layer_tasks``.
+    Raises ``ValueError`` naming what is wrong.
+    """
+    from dsched._sizes import parse_bytes
+
+    fields = {f.name for f in dataclasses.fields(Limits)}
+    chosen: dict[str, int] = {}
+    server: ServerLimits = {}
+    for spec in specs:
+        name, sep, text = spec.partition("=")
+        name = name.strip().replace("-", "_")
+        text = text.strip()
+        if not sep or not text:
+            raise ValueError(f"a limit is NAME=VALUE, not {spec!r}")
+        try:
+            if name == "max_frame_size":
+                server["max_frame_size"] = _positive(parse_bytes(text))
+            elif name == "handshake_timeout":
+                server["handshake_timeout"] = float(text)
+                if not server["handshake_timeout"] > 0:
+                    raise ValueError("it must be positive")
+            elif name == "max_layer_tasks":
+                server["max_layer_tasks"] = _positive(int(text))
+            elif name in fields:
+                chosen[name] = int(text)
+            else:
+                known = ", ".join(sorted([*fields, "max_frame_size", "handshake_timeout", "max_layer_tasks"]))
+                raise ValueError(f"no such limit (the limits: {known})")
+        except ValueError as exc:
+            raise ValueError(f"--limit {spec!r}: {exc}") from None
+    try:
+        return Limits(**chosen), server
+    except ValueError as exc:
+        raise ValueError(f"--limit: {exc}") from None
+
+
+def _positive(value: int) -> int:
+    if value < 1:
+        raise ValueError("it must be positive")
+    return value
 
 
 class RefusalCounts(Counter[str]):

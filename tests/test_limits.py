@@ -17,7 +17,7 @@ from dsched import _protocol as p
 from dsched._client import Client
 from dsched._client_errors import GraphError
 from dsched._comm import HEADER, Comm, CommClosedError, connect, listen, parse_address
-from dsched._limits import HANDSHAKE_MAX_FRAME_SIZE, ConnectionLimiter, Limits
+from dsched._limits import HANDSHAKE_MAX_FRAME_SIZE, ConnectionLimiter, Limits, parse_limits
 from dsched._scheduler_server import SchedulerServer
 from dsched._worker import Worker
 from dsched._worker_peers import PeerServing, serve_peer
@@ -309,3 +309,15 @@ async def test_refusals_show_in_the_status() -> None:
         assert status(server)["refused"] == {"max_graph_tasks": 1}
         metrics = {m.name: m for m in SchedulerSource(server).metrics()}
         assert metrics["dsched_refused_total"].samples == [({"limit": "max_graph_tasks"}, 1.0)]
+
+
+def test_limits_parse_from_name_value_pairs() -> None:
+    limits, server = parse_limits(["max_key_length=1024", "max-frame-size=64MiB", "handshake_timeout=2.5"])
+    assert limits == Limits(max_key_length=1024)
+    assert server == {"max_frame_size": 64 * 2**20, "handshake_timeout": 2.5}
+    for bad, why in [
+        ("nope=1", "no such limit"), ("max_key_length", "NAME=VALUE"), ("max_key_length=0", "positive"),
+        ("max_frame_size=lots", "not a size"), ("max_layer_tasks=-1", "positive"), ("handshake_timeout=0", "positive"),
+    ]:
+        with pytest.raises(ValueError, match=why):
+            parse_limits([bad])
