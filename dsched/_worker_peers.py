@@ -175,6 +175,13 @@ async def _serve(serving: PeerServing, comm: Comm, max_frame_size: int) -> None:
     while True:
         try:
             messages = decoder.decode(await comm.recv_frame())
+            for msg in messages:
+                if isinstance(msg, p.Close):
+                    return
+                reply = await _answer(serving, msg)
+                if reply is None:
+                    raise p.ProtocolError(f"unexpected {type(msg).__name__} from a peer")
+                await comm.send_frame(encoder.encode([reply]))
         except p.ProtocolError as exc:
             if isinstance(exc, p.LimitExceeded):
                 serving.refused[exc.limit] += 1
@@ -193,14 +200,6 @@ async def _serve(serving: PeerServing, comm: Comm, max_frame_size: int) -> None:
             return
         except CommClosedError:
             return
-        for msg in messages:
-            if isinstance(msg, p.Close):
-                return
-            reply = await _answer(serving, msg)
-            if reply is None:
-                logger.warning("unexpected %s from peer %s, closing", type(msg).__name__, comm.peer)
-                return
-            await comm.send_frame(encoder.encode([reply]))
 
 
 async def _answer(serving: PeerServing, msg: p.PeerMessage) -> p.PeerMessage | None:
@@ -223,9 +222,15 @@ async def _answer(serving: PeerServing, msg: p.PeerMessage) -> p.PeerMessage | N
             serving.serving -= 1
     if isinstance(msg, p.PutData):
         total = sum(len(v) for v in msg.data.values())
-        if total > OFFLOAD_BYTES:
-            values = await anyio.to_thread.run_sync(_loads_all, msg.data)
-        else:
-            values = _loads_all(msg.data)
+        try:
+            if total > OFFLOAD_BYTES:
+                values = await anyio.to_thread.run_sync(_loads_all, msg.data)
+            else:
+                values = _loads_all(msg.data)
+        except p.ProtocolError:
+            raise
+        except Exception as exc:  # not a pickle (garbage, or truncated): nothing of it is stored
+            detail = ascii(f"{type(exc).__name__}: {exc}")[1:-1][:120]
+            raise p.ProtocolError(f"PutData {msg.request}: a value does not unpickle ({detail})") from None
         return p.PutDataReply(msg.request, serving.on_put(values))
     return None

@@ -406,3 +406,43 @@ async def test_a_live_cluster_serves_a_valid_client_through_generated_garbage(ca
             assert await client.submit(inc, 41) == 42
     # Garbage is refused, never an unexpected exception (a handler that failed logs an ERROR).
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR][:5]
+
+
+async def test_a_peer_putting_a_value_that_does_not_unpickle_is_told_and_dropped() -> None:
+    # Found by the live garbage test (DSCHED_FUZZ_SEED=11): the unpickling error escaped
+    # the peer handler, which dropped the connection without a word and logged an ERROR.
+    import functools
+
+    from dsched._comm import listen
+    from dsched._worker_peers import PeerServing, serve_peer
+
+    stored: dict[str, object] = {}
+
+    def on_put(values: dict[str, object]) -> dict[str, int]:
+        stored.update(values)
+        return {key: 1 for key in values}
+
+    serving = PeerServing(stored, on_put, scheduler_id="s", address="w")
+    async with listen("127.0.0.1", 0, functools.partial(serve_peer, serving)) as listener:
+        for bad, why in [
+            (p.PutData(1, {"x": b"\x80\x05not a pickle", "y": b"\x80\x05K\x01."}), "PutData 1: a value does not unpickle"),
+            (p.DataReply(2, {}), "unexpected DataReply"),
+        ]:
+            comm = await connect("127.0.0.1", listener.port)
+            await comm.send_frame(p.encode_handshake(p.Hello(p.PROTOCOL_VERSION, "peer", "me")))
+            assert isinstance(p.decode_reply(await comm.recv_frame()), p.Welcome)
+            await comm.send_frame(p.FrameEncoder(p.PEER).encode([bad]))
+            with anyio.fail_after(5):
+                (goodbye,) = p.FrameDecoder(p.PEER).decode(await comm.recv_frame())
+            assert isinstance(goodbye, p.Close) and why in goodbye.reason
+            with pytest.raises(CommClosedError), anyio.fail_after(5):
+                await comm.recv_frame()
+        assert stored == {} and serving.protocol_errors == 2
+        # A valid put still works.
+        comm = await connect("127.0.0.1", listener.port)
+        await comm.send_frame(p.encode_handshake(p.Hello(p.PROTOCOL_VERSION, "peer", "ok")))
+        p.decode_reply(await comm.recv_frame())
+        await comm.send_frame(p.FrameEncoder(p.PEER).encode([p.PutData(3, {"y": b"\x80\x05K\x01."})]))
+        (reply,) = p.FrameDecoder(p.PEER).decode(await comm.recv_frame())
+        assert isinstance(reply, p.PutDataReply) and stored == {"y": 1}
+        await comm.aclose()
