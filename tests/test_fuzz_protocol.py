@@ -424,10 +424,11 @@ async def test_a_peer_putting_a_value_that_does_not_unpickle_is_told_and_dropped
 
     serving = PeerServing(stored, on_put, scheduler_id="s", address="w")
     async with listen("127.0.0.1", 0, functools.partial(serve_peer, serving)) as listener:
-        for bad, why in [
+        attempts: list[tuple[p.PeerMessage, str]] = [
             (p.PutData(1, {"x": b"\x80\x05not a pickle", "y": b"\x80\x05K\x01."}), "PutData 1: a value does not unpickle"),
             (p.DataReply(2, {}), "unexpected DataReply"),
-        ]:
+        ]
+        for bad, why in attempts:
             comm = await connect("127.0.0.1", listener.port)
             await comm.send_frame(p.encode_handshake(p.Hello(p.PROTOCOL_VERSION, "peer", "me")))
             assert isinstance(p.decode_reply(await comm.recv_frame()), p.Welcome)
