@@ -122,6 +122,7 @@ class Client(ClientDiagnostics):
         timeout: float = 10.0,
         security: Security | None = None,
         set_as_default: bool = False,
+        reconnect_timeout: float = 0.0,
         **cluster_kwargs: Any,
     ) -> None:
         self.asynchronous = asynchronous
@@ -151,7 +152,9 @@ class Client(ClientDiagnostics):
             else:
                 security = security_for(self._address or str(self.cluster.scheduler_address))
         self._state = ClientState()
-        self._link = SchedulerLink(self._state, name=name, security=security, timeout=timeout)
+        self._link = SchedulerLink(
+            self._state, name=name, security=security, timeout=timeout, reconnect_timeout=reconnect_timeout
+        )
         self._thread: LoopThread | None = None
         if not asynchronous:
             self._start_sync()

@@ -9,6 +9,7 @@ from dsched._comm import CommClosedError
 __all__ = [
     "ClientDisconnectedError",
     "FutureCancelledError",
+    "FutureLostError",
     "GraphError",
     "KilledWorker",
     "LostDataError",
@@ -48,6 +49,21 @@ class KilledWorker(TaskFailedError):
 
 class LostDataError(TaskFailedError):
     """Data with no recipe (scattered) was lost with the last worker holding it."""
+
+
+class FutureLostError(LostDataError):
+    """The scheduler no longer knows the future's key (it restarted, or forgot the key while the client was away).
+
+    Raised by the futures of a client that reconnected (``reconnect_timeout``)
+    for keys the scheduler it reached does not have: submit them again.
+    """
+
+    def __init__(self, key: str) -> None:
+        super().__init__(
+            key, key, "unknown-key",
+            f"the scheduler no longer knows {key!r} (it restarted, or forgot the key while this client "
+            "was disconnected): submit it again",
+        )
 
 
 class NoWorkerError(TaskFailedError):

@@ -25,6 +25,7 @@ import asyncio
 import logging
 import random
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -99,9 +100,18 @@ class SchedulerLink:
     """The connection to the scheduler and the coroutines built on it."""
 
     def __init__(
-        self, state: ClientState, *, name: str = "", security: Security | None = None, timeout: float = 10.0
+        self,
+        state: ClientState,
+        *,
+        name: str = "",
+        security: Security | None = None,
+        timeout: float = 10.0,
+        reconnect_timeout: float = 0.0,
     ) -> None:
         self.state = state
+        self.address = ""
+        # Seconds to keep trying to reach the scheduler again after losing it (0: give up at once).
+        self.reconnect_timeout = reconnect_timeout
         self.name = name
         self.security = security if security is not None else Security()
         self.timeout = timeout
@@ -130,23 +140,72 @@ class SchedulerLink:
         """Connect, shake hands, start reading and sending.  Raises ``ConnectError`` if refused."""
         hello = p.Hello(p.PROTOCOL_VERSION, "client", self.name, auth=self.security.secret)
         comm, reply = await open_comm(address, hello, timeout=self.timeout, security=self.security)
+        self.address = address
+        sender = self._connected(comm, reply)
+        self._loop = asyncio.get_running_loop()
+        self.loop_thread_id = threading.get_ident()
+        self._runner = asyncio.get_running_loop().create_task(self._serve(comm, sender))
+        self.flush()  # anything submitted before the connection was up
+        return reply
+
+    def _connected(self, comm: Comm, reply: p.Welcome) -> BatchedSender[p.ClientToScheduler]:
         self.welcome = reply
         self.comm = comm
         self.peers.name = reply.client_id
         encoder = p.FrameEncoder(p.CLIENT_TO_SCHEDULER, max_messages=reply.max_messages)
-        self.sender = BatchedSender(comm, encoder.encode_frames)
-        self._loop = asyncio.get_running_loop()
-        self.loop_thread_id = threading.get_ident()
-        self._runner = asyncio.get_running_loop().create_task(self._serve(comm, self.sender))
-        self.flush()  # anything submitted before the connection was up
-        return reply
+        sender = self.sender = BatchedSender(comm, encoder.encode_frames)
+        return sender
 
     async def _serve(self, comm: Comm, sender: BatchedSender[p.ClientToScheduler]) -> None:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(sender.run)
-            reason = await self._receive(comm)
-            self._connection_ended(reason)
-            tg.cancel_scope.cancel()
+        while True:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(sender.run)
+                reason = await self._receive(comm)
+                tg.cancel_scope.cancel()
+            if self.closing or self.reconnect_timeout <= 0 or not await self._reconnect(reason):
+                self._connection_ended(reason)
+                return
+            assert self.comm is not None and self.sender is not None
+            comm, sender = self.comm, self.sender
+
+    async def _reconnect(self, reason: str) -> bool:
+        """Reach the scheduler again (same client id) within ``reconnect_timeout``; ask for every held key.
+
+        Meanwhile submissions wait in the outbox and questions fail.  The
+        scheduler answers the held keys it knows with their state; the others
+        end as ``FutureLostError`` (see ``ClientState._refused``).
+        """
+        self.sender = None  # submissions wait in the outbox, not in a dead connection's buffer
+        self._fail_replies(ClientDisconnectedError(f"lost the connection to the scheduler: {reason}"))
+        logger.warning(
+            "lost the connection to the scheduler (%s): reconnecting for up to %ss", reason, self.reconnect_timeout
+        )
+        client_id = self.welcome.client_id if self.welcome is not None else self.name
+        hello = p.Hello(p.PROTOCOL_VERSION, "client", client_id, auth=self.security.secret)
+        deadline = time.monotonic() + self.reconnect_timeout
+        delay = 0.05
+        while not self.closing:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            try:
+                comm, reply = await open_comm(
+                    self.address, hello, timeout=min(self.timeout, left), security=self.security
+                )
+            except (ConnectError, CommClosedError, OSError, TimeoutError) as exc:
+                # Not up yet, or it still holds the old connection under this id.
+                logger.debug("reconnecting to %s: %s", self.address, exc)
+                await anyio.sleep(min(delay, max(left, 0.0)))
+                delay = min(1.0, 2 * delay)
+                continue
+            sender = self._connected(comm, reply)
+            logger.warning("reconnected to the scheduler %s at %s", reply.scheduler_id, self.address)
+            held = self.state.held_keys()
+            if held:
+                sender.send(p.WantKeys(held))
+            self.flush()
+            return True
+        return False
 
     async def _receive(self, comm: Comm) -> str:
         decoder = p.FrameDecoder(p.SCHEDULER_TO_CLIENT)
@@ -238,8 +297,10 @@ class SchedulerLink:
     def flush(self) -> None:
         """Move the outbox (and releases) to the sender (loop thread)."""
         self._wake_pending = False
+        if self.sender is None:
+            return  # not connected (yet, or again): the outbox keeps the messages
         messages = self.state.drain()
-        if messages and self.sender is not None:
+        if messages:
             try:
                 self.sender.send_many(messages)
             except CommClosedError:

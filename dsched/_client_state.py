@@ -32,6 +32,7 @@ from dsched import _protocol as p
 from dsched._client_errors import (
     ClientDisconnectedError,
     FutureCancelledError,
+    FutureLostError,
     GraphError,
     failure_for,
 )
@@ -210,6 +211,11 @@ class ClientState:
             self._outbox.append(p.Scattered(workers, nbytes))
         return held
 
+    def held_keys(self) -> list[str]:
+        """Every key a future of this client holds (to ask a scheduler reached again for them)."""
+        with self.lock:
+            return [key for key, state in self.states.items() if state.refs > 0]
+
     def hold(self, states: Iterable[KeyState]) -> None:
         """One more reference on each state (a new Future on a held key)."""
         with self.lock:
@@ -329,6 +335,14 @@ class ClientState:
             logger.warning("unexpected message from the scheduler: %r", msg)
 
     def _refused(self, msg: p.ClientError, out: Notifications) -> None:
+        if msg.kind == "unknown-key":
+            # Held keys the scheduler does not have (asked for again after a reconnection):
+            # each future says so, rather than waiting for news that will never come.
+            for key in msg.keys:
+                state = self.states.get(key)
+                if state is not None and state.status in (PENDING, FINISHED):
+                    self._finish(state, LOST, FutureLostError(key), out)
+            return
         named = set(msg.keys)
         for submission in reversed(self._submissions):
             if submission.names_any(named):
