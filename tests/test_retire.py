@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import anyio
 from anyio.abc import TaskStatus
 
@@ -193,3 +195,41 @@ def test_the_last_worker_retires_at_once_and_its_results_are_recomputed_later() 
         assert client.retire_workers([only.address], timeout=20) == [only.address]
         state = cluster.portal.call(cluster.task_state, future.key)
         assert state in ("queued", "no-worker")  # wanted again, and nowhere to run until a worker joins
+
+
+# --- the runtime: worker processes ----------------------------------------------------------
+
+
+def count_run(path: str, value: int) -> int:
+    """A task that leaves a line in ``path`` each time it runs."""
+    with open(path, "a") as f:
+        f.write("ran\n")
+    return value
+
+
+def test_sigterm_retires_a_worker_process_and_scheduler_shutdown_stops_the_rest(tmp_path: Path) -> None:
+    import signal
+
+    from dsched._cluster import LocalCluster
+
+    runs = tmp_path / "runs.txt"
+    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None, profile_interval=None) as cluster:
+        with Client(cluster) as client:
+            leaving, staying = cluster.worker_processes
+            info = client.scheduler_info()["workers"]
+            by_name = {w["name"]: address for address, w in info.items()}
+            future = client.submit(count_run, str(runs), 7, workers=[by_name["0"]], pure=False)
+            assert future.result(timeout=30) == 7
+
+            leaving.send_signal(signal.SIGTERM)
+            assert leaving.wait(timeout=30) == 0  # retired: its result went to the other worker first
+            assert client.gather(future) == 7
+            assert runs.read_text() == "ran\n"  # fetched from the copy, not computed again
+            assert list(client.scheduler_info()["workers"]) == [by_name["1"]]
+
+            # Stopping the scheduler stops its workers too.
+            scheduler = cluster.scheduler_process
+            assert scheduler is not None
+            scheduler.send_signal(signal.SIGTERM)
+            assert scheduler.wait(timeout=30) == 0
+            assert staying.wait(timeout=30) == 0
