@@ -13,6 +13,7 @@ from dsched._client import Client
 from dsched._client_errors import (
     ClientDisconnectedError,
     FutureCancelledError,
+    FutureLostError,
     GraphError,
     KilledWorker,
     LostDataError,
@@ -40,6 +41,7 @@ __all__ = [
     "DoneAndNotDoneFutures",
     "Future",
     "FutureCancelledError",
+    "FutureLostError",
     "GraphError",
     "KilledWorker",
     "Limits",
