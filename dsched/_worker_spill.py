@@ -19,8 +19,9 @@ Nothing is ever lost to spilling:
 The store is used from the event loop and from the task threads at once, so
 every operation holds one lock, disk reads and writes included: an operation
 may wait for another thread's spilling (pickling and writing the values that
-bring managed memory back under ``target``).  Membership tests and ``len``
-take no lock.
+bring managed memory back under ``target``).  Membership tests, ``len`` and
+reading a value that is in memory - a task's every dependency, usually - take
+no lock.
 
 A value bigger than ``target`` on its own is read from disk without being moved
 back to memory (it would be spilled again at once).
@@ -110,8 +111,17 @@ class SpillableStore(MutableMapping[str, object]):
         return key in self._sizes
 
     def __getitem__(self, key: str) -> object:
+        fast = self._fast
+        try:
+            # The common case takes no lock: each OrderedDict operation is atomic
+            # under the GIL, and a spill racing with this read only leaves the
+            # value's use unrecorded (KeyError: it left memory; read it below).
+            value = fast[key]
+            fast.move_to_end(key)
+            return value
+        except KeyError:
+            pass
         with self._lock:
-            fast = self._fast
             if key in fast:
                 fast.move_to_end(key)
                 return fast[key]
@@ -212,13 +222,14 @@ class SpillableStore(MutableMapping[str, object]):
             return -1
         fast = self._fast
         while fast:
-            key = next(iter(fast))
-            value = fast[key]
+            # popitem is one atomic step for lock-free readers: while the value is
+            # pickled and written they miss it and wait for the lock, then find it
+            # on disk (or back in memory).
+            key, value = fast.popitem(last=False)
             try:
                 payload = self._dumps(value)
             except Exception as exc:
                 # It cannot be spilled, ever: keep it in memory, out of the LRU order.
-                del fast[key]
                 self._pinned[key] = value
                 self.n_unpicklable += 1
                 logger.info("%r (a %s) cannot be spilled, kept in memory: %s", key, type(value).__qualname__, exc)
@@ -228,10 +239,11 @@ class SpillableStore(MutableMapping[str, object]):
                 with open(filename, "wb") as f:
                     f.write(payload)
             except OSError as exc:
+                fast[key] = value
+                fast.move_to_end(key, last=False)  # still the least recently used
                 self._disk_failed(filename, exc)
                 return -1
             size = self._sizes[key]
-            del fast[key]
             self._slow[key] = (filename, len(payload))
             self.memory_bytes -= size
             self.spilled_bytes += size
