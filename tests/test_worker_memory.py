@@ -203,6 +203,35 @@ def test_concurrent_writers_and_readers_lose_nothing(tmp_path: Path) -> None:
     assert len(files(s)) == sum(1 for key in s if s.is_spilled(key))
 
 
+def test_lock_free_reads_race_spills_and_always_see_the_value(tmp_path: Path) -> None:
+    s = store_at(tmp_path, target=1000)
+    for i in range(10):
+        s[f"r-{i}"] = bytes([i]) * 100
+    stop = threading.Event()
+    wrong: list[object] = []
+
+    def read() -> None:
+        while not stop.is_set():
+            for i in range(10):
+                value = s[f"r-{i}"]
+                if value != bytes([i]) * 100:
+                    wrong.append(value)
+
+    readers = [threading.Thread(target=read) for _ in range(3)]
+    for t in readers:
+        t.start()
+    try:
+        for i in range(100):  # every write spills something, often the values being read
+            s[f"w-{i}"] = sized(100)
+    finally:
+        stop.set()
+        for t in readers:
+            t.join()
+    assert wrong == []
+    assert s.n_spilled > 0 and s.memory_bytes <= 1000
+    assert s.memory_bytes + s.spilled_bytes == 100 * 110
+
+
 # -- thresholds and the store they imply --------------------------------------------------
 
 
