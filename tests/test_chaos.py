@@ -16,7 +16,7 @@ from dsched._client_errors import KilledWorker
 N_INPUTS = 16_666  # 50,013 tasks
 WORKERS = 4
 KILLS = 12
-ALLOWED_FAILURES = 3
+ALLOWED_FAILURES = 10
 SEED = 6
 
 

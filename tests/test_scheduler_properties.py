@@ -39,6 +39,8 @@ from sched_core import (
     GraphSubmitted,
     KeysScattered,
     MissingData,
+    ReplicasAdded,
+    RetireWorker,
     SchedulerEvent,
     SchedulerState,
     TaskErred,
@@ -276,6 +278,38 @@ class Simulation:
         ws = self.c.state.workers.get(address)
         return [WorkerStatusChanged(address, ws is None or not ws.paused)]
 
+    def retire(self) -> list[SchedulerEvent]:
+        """A worker is retired (its only copies are to move before it is told to close)."""
+        if not self.c.workers:
+            return []
+        return [RetireWorker(self.rng.choice(list(self.c.workers)))]
+
+    def retirements(self) -> list[SchedulerEvent]:
+        """Some of the copies asked for arrive; the workers told to close go (an expected departure)."""
+        c = self.c
+        events: list[SchedulerEvent] = []
+        pending, c.acquisitions = c.acquisitions, []
+        for ins in pending:
+            if self.rng.random() < 0.3:
+                c.acquisitions.append(ins)  # still on its way
+                continue
+            target = c.workers.get(ins.worker)
+            if target is None:
+                continue
+            copied: dict[str, int] = {}
+            for key, holders in ins.who_has.items():
+                for address in holders:
+                    source = c.workers.get(address)
+                    if source is not None and key in source.data:
+                        copied[key] = source.data[key]
+                        break
+            if copied:
+                target.data.update(copied)
+                events.append(ReplicasAdded(target.address, list(copied), copied, target.seen_batch))
+        events.extend(WorkerRemoved(address, True) for address in c.closed if address in c.workers)
+        c.closed = []
+        return events
+
     def lose_data(self) -> list[SchedulerEvent]:
         """A worker loses a replica; another worker reports it missing."""
         holders = [(a, k) for a, sim in self.c.workers.items() for k in sim.data if k in self.c.state.tasks]
@@ -310,6 +344,8 @@ class Simulation:
             (self.tick, 1.0, True),
             (self.pause_or_resume, 0.4, True),
             (self.lose_data, 0.2 * i, False),
+            (self.retire, 0.15 * i, True),
+            (self.retirements, 0.5, False),
         ]
 
     def step(self) -> None:
