@@ -164,10 +164,18 @@ class MemoryMonitor:
         self._spill_at = policy.bytes_at(policy.spill)
         self._pause_at = policy.bytes_at(policy.pause)
         self._terminate_at = policy.bytes_at(policy.terminate)
+        # The lowest threshold that acts on process memory (0: none).
+        self._act_at = min((t for t in (self._spill_at, self._pause_at, self._terminate_at) if t), default=0)
 
     def check(self) -> int:
         """Measure, pause or resume, warn past ``terminate``; returns the measurement."""
-        memory = self.memory = self.probe()
+        memory = self.probe()
+        if self._act_at and memory > self._act_at:
+            # glibc keeps memory freed by spilled or released results and it still
+            # counts in RSS: hand it back before acting on the measurement.
+            _trim_malloc()
+            memory = self.probe()
+        self.memory = memory
         limit = self.policy.limit
         if self._pause_at:
             if memory > self._pause_at and not self.paused:
@@ -189,7 +197,8 @@ class MemoryMonitor:
             if above and not self._above_terminate:
                 logger.error(
                     "process memory %s is above %.0f%% of the worker's limit %s (the terminate threshold): "
-                    "the worker stays paused; free results or restart it",
+                    "no nanny restarts dsched workers; this one spills what it can and stays paused until "
+                    "memory is back under the pause threshold",
                     format_bytes(memory), 100 * memory / limit, format_bytes(limit),
                 )
             self._above_terminate = above

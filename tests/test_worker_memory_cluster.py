@@ -29,6 +29,10 @@ from dsched._worker import Worker
 from dsched._worker_spill import SpillableStore
 
 MB = 1_000_000
+GB = 1000 * MB
+# In-process workers get a limit far above what the test process really uses, so
+# that only the measurements the tests inject can cross a threshold.
+BIG_LIMIT = 10 * GB
 
 
 def block(i: int) -> bytes:
@@ -89,16 +93,15 @@ def anyio_backend() -> str:
 
 @pytest.mark.anyio
 async def test_a_paused_worker_starts_nothing_serves_its_data_and_resumes() -> None:
-    limit = 1000 * MB
-    async with two_workers(limit) as (server, pausing, other, client):
+    async with two_workers(BIG_LIMIT) as (server, pausing, other, client):
         monitor = pausing.memory_monitor
         assert monitor is not None
-        memory = {"now": 100 * MB}
+        memory = {"now": 1 * GB}
         monitor.probe = lambda: memory["now"]
         held = client.submit(list, range(1000), workers=["pausing"])
         assert len(await held) == 1000
 
-        memory["now"] = 850 * MB  # past the pause threshold (80%)
+        memory["now"] = 8500 * MB  # past the pause threshold (80%)
         await wait_until(lambda: server.state.workers[pausing.address].paused)
         assert pausing.machine is not None and pausing.machine.paused
         assert (await client.scheduler_status())["paused_workers"] == 1
@@ -119,7 +122,7 @@ async def test_a_paused_worker_starts_nothing_serves_its_data_and_resumes() -> N
         assert server.state.task_state(waiting.key) == "no-worker"
         assert pausing.machine.n_executed == executed
 
-        memory["now"] = 500 * MB  # back under the pause threshold
+        memory["now"] = 5 * GB  # back under the pause threshold
         with anyio.fail_after(10):
             assert await waiting == 144
         assert pausing.machine.n_executed == executed + 1
@@ -131,22 +134,24 @@ async def test_a_paused_worker_starts_nothing_serves_its_data_and_resumes() -> N
 async def test_a_worker_spills_by_process_memory(tmp_path: Path) -> None:
     async with (
         SchedulerServer(heartbeat_interval=0.05) as server,
-        Worker(server.address, memory_limit=1000 * MB, local_directory=str(tmp_path)) as worker,
+        Worker(
+            server.address, memory_limit=BIG_LIMIT, memory_spill_fraction=0.61, local_directory=str(tmp_path)
+        ) as worker,
         Client(server.address, asynchronous=True) as client,
     ):
         store, monitor = worker.data, worker.memory_monitor
         assert isinstance(store, SpillableStore) and monitor is not None
         futures = client.map(block, range(20))
         assert await client.gather(client.map(len, futures)) == [10 * MB] * 20
-        assert store.spilled_bytes == 0  # 200 MB of results: under the target (600 MB)
+        assert store.spilled_bytes == 0  # 200 MB of results: far under the target (6 GB)
 
-        # The process measures 715 MB (past spill, 70%), of which 200 MB are results:
-        # least recently used results are spilled until it is under target (60%).
+        # The process measures 6.115 GB (past spill, 6.1 GB), of which 200 MB are
+        # results: least recently used results are spilled until it is under target.
         def measured() -> int:
-            return 515 * MB + store.memory_bytes
+            return 6 * GB - 85 * MB + store.memory_bytes
 
         monitor.probe = measured
-        await wait_until(lambda: measured() <= 600 * MB)
+        await wait_until(lambda: measured() <= 6 * GB)
         assert [store.is_spilled(f.key) for f in futures] == [True] * 12 + [False] * 8
         assert not monitor.paused
         picked = [futures[0], futures[11], futures[19]]
