@@ -21,6 +21,7 @@ import anyio
 import pytest
 
 from _client_helpers import wait_until
+from dsched._as_completed import wait
 from dsched._client import Client
 from dsched._dashboard_source import SchedulerSource
 from dsched._cluster import LocalCluster
@@ -49,7 +50,9 @@ def test_a_workload_bigger_than_memory_spills_and_finishes(tmp_path: Path) -> No
         n_workers=2, threads_per_worker=1, memory_limit="200MB", dashboard_address=None, local_directory=str(local)
     ) as cluster, Client(cluster) as client:
         blocks = client.map(block, range(60))  # all held: 600 MB of results on two 200 MB workers
-        checks = client.gather(client.map(describe, blocks))
+        described = client.map(describe, blocks)
+        wait(described, timeout=120)  # a hang guard only: this takes seconds
+        checks = client.gather(described)
         assert checks == [(10 * MB, i % 256, i % 256) for i in range(60)]
         # The oldest results were spilled: reading them back gives the same values.
         assert client.gather([blocks[0], blocks[1], blocks[59]]) == [block(0), block(1), block(59)]
