@@ -595,7 +595,7 @@ class Heartbeat(_Message, tag=46, frozen=True):
     in_memory: NonNegInt = 0
     nbytes_in_memory: NonNegInt = 0
     cpu: NonNegFloat | None = None  # percent of one core since the last heartbeat
-    managed_bytes: NonNegInt = 0  # of nbytes_in_memory: in memory ...
+    managed_bytes: NonNegInt = 0  # results' bytes (as estimated) in memory ...
     spilled_bytes: NonNegInt = 0  # ... and spilled to disk
 
 

@@ -581,7 +581,7 @@ class Worker:
             if len(self._heartbeat_sent) > 100:  # acks lost: keep the table bounded
                 self._heartbeat_sent.pop(next(iter(self._heartbeat_sent)))
             data = self.data
-            spilled = data.spilled_bytes if isinstance(data, SpillableStore) else 0
+            store = data if isinstance(data, SpillableStore) else None
             beat = p.Heartbeat(
                 seq,
                 self.latency,
@@ -591,8 +591,8 @@ class Worker:
                 in_memory=len(self.data),
                 nbytes_in_memory=machine.nbytes_in_memory,
                 cpu=cpu,
-                managed_bytes=machine.nbytes_in_memory - spilled,
-                spilled_bytes=spilled,
+                managed_bytes=store.memory_bytes if store is not None else machine.nbytes_in_memory,
+                spilled_bytes=store.spilled_bytes if store is not None else 0,
             )
             try:
                 sender.send(beat)
