@@ -4,11 +4,11 @@
     starts N one-thread workers on one event loop, all at once; prints
     ``{"ready": N, "seconds": ...}`` once they are all connected, then serves
     until its stdin closes.
-``python _load_children.py clients SYSTEM ADDRESS N TASKS``
+``python _load_children.py clients SYSTEM ADDRESS N TASKS [ROUNDS]``
     opens N asynchronous clients at once; prints ``{"connected": N, "seconds": ...}``;
-    waits for a line on stdin; then every client at once maps ``inc`` over TASKS
-    inputs of its own, sums them on the cluster, checks the answer and releases
-    its futures; prints ``{"done": ..., "wrong": [...], "errors": [...], "seconds": ...}``
+    waits for a line on stdin; then, ROUNDS times (default 1), every client at
+    once maps ``inc`` over TASKS inputs of its own, sums them on the cluster,
+    checks the answer and releases its futures; prints ``{"done": ..., "wrong": [...], "errors": [...], "seconds": ...}``
     and exits.
 
 SYSTEM is ``dsched`` or ``dask``.  Many workers share a process here (as a
@@ -78,7 +78,7 @@ async def one_client_workload(client: Any, first: int, tasks: int) -> int:
     return result
 
 
-async def run_clients(system: str, address: str, n: int, tasks: int) -> None:
+async def run_clients(system: str, address: str, n: int, tasks: int, rounds: int) -> None:
     began = time.perf_counter()
     if system == "dsched":
         from dsched._client import Client
@@ -88,18 +88,21 @@ async def run_clients(system: str, address: str, n: int, tasks: int) -> None:
     say(connected=n, seconds=time.perf_counter() - began)
     await read_stdin_line()
     began = time.perf_counter()
-    outcomes = await asyncio.gather(
-        *(one_client_workload(c, i * tasks, tasks) for i, c in enumerate(clients)), return_exceptions=True
-    )
+    wrong: list[int] = []
+    errors: list[str] = []
+    for round_ in range(rounds):
+        outcomes = await asyncio.gather(
+            *(one_client_workload(c, (round_ * n + i) * tasks, tasks) for i, c in enumerate(clients)),
+            return_exceptions=True,
+        )
+        for i, outcome in enumerate(outcomes):
+            first = (round_ * n + i) * tasks
+            if isinstance(outcome, BaseException):
+                errors.append(f"client {i}, round {round_}: {type(outcome).__name__}: {outcome}")
+            elif outcome != sum(range(first + 1, first + tasks + 1)):
+                wrong.append(i)
     seconds = time.perf_counter() - began
-    wrong, errors = [], []
-    for i, outcome in enumerate(outcomes):
-        expected = sum(range(i * tasks + 1, (i + 1) * tasks + 1))
-        if isinstance(outcome, BaseException):
-            errors.append(f"client {i}: {type(outcome).__name__}: {outcome}")
-        elif outcome != expected:
-            wrong.append(i)
-    say(done=n - len(wrong) - len(errors), wrong=wrong, errors=errors[:10], seconds=seconds)
+    say(done=n * rounds - len(wrong) - len(errors), wrong=wrong, errors=errors[:10], seconds=seconds)
     await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
 
 
@@ -109,7 +112,7 @@ def main(argv: list[str]) -> None:
     if role == "workers":
         asyncio.run(run_workers(system, address, n, argv[4] if len(argv) > 4 else "load-"))
     elif role == "clients":
-        asyncio.run(run_clients(system, address, n, int(argv[4])))
+        asyncio.run(run_clients(system, address, n, int(argv[4]), int(argv[5]) if len(argv) > 5 else 1))
     else:
         raise SystemExit(f"unknown role {role!r}")
 

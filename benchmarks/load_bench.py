@@ -13,9 +13,14 @@ What happens, per system, in one fresh set of processes:
    and ``--client-procs`` processes open ``--clients`` asynchronous clients between them
    (benchmarks/_load_children.py).  Many workers share a process, as on a real machine they
    share its cores: 200 Python processes would not fit 2 cores, and the scheduler sees 200
-   workers either way.
+   workers either way.  These load processes run at niceness 10 (``--nice``): they stand in
+   for other machines, and on 2 cores six busy load processes would otherwise take the
+   scheduler's CPU, so that the probes measured the kernel's run queue rather than the
+   scheduler (``--nice 0`` shows that too).  Both systems get the same treatment.
 3. Once every worker and client is connected, every client at once maps ``inc`` over
-   ``--tasks`` inputs of its own, sums them on the cluster, checks the answer and releases it.
+   ``--tasks`` inputs of its own, sums them on the cluster, checks the answer and releases it;
+   ``--rounds`` times over, so that the probes see the load for long enough to have a 99th
+   percentile.
 
 Reported: how long joining and the workload took, whether every answer was right, the
 scheduler's CPU time, and /health's latency (median, 99th percentile, max, failures) in each
@@ -187,7 +192,7 @@ def _final_status(system: str, health_url: str, timeout: float = 15.0) -> dict[s
 
 def run_load(
     system: str, *, workers: int, clients: int, tasks: int, worker_procs: int = 4, client_procs: int = 2,
-    hz: float = 20.0, nice: int = 0, workdir: Path | None = None,
+    hz: float = 20.0, nice: int = 0, rounds: int = 1, workdir: Path | None = None,
 ) -> dict[str, Any]:
     """One run of the load scenario on ``system`` ("dsched" or "dask"); returns its figures."""
     with contextlib.ExitStack() as stack:
@@ -207,7 +212,7 @@ def run_load(
                 n_worker_procs = len(children)
                 for i, n in enumerate(_split(clients, client_procs)):
                     log = workdir / f"clients-{i}.log"
-                    args = [str(CHILDREN), "clients", system, address, str(n), str(tasks)]
+                    args = [str(CHILDREN), "clients", system, address, str(n), str(tasks), str(rounds)]
                     children.append((_spawn(args, log, stdin=True, nice=nice), log))
                 joined = [_read_json_line(p, "a child", log) for p, log in children]
                 join_s, cpu1 = time.perf_counter() - began, stats.cpu_seconds()
@@ -239,10 +244,10 @@ def run_load(
                 scheduler.kill()
                 scheduler.wait()
     return {
-        "system": system, "workers": workers, "clients": clients, "tasks_per_client": tasks, "nice": nice,
+        "system": system, "workers": workers, "clients": clients, "tasks_per_client": tasks, "nice": nice, "rounds": rounds,
         "workers_ready": sum(j.get("ready", 0) for j in joined),
         "clients_connected": sum(j.get("connected", 0) for j in joined),
-        "clients_done": sum(r["done"] for r in results),
+        "answers_right": sum(r["done"] for r in results),
         "wrong": sum(len(r["wrong"]) for r in results),
         "errors": [e for r in results for e in r["errors"]],
         "join_s": join_s, "workload_s": workload_s,
@@ -269,7 +274,7 @@ def report(runs: dict[str, dict[str, Any]]) -> str:
     first = ours or theirs or {}
     lines = [
         f"Load: {first.get('workers')} workers and {first.get('clients')} clients joining at once, then "
-        f"{first.get('tasks_per_client')} tasks + a sum per client; {os.cpu_count()} CPUs, "
+        f"{first.get('rounds')} rounds of {first.get('tasks_per_client')} tasks + a sum per client; {os.cpu_count()} CPUs, "
         f"Python {platform.python_version()}; workers and clients at niceness {first.get('nice')}; "
         f"load average {os.getloadavg()[0]:.1f} at the end",
         "",
@@ -291,7 +296,7 @@ def report(runs: dict[str, dict[str, Any]]) -> str:
     for name, run in runs.items():
         lines.append(
             f"{name}: {run['workers_ready']} workers ready, {run['clients_connected']} clients connected, "
-            f"{run['clients_done']} answers right, {run['wrong']} wrong, {len(run['errors'])} errors"
+            f"{run['answers_right']} answers right, {run['wrong']} wrong, {len(run['errors'])} errors"
             + (f" (first: {run['errors'][0]})" if run["errors"] else "")
             + (f"; {run['tasks_left']} tasks left after the clients left" if run["tasks_left"] is not None else "")
             + ("" if run["scheduler_alive"] else "; THE SCHEDULER DIED")
@@ -310,8 +315,9 @@ def main() -> int:
     parser.add_argument("--tasks", type=int, default=100, help="tasks per client (plus one sum)")
     parser.add_argument("--worker-procs", type=int, default=4)
     parser.add_argument("--client-procs", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=5, help="workload rounds (every client at once, each time)")
     parser.add_argument("--hz", type=float, default=50.0, help="/health probes per second")
-    parser.add_argument("--nice", type=int, default=0,
+    parser.add_argument("--nice", type=int, default=10,
                         help="run the workers' and clients' processes at this niceness (10: the scheduler "
                              "gets a core first, as on a machine of its own)")
     parser.add_argument("--json", dest="json_path", type=Path)
@@ -323,7 +329,7 @@ def main() -> int:
         try:
             runs[system] = run_load(system, workers=args.workers, clients=args.clients, tasks=args.tasks,
                                     worker_procs=args.worker_procs, client_procs=args.client_procs, hz=args.hz,
-                                    nice=args.nice)
+                                    nice=args.nice, rounds=args.rounds)
         except Exception as exc:  # one system failing must not hide the other's figures
             print(f"[{system}] FAILED: {exc}", flush=True)
             failed = True
