@@ -233,3 +233,19 @@ def test_sigterm_retires_a_worker_process_and_scheduler_shutdown_stops_the_rest(
             scheduler.send_signal(signal.SIGTERM)
             assert scheduler.wait(timeout=30) == 0
             assert staying.wait(timeout=30) == 0
+
+
+def test_scaling_a_cluster_down_keeps_every_result() -> None:
+    from dsched._cluster import LocalCluster
+
+    with LocalCluster(
+        n_workers=4, threads_per_worker=1, processes=False, dashboard_address=None, profile_interval=None
+    ) as cluster, Client(cluster) as client:
+        futures = client.map(inc, range(200))
+        assert client.gather(futures) == list(range(1, 201))
+        cluster.scale(1)  # three workers retire: what only they held moves to the last one
+        assert len(client.scheduler_info()["workers"]) == 1
+        assert client.gather(futures) == list(range(1, 201))
+        server = cluster._backend.server
+        assert server is not None
+        assert server.state.n_recomputed == 0  # an int read from here: the cluster is idle
