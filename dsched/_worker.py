@@ -507,11 +507,14 @@ class Worker:
         if reply.busy:
             self._push(sc.GatherDepBusyEvent(peer, keys))
             return
-        nbytes: dict[str, int] = {}
+        values = reply.values
+        nbytes = {key: sizeof(value) for key, value in values.items()}
         data = self.data
-        for key, value in reply.values.items():
-            data[key] = value
-            nbytes[key] = sizeof(value)
+        if isinstance(data, SpillableStore) and data.memory_bytes + sum(nbytes.values()) > data.target > 0:
+            # Storing these spills others (pickling, writing files): not on the loop.
+            await anyio.to_thread.run_sync(data.update, values)
+        else:
+            data.update(values)
         self._push(sc.GatherDepSuccessEvent(peer, nbytes))
 
     async def _retry_later(self, peer: str) -> None:

@@ -165,3 +165,27 @@ async def test_a_worker_spills_by_process_memory(tmp_path: Path) -> None:
         [spilled_metric] = [m for m in SchedulerSource(server).metrics() if m.name == "dsched_worker_spilled_bytes"]
         assert spilled_metric.samples == [({}, float(row["spilled"]))]
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.anyio
+async def test_fetched_dependencies_are_stored_and_spilled_too(tmp_path: Path) -> None:
+    async with (
+        SchedulerServer(heartbeat_interval=0.05) as server,
+        Worker(server.address, name="holder") as holder,
+        # Only the target acts (60 MB): the test process's real memory must not pause it.
+        Worker(
+            server.address, name="small", memory_limit=100 * MB, local_directory=str(tmp_path),
+            memory_spill_fraction=False, memory_pause_fraction=False, memory_terminate_fraction=False,
+        ) as small,
+        Client(server.address, asynchronous=True) as client,
+    ):
+        await wait_until(lambda: len(server.state.workers) == 2)
+        store = small.data
+        assert isinstance(store, SpillableStore) and small.memory_monitor is None
+        blocks = client.map(block, range(10), workers=["holder"])
+        described = client.map(describe, blocks, workers=["small"])  # each fetches a 10 MB block
+        assert await client.gather(described) == [(10 * MB, i, i) for i in range(10)]
+        assert store.n_spilled > 0 and store.memory_bytes <= 60 * MB
+        assert sum(1 for b in blocks if store.is_spilled(b.key)) >= 4  # fetched copies went to disk
+        assert holder.data[blocks[0].key] == block(0)
+    assert os.listdir(tmp_path) == []
