@@ -79,7 +79,7 @@ def process_memory() -> int:
 
 
 def parse_fraction(value: str | float | bool | None, name: str) -> float | None:
-    """A threshold: a fraction of the memory limit above 0, or None for "off" (False, "false", "none", "off")."""
+    """A threshold: a fraction of the memory limit in (0, 1], or None for "off" (False, "false", "none", "off")."""
     if value is None or value is False:
         return None
     if isinstance(value, str):
@@ -94,8 +94,8 @@ def parse_fraction(value: str | float | bool | None, name: str) -> float | None:
         raise ValueError(f"{name} must be a fraction of the memory limit (such as 0.7) or False, not True")
     else:
         number = float(value)
-    if not 0.0 < number <= 10.0:
-        raise ValueError(f"{name} must be above 0 (a fraction of the memory limit), not {value!r}")
+    if not 0.0 < number <= 1.0:
+        raise ValueError(f"{name} must be above 0 and at most 1 (a fraction of the memory limit), not {value!r}")
     return number
 
 

@@ -240,7 +240,8 @@ def test_parse_fraction() -> None:
     assert parse_fraction(0.5, "target") == 0.5
     for off in (None, False, "false", "False", "none", "off"):
         assert parse_fraction(off, "pause") is None
-    for bad in ("lots", 0, -0.5, "0", True):
+    assert parse_fraction(1, "pause") == 1.0
+    for bad in ("lots", 0, -0.5, "0", 1.5, True):
         with pytest.raises(ValueError, match="pause"):
             parse_fraction(bad, "pause")
 
