@@ -56,24 +56,29 @@ class Retirements:
         self.requests: list[_Request] = []
         self.n_forced = 0  # retirements closed by their timeout
 
-    def start(self, conn: WorkerConn, timeout: float | None = None) -> None:
-        """Begin retiring ``conn``'s worker (again: only an earlier deadline counts)."""
+    def start(self, conn: WorkerConn, timeout: float | None = None) -> sc.RetireWorker | None:
+        """Begin retiring ``conn``'s worker: the event for the core, or None if it is retiring already
+        (then only an earlier deadline counts)."""
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         if conn.retire_deadline > 0.0:
             conn.retire_deadline = min(conn.retire_deadline, deadline)
-            return
+            return None
         conn.retire_deadline = deadline
         logger.info("retiring worker %s", conn.address)
-        self.server.push_from_workers([sc.RetireWorker(conn.address)])
+        return sc.RetireWorker(conn.address)
 
     def request(self, client: ClientConn, msg: p.RetireWorkers) -> None:
         """A client's ``RetireWorkers``: start each named worker's retirement, answer when all are gone."""
         addresses: set[str] = set()
+        events: list[sc.SchedulerEvent] = []
         for name in msg.workers:
             address = self._resolve(name)
             if address is not None:
                 addresses.add(address)
-                self.start(self.server.workers[address], msg.timeout)
+                event = self.start(self.server.workers[address], msg.timeout)
+                if event is not None:
+                    events.append(event)
+        self.server.push_from_workers(events)
         if not addresses:
             send_quietly(client.sender, p.RetireWorkersReply(msg.request, []))
             return

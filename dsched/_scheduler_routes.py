@@ -129,8 +129,10 @@ def worker_events(server: SchedulerServer, conn: WorkerConn, messages: list[p.Wo
             append(sc.StealResponse(address, msg.key, msg.state, msg.run_id))
         elif isinstance(msg, p.Close):
             # The worker is leaving: retire it (its only copies move first); it
-            # goes when the scheduler answers Close.
-            server.retirements.start(conn)
+            # goes when the scheduler answers Close.  In order: after its news before it.
+            retiring = server.retirements.start(conn)
+            if retiring is not None:
+                append(retiring)
         else:  # RegisterWorker again
             raise p.ProtocolError(f"unexpected {type(msg).__name__} from a registered worker")
     return out
