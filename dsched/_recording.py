@@ -7,20 +7,22 @@ recording comes from), then one record per ``handle_events`` call with the
 batch's events and a digest of the instructions the call returned, so that a
 replay can tell whether it took the same decisions.
 
-Recording starts with the scheduler, never in the middle of a run.  The core's
-state is not rebuilt by any sequence of events once it has run for a while: run
-ids, batch numbers (which the core compares with the ``seen_batch`` of
-workers' reports), submission generations (part of every priority), learnt
-durations and latencies, retry and failure counters all depend on the whole
-history.  A synthetic prefix of events would give a state that merely
-resembles the real one, and the replay would then disagree with the recording
-for reasons that have nothing to do with the problem being chased.  A full
-snapshot of the core's state would work but must track every attribute of
-every core class; until that exists, a recorder is given to the scheduler when
-it starts (``EventRecorder.start`` refuses a state that has already run).
+A recording that starts with the scheduler replays from a fresh core.  One
+started in the middle of a run (on request: ``client.start_recording()``,
+``dsched record start``, ``POST /api/record``) begins with a *snapshot*: the
+core's whole state, pickled, as the record after the header.  No sequence of
+events could rebuild that state (run ids, batch numbers, submission
+generations, learnt durations, retry and failure counters depend on the whole
+history), but a copy of it replays exactly.  A snapshot holds the tasks'
+payloads, so a mid-run recording always keeps them; it loads into the
+*interpreted* core (compiled classes cannot be rebuilt from a pickle without
+their constructor's arguments), which is where a replay runs by default.
+Taking it holds the scheduler's loop for as long as pickling the state takes
+(about a second per million tasks).
 
 The file: the magic bytes :data:`MAGIC`, then frames, each a 4-byte
-little-endian length and a msgpack body: a :class:`Header`, one
+little-endian length and a msgpack body: a :class:`Header`, a
+:class:`SnapshotRecord` when the header's ``first_batch`` is not 0, one
 :class:`BatchRecord` per batch and, when the recording ends normally, an
 :class:`EndRecord` that says why it ended ("closed", "size-limit" or "error").
 A file whose writer died just lacks the end record (and may end in a partial
@@ -38,6 +40,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import pickle
 import platform
 import struct
 import time
@@ -61,6 +64,8 @@ __all__ = [
     "Header",
     "RecordingError",
     "RecordingReader",
+    "SnapshotRecord",
+    "load_snapshot",
 ]
 
 logger = logging.getLogger("dsched.recording")
@@ -96,6 +101,9 @@ class Header(msgspec.Struct, tag="header", kw_only=True):
     payloads: bool  # False: payloads were replaced by DroppedPayload
     decisions: bool  # True: each batch keeps brief rows of its instructions
     max_bytes: int
+    # state.batch when the recording started: 0 from the scheduler's start, else a
+    # SnapshotRecord of the state follows the header and batches count on from it.
+    first_batch: int = 0
 
 
 class BatchRecord(msgspec.Struct, tag="batch", kw_only=True):
@@ -110,6 +118,13 @@ class BatchRecord(msgspec.Struct, tag="batch", kw_only=True):
     error: str | None = None  # the core raised this instead of returning
 
 
+class SnapshotRecord(msgspec.Struct, tag="snapshot", kw_only=True):
+    """The core's state when a recording started mid-run (``SchedulerState``, pickled)."""
+
+    batch: int  # state.batch when it was taken
+    state: bytes
+
+
 class EndRecord(msgspec.Struct, tag="end", kw_only=True):
     reason: str  # "closed", "size-limit" or "error"
     message: str
@@ -118,12 +133,11 @@ class EndRecord(msgspec.Struct, tag="end", kw_only=True):
 
 
 _encoder: Final = msgspec.msgpack.Encoder()
-_decoder: Final[msgspec.msgpack.Decoder[Header | BatchRecord | EndRecord]] = msgspec.msgpack.Decoder(
-    Header | BatchRecord | EndRecord
-)
+_Record = Header | SnapshotRecord | BatchRecord | EndRecord
+_decoder: Final[msgspec.msgpack.Decoder[_Record]] = msgspec.msgpack.Decoder(_Record)
 
 
-def _frame(record: Header | BatchRecord | EndRecord) -> bytes:
+def _frame(record: _Record) -> bytes:
     body = _encoder.encode(record)
     if len(body) > _MAX_FRAME:
         raise CodecError(f"a record of {len(body):,} bytes is too large for one frame")
@@ -161,6 +175,7 @@ class EventRecorder:
         self.stopped_reason = ""  # why it no longer records ("" while it does, or before start)
         self._file: IO[bytes] | None = None
         self._state: sc.SchedulerState | None = None
+        self._first_batch = 0
         self._t0 = 0.0
 
     @property
@@ -169,14 +184,18 @@ class EventRecorder:
         return self._file is not None
 
     def start(self, state: sc.SchedulerState, scheduler_id: str = "") -> None:
-        """Create the file and write the header: ``state`` must not have handled any batch yet."""
+        """Create the file and write the header, and a snapshot of ``state`` if it has run already."""
         if self._file is not None or self.stopped_reason:
             raise RuntimeError("this recorder was started already")
-        if state.batch != 0 or state.tasks or state.workers or state.clients:
-            raise ValueError(
-                f"a recording must start with the scheduler; this state has handled {state.batch} batches "
-                "(a replay could not rebuild it)"
-            )
+        first = state.batch
+        snapshot = b""
+        if first:
+            if not self.keep_payloads:
+                raise ValueError("a recording that starts mid-run keeps payloads (its snapshot holds them)")
+            began = time.perf_counter()
+            snapshot = _frame(SnapshotRecord(batch=first, state=_pickle_state(state)))
+            logger.info("snapshot of the scheduler's state at batch %d: %d bytes in %.2f s",
+                        first, len(snapshot), time.perf_counter() - began)
         header = Header(
             format=FORMAT_VERSION,
             dsched_version=__version__,
@@ -190,10 +209,14 @@ class EventRecorder:
             payloads=self.keep_payloads,
             decisions=self.keep_decisions,
             max_bytes=self.max_bytes,
+            first_batch=first,
         )
-        data = MAGIC + _frame(header)
+        data = MAGIC + _frame(header) + snapshot
         if len(data) + _END_RESERVE > self.max_bytes:
-            raise ValueError(f"max_bytes={self.max_bytes} leaves no room for a batch")
+            raise ValueError(
+                f"max_bytes={self.max_bytes:,} leaves no room for a batch"
+                + (f" after the state's snapshot ({len(snapshot):,} bytes)" if snapshot else "")
+            )
         file = open(self.path, "wb")
         try:
             file.write(data)
@@ -203,6 +226,7 @@ class EventRecorder:
             raise
         self._file = file
         self._state = state
+        self._first_batch = first
         self._t0 = time.monotonic()
         self.bytes_written = len(data)
         logger.info("recording the scheduler's core events to %s (at most %d bytes)", self.path, self.max_bytes)
@@ -218,15 +242,16 @@ class EventRecorder:
         if file is None:
             return
         state = self._state
-        if state is not None and state.batch != self.batches + 1:
+        number = self._first_batch + self.batches + 1
+        if state is not None and state.batch != number:
             # Someone fed the core without recording it: what follows would not replay.
-            self._stop("error", f"the core ran batch {state.batch} but this is recorded batch {self.batches + 1}")
+            self._stop("error", f"the core ran batch {state.batch} but this is recorded batch {number}")
             return
         try:
             done = instructions if instructions is not None else ()
             digest, decisions = digest_and_brief(done, self.keep_decisions)
             record = BatchRecord(
-                number=self.batches + 1,
+                number=number,
                 time=time.monotonic() - self._t0,
                 events=encode_events(events, self.keep_payloads),
                 n_instructions=len(done),
@@ -236,12 +261,12 @@ class EventRecorder:
             )
             data = _frame(record)
         except (CodecError, TypeError, ValueError, OverflowError) as exc:
-            self._stop("error", f"batch {self.batches + 1} cannot be recorded: {exc}")
+            self._stop("error", f"batch {number} cannot be recorded: {exc}")
             return
         if self.bytes_written + len(data) + _END_RESERVE > self.max_bytes:
             self._stop(
                 "size-limit",
-                f"batch {self.batches + 1} ({len(data):,} bytes) would take the file past "
+                f"batch {number} ({len(data):,} bytes) would take the file past "
                 f"max_bytes={self.max_bytes:,}",
             )
             return
@@ -249,7 +274,7 @@ class EventRecorder:
             file.write(data)
             file.flush()
         except OSError as exc:
-            self._stop("error", f"writing batch {self.batches + 1} failed: {exc}")
+            self._stop("error", f"writing batch {number} failed: {exc}")
             return
         self.bytes_written += len(data)
         self.batches += 1
@@ -300,6 +325,40 @@ def _describe(error: BaseException | None) -> str:
     return f"{type(error).__qualname__}: {error}"[:_MAX_MESSAGE]
 
 
+def _pickle_state(state: sc.SchedulerState) -> bytes:
+    # Millions of objects, none of them garbage: the cyclic GC would only slow this down.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        return pickle.dumps(state, protocol=5)
+    except (pickle.PicklingError, TypeError, AttributeError, RecursionError) as exc:
+        raise ValueError(f"the scheduler's state cannot be snapshotted: {exc}") from None
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def load_snapshot(snapshot: SnapshotRecord, path: str = "the recording") -> sc.SchedulerState:
+    """The ``SchedulerState`` a mid-run recording starts from (unpickled: replay only files you trust)."""
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        state = pickle.loads(snapshot.state)
+    except Exception as exc:
+        mode = "compiled" if sc.COMPILED else "interpreted"
+        raise RecordingError(
+            f"{path}: its snapshot of the scheduler's state (batch {snapshot.batch}) does not load into the "
+            f"{mode} core ({type(exc).__name__}: {exc}); snapshots load into the interpreted core: "
+            "replay without --compiled"
+        ) from None
+    finally:
+        if collecting:
+            gc.enable()
+    if not isinstance(state, sc.SchedulerState) or state.batch != snapshot.batch:
+        raise RecordingError(f"{path}: its snapshot is not a scheduler state at batch {snapshot.batch}")
+    return state
+
+
 class RecordingReader:
     """Reads a recording: ``header`` at once, then the batches by iterating, then ``end``.
 
@@ -313,6 +372,7 @@ class RecordingReader:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = os.fspath(path)
         self.end: EndRecord | None = None
+        self.snapshot: SnapshotRecord | None = None  # the state a mid-run recording starts from
         self.truncated = False
         try:
             self._file: IO[bytes] = open(self.path, "rb")
@@ -342,9 +402,17 @@ class RecordingReader:
                 f"recording format {record.format} (dsched {record.dsched_version}); "
                 f"this dsched reads format {FORMAT_VERSION}",
             )
+        if record.first_batch < 0:
+            raise self._fail(len(MAGIC), f"the header's first_batch is {record.first_batch}")
+        if record.first_batch:
+            offset = self._file.tell()
+            snapshot = self._next_record()
+            if not isinstance(snapshot, SnapshotRecord) or snapshot.batch != record.first_batch:
+                raise self._fail(offset, f"the snapshot of batch {record.first_batch} the header announces is missing")
+            self.snapshot = snapshot
         return record
 
-    def _next_record(self) -> Header | BatchRecord | EndRecord | None:
+    def _next_record(self) -> _Record | None:
         """The next record, or None at the end of the file (or of a partial last frame)."""
         offset = self._file.tell()
         prefix = self._file.read(_FRAME_LENGTH.size)
@@ -371,7 +439,7 @@ class RecordingReader:
                 gc.enable()
 
     def __iter__(self) -> Iterator[BatchRecord]:
-        expected = 1
+        expected = self.header.first_batch + 1
         while self.end is None:
             offset = self._file.tell()
             record = self._next_record()
@@ -381,7 +449,7 @@ class RecordingReader:
                 self.end = record
                 return
             if not isinstance(record, BatchRecord):
-                raise self._fail(offset, "a second header")
+                raise self._fail(offset, f"a {type(record).__name__} among the batches")
             if record.number != expected:
                 raise self._fail(offset, f"batch {record.number} where batch {expected} should be")
             expected += 1

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 import sched_core as sc
-from dsched._recording import BatchRecord, EndRecord, Header, RecordingError, RecordingReader
+from dsched._recording import BatchRecord, EndRecord, Header, RecordingError, RecordingReader, load_snapshot
 from dsched._recording_codec import CodecError, brief_rows, decisions_digest, decode_events
 
 __all__ = ["BatchHook", "Mismatch", "ReplayResult", "compare_states", "replay", "state_snapshot"]
@@ -139,6 +139,7 @@ class ReplayResult:
                 "scheduler_id": header.scheduler_id,
                 "started": header.started,
                 "payloads": header.payloads,
+                "first_batch": header.first_batch,  # > 0: started mid-run, from a snapshot
             },
             "core": "compiled" if sc.COMPILED else "interpreted",
             "batches": self.batches,
@@ -169,7 +170,7 @@ class ReplayResult:
         mode = "compiled" if rec["compiled"] else "interpreted"
         if s["end"] is not None:
             ending = f"ended: {s['end']} ({s['end_message']})"
-        elif self.until_batch is not None and self.batches >= self.until_batch:
+        elif self.until_batch is not None and self.header.first_batch + self.batches >= self.until_batch:
             ending = f"stopped after batch {self.until_batch} as asked"
         else:
             ending = "no end record: the recording scheduler stopped without closing it" + (
@@ -181,7 +182,9 @@ class ReplayResult:
             for w in s["workers"]
         )
         lines = [
-            f"recording: {self.path} (dsched {rec['dsched_version']}, core {mode}, scheduler {rec['scheduler_id'] or '?'})",
+            f"recording: {self.path} (dsched {rec['dsched_version']}, core {mode}, scheduler {rec['scheduler_id'] or '?'})"
+            + (f", started mid-run: from a snapshot of the state after batch {rec['first_batch']}"
+               if rec["first_batch"] else ""),
             f"replayed with the {s['core']} core: {s['batches']} batches, {s['events']} events, "
             f"{s['instructions']} instructions; {ending}",
             f"tasks: {s['tasks']}" + (f" ({states})" if states else ""),
@@ -208,7 +211,8 @@ def replay(
     on_batch: BatchHook | None = None,
     validate: bool = False,
 ) -> ReplayResult:
-    """Feed a recording through a fresh ``SchedulerState``; see :class:`ReplayResult`.
+    """Feed a recording through a fresh ``SchedulerState`` (or, for a recording started
+    mid-run, the snapshot it starts from); see :class:`ReplayResult`.
 
     ``until_batch`` stops after that batch (batches count from 1).  ``step``
     enters the debugger (``breakpoint()``) before each batch, in a frame where
@@ -225,7 +229,10 @@ def replay(
     try:
         with RecordingReader(path) as reader:
             header = reader.header
-            state = sc.SchedulerState(header.allowed_failures, header.max_queue_depth, header.bandwidth)
+            if reader.snapshot is not None:  # a recording started mid-run
+                state = load_snapshot(reader.snapshot, os.fspath(path))
+            else:
+                state = sc.SchedulerState(header.allowed_failures, header.max_queue_depth, header.bandwidth)
             result = ReplayResult(os.fspath(path), header, state, until_batch=until_batch)
             for record in reader:
                 if until_batch is not None and record.number > until_batch:

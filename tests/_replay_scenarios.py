@@ -22,10 +22,13 @@ from dsched._recording import EventRecorder
 
 
 class RecordingCluster(Cluster):
-    def __init__(self, recorder: EventRecorder, **kwargs: Any) -> None:
+    """``start=False``: the recorder is started later (mid-run); batches before that go unrecorded."""
+
+    def __init__(self, recorder: EventRecorder, *, start: bool = True, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.recorder = recorder
-        recorder.start(self.state, "scheduler-test")
+        if start:
+            recorder.start(self.state, "scheduler-test")
 
     def handle_list(self, events: list[sc.SchedulerEvent]) -> list[sc.Instruction]:
         out = super().handle_list(events)
@@ -83,11 +86,17 @@ def failure_scenario(path: Path, seed: int = 0, **recorder_options: Any) -> Reco
     return c
 
 
-def random_scenario(path: Path, seed: int, n_tasks: int = 60, **recorder_options: Any) -> RecordingCluster:
-    """Record a random run: random graphs, failures, worker churn and delayed messages."""
+def random_scenario(
+    path: Path, seed: int, n_tasks: int = 60, start_at: int | None = None, **recorder_options: Any
+) -> RecordingCluster:
+    """Record a random run: random graphs, failures, worker churn and delayed messages.
+
+    ``start_at``: start recording at that step of the run (mid-run, from a
+    snapshot) rather than with the scheduler.
+    """
     rng = random.Random(seed)
     recorder = EventRecorder(path, **recorder_options)
-    c = RecordingCluster(recorder, allowed_failures=rng.randint(0, 2))
+    c = RecordingCluster(recorder, start=start_at is None, allowed_failures=rng.randint(0, 2))
     for _ in range(rng.randint(1, 3)):
         c.add_worker(nthreads=rng.randint(1, 3))
     keys: list[str] = []
@@ -99,7 +108,9 @@ def random_scenario(path: Path, seed: int, n_tasks: int = 60, **recorder_options
         keys.append(key)
     c.submit("c1", tasks, rng.sample(keys, n_tasks // 3))
     fail = set(rng.sample(keys, n_tasks // 10))
-    for _ in range(200):
+    for step in range(200):
+        if step == start_at:
+            recorder.start(c.state, "scheduler-test")
         r = rng.random()
         work = c.outstanding()
         if r < 0.05:
@@ -121,6 +132,8 @@ def random_scenario(path: Path, seed: int, n_tasks: int = 60, **recorder_options
             c.add_worker()
         else:
             break
+    if not recorder.active and not recorder.stopped_reason:  # the run ended before start_at
+        recorder.start(c.state, "scheduler-test")
     c.run(rng, fail=fail)
     recorder.close()
     return c

@@ -83,11 +83,8 @@ def test_the_recorded_events_are_the_events_fed(tmp_path: Path) -> None:
     assert batches[1].decisions == [["ComputeTask", "w", "k", 1]]
 
 
-def test_recording_must_start_with_the_scheduler(tmp_path: Path) -> None:
-    state = sc.SchedulerState()
-    state.handle_events([sc.WorkerAdded("w", 1)])
-    with pytest.raises(ValueError, match="must start with the scheduler"):
-        EventRecorder(tmp_path / "late.rec").start(state)
+def test_a_recorder_starts_once(tmp_path: Path) -> None:
+    # (A recorder started on a state that has run takes a snapshot: test_recording_mid_run.py.)
     recorder = EventRecorder(tmp_path / "twice.rec")
     recorder.start(sc.SchedulerState())
     with pytest.raises(RuntimeError, match="started already"):
@@ -246,7 +243,7 @@ def _batch(number: int) -> BatchRecord:
         (MAGIC + _frame(_batch(1)), "starts with a BatchRecord, not a header"),
         (MAGIC + _frame(_header(format=FORMAT_VERSION + 1)), f"this dsched reads format {FORMAT_VERSION}"),
         (MAGIC + struct.pack("<I", 3) + b"\xc1\xc1\xc1", "a record does not decode"),
-        (MAGIC + _frame(_header()) + _frame(_header()), "a second header"),
+        (MAGIC + _frame(_header()) + _frame(_header()), "a Header among the batches"),
         (MAGIC + _frame(_header()) + _frame(_batch(1)) + _frame(_batch(3)), "batch 3 where batch 2 should be"),
         (MAGIC + _frame(_header()) + struct.pack("<I", 4) + msgspec.msgpack.encode({"x": 1})[:4], "does not decode"),
     ],
