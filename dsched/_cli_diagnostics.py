@@ -15,6 +15,7 @@ from typing import Annotated, Any
 import typer
 
 from dsched._procs import read_scheduler_file
+from dsched._sizes import parse_bytes
 
 __all__ = ["register"]
 
@@ -31,6 +32,7 @@ class CaptureKind(str, enum.Enum):
 
 
 class RecordAction(str, enum.Enum):
+    start = "start"
     stop = "stop"
     status = "status"
 
@@ -120,13 +122,29 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def record(
-        action: Annotated[RecordAction, typer.Argument(help="stop the recording, or show its status.")],
+        action: Annotated[
+            RecordAction, typer.Argument(help="start a recording, stop it, or show its status.")
+        ],
         address: AddressArg = None,
         scheduler_file: SchedulerFileOpt = None,
+        max_bytes: Annotated[
+            str | None, typer.Option(help="start: a lower size bound than the scheduler's (bytes or 500MB, 2GiB).")
+        ] = None,
     ) -> None:
-        """Stop or describe the scheduler's recording (started with `dsched scheduler --record FILE`)."""
+        """Record the scheduler's core events for `dsched replay`: start, stop or describe a recording.
+
+        `start` records from now on, into a new file in the scheduler's record
+        directory (printed); started mid-run, the file begins with a snapshot of
+        the scheduler's state.  `dsched scheduler --record FILE` records from the start.
+        """
         target = _address(address, scheduler_file)
-        if action is RecordAction.stop:
+        if action is RecordAction.start:
+            try:
+                limit = parse_bytes(max_bytes) if max_bytes is not None else None
+            except ValueError as exc:
+                raise typer.BadParameter(str(exc), param_hint="--max-bytes") from None
+            state = _ask(target, lambda client: client.start_recording(limit))
+        elif action is RecordAction.stop:
             state = _ask(target, lambda client: client.stop_recording())
         else:
             state = _ask(target, lambda client: client.recording_status())

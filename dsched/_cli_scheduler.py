@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -13,11 +14,13 @@ import typer
 
 import sched_core as sc
 from sched_core._scheduler import DEFAULT_ALLOWED_FAILURES
+from dsched import _cli_security as cs
 from dsched._cli_signals import cancel_on_signal, signal_name
 from dsched._dashboard_server import parse_dashboard_address
 from dsched._sizes import parse_bytes
 from dsched._procs import adopt_parent_environment, remove_scheduler_file, write_scheduler_file
 from dsched._scheduler_server import SchedulerServer
+from dsched._security import Security, SecurityError
 
 __all__ = ["register", "serve_scheduler"]
 
@@ -33,6 +36,10 @@ async def serve_scheduler(
     record: Path | None = None,
     record_max_bytes: int | None = None,
     allowed_failures: int = DEFAULT_ALLOWED_FAILURES,
+    *,
+    security: Security | None = None,
+    insecure: bool = False,
+    record_dir: Path | None = None,
 ) -> None:
     """Serve until a stop signal; write and remove the scheduler file around that."""
     received: list[int] = []
@@ -40,6 +47,8 @@ async def serve_scheduler(
         host, port, state=sc.SchedulerState(allowed_failures=allowed_failures),
         dashboard_address=dashboard_address, profile_interval=profile_interval or None,
         record=str(record) if record is not None else None, record_max_bytes=record_max_bytes,
+        record_dir=str(record_dir) if record_dir is not None else None,
+        security=security, insecure=insecure,
     ) as server:
         logger.info("scheduler %s at %s", server.scheduler_id, server.address)
         if server.dashboard_link:
@@ -74,7 +83,11 @@ def register(app: typer.Typer) -> None:
     @app.command(no_args_is_help=False)
     def scheduler(
         host: Annotated[
-            str, typer.Option(help="Interface to listen on (0.0.0.0 for every interface; there is no authentication).")
+            str,
+            typer.Option(
+                help="Interface to listen on (0.0.0.0 for every interface: then a secret is required, "
+                "or --insecure).",
+            ),
         ] = "127.0.0.1",
         port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on; 0 picks a free one.")] = 8786,
         dashboard: Annotated[
@@ -102,6 +115,14 @@ def register(app: typer.Typer) -> None:
         record_max_bytes: Annotated[
             str, typer.Option(help="Stop recording before the file passes this size (bytes or 4GiB, 500MB).")
         ] = "1GiB",
+        record_dir: Annotated[
+            Path | None,
+            typer.Option(
+                help="Where recordings started on request (`dsched record start`) go "
+                "[default: beside --record's file, else $DSCHED_RECORD_DIR, else <tmp>/dsched-recordings].",
+                file_okay=False,
+            ),
+        ] = None,
         allowed_failures: Annotated[
             int,
             typer.Option(
@@ -118,6 +139,15 @@ def register(app: typer.Typer) -> None:
                 dir_okay=False,
             ),
         ] = None,
+        secret_file: cs.SecretFileOption = None,
+        tls_ca_file: cs.TlsCaFileOption = None,
+        tls_cert: cs.TlsCertOption = None,
+        tls_key: cs.TlsKeyOption = None,
+        tls_require_client_cert: cs.TlsRequireClientCertOption = None,
+        tls_check_hostname: cs.TlsCheckHostnameOption = None,
+        require_encryption: cs.RequireEncryptionOption = None,
+        security_file: cs.SecurityFileOption = None,
+        insecure: cs.InsecureOption = False,
     ) -> None:
         """Run a scheduler: it accepts workers and clients until SIGINT (Ctrl-C) or SIGTERM.
 
@@ -125,6 +155,11 @@ def register(app: typer.Typer) -> None:
         `Client("tcp://HOST:PORT")`.
         """
         adopt_parent_environment()
+        security = cs.security_from_options(
+            secret_file=secret_file, tls_ca_file=tls_ca_file, tls_cert=tls_cert, tls_key=tls_key,
+            tls_require_client_cert=tls_require_client_cert, tls_check_hostname=tls_check_hostname,
+            require_encryption=require_encryption, security_file=security_file,
+        )
         try:
             parse_dashboard_address(dashboard_address)
         except ValueError as exc:
@@ -136,9 +171,13 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter(str(exc), param_hint="--record-max-bytes") from None
         try:
             anyio.run(
-                serve_scheduler, host, port, scheduler_file, address, profile_interval, record, max_bytes,
+                functools.partial(serve_scheduler, security=security, insecure=insecure, record_dir=record_dir),
+                host, port, scheduler_file, address, profile_interval, record, max_bytes,
                 allowed_failures, backend="asyncio",
             )
+        except SecurityError as exc:
+            typer.echo(f"dsched scheduler: {exc}", err=True)
+            raise typer.Exit(1) from None
         except OSError as exc:
             typer.echo(f"dsched scheduler: cannot listen on {host}:{port}: {exc.strerror or exc}", err=True)
             raise typer.Exit(1) from None

@@ -73,9 +73,22 @@ class ClientDiagnostics:
         params: dict[str, str | float | bool | None] = {"kind": kind, "seconds": float(seconds)}
         return self._call(self._file_call, "capture", params, filename)
 
+    def start_recording(self, max_bytes: int | None = None) -> Any:
+        """Start recording the scheduler's core events, for ``dsched replay``; the recording's
+        state as a dict (``path`` is the new file, in the scheduler's record directory).
+
+        Started mid-run, the recording begins with a snapshot of the scheduler's
+        state (which holds the scheduler's loop while it is pickled, about a
+        second per million tasks).  ``max_bytes`` lowers the scheduler's size bound.
+        """
+        params: dict[str, str | float | bool | None] = {"action": "start"}
+        if max_bytes is not None:
+            params["max_bytes"] = float(max_bytes)
+        return self._call(self._json_call, "record", params)
+
     def stop_recording(self) -> Any:
-        """Stop the recording the scheduler was started with (``--record FILE``, or
-        ``SchedulerServer(record=...)``); its state (path, bytes, batches) as a dict."""
+        """Stop the scheduler's recording (started with ``--record FILE`` or
+        :meth:`start_recording`); its state (path, bytes, batches) as a dict."""
         return self._call(self._json_call, "record", {"action": "stop"})
 
     def recording_status(self) -> Any:

@@ -207,6 +207,9 @@ class SchedulerSource:
         return await self.server.diagnostics.capture(kind, seconds)
 
     async def record(self, action: str, path: str | None, max_bytes: int | None) -> JSON:
-        # A recording starts with the scheduler: only "stop" and "status" here (no file is
-        # ever created or truncated on a request).
-        return self.server.diagnostics.record(action)
+        if path is not None:
+            raise ValueError(
+                "a request cannot name the file: the scheduler writes recordings to new files in its "
+                "record directory (dsched scheduler --record-dir), and the reply says where"
+            )
+        return self.server.diagnostics.record(action, max_bytes)

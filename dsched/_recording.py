@@ -179,6 +179,11 @@ class EventRecorder:
         self._t0 = 0.0
 
     @property
+    def first_batch(self) -> int:
+        """The core's batch count when the recording started (0: with the scheduler)."""
+        return self._first_batch
+
+    @property
     def active(self) -> bool:
         """True between ``start`` and the end of the recording."""
         return self._file is not None

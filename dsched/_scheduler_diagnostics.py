@@ -17,6 +17,7 @@ CLI.
 from __future__ import annotations
 
 import cProfile
+import itertools
 import json
 import logging
 import os
@@ -24,6 +25,7 @@ import tempfile
 import threading
 import time
 from collections import deque
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 import anyio
@@ -50,6 +52,7 @@ TASK_STREAM_LENGTH: Final = 10_000
 PROFILE_TIMEOUT: Final = 3.0
 MAX_CAPTURE_SECONDS: Final = 300.0
 LOOP_LABEL: Final = "event-loop"
+RECORD_DIR_ENV: Final = "DSCHED_RECORD_DIR"
 
 # (key, worker, start, stop, erred, arrived): start/stop by the worker's clock, arrived by the scheduler's
 TaskRecord = tuple[str, str, float, float, bool, float]
@@ -58,7 +61,10 @@ TaskRecord = tuple[str, str, float, float, bool, float]
 class SchedulerDiagnostics:
     """The scheduler server's diagnostics: owned by it, used by routes, clients and the dashboard."""
 
-    def __init__(self, server: SchedulerServer, *, profile_interval: float | None = 0.01) -> None:
+    def __init__(
+        self, server: SchedulerServer, *, profile_interval: float | None = 0.01,
+        record_dir: str | None = None, record_max_bytes: int | None = None,
+    ) -> None:
         self.server = server
         self.started = time.time()
         self.task_stream: deque[TaskRecord] = deque(maxlen=TASK_STREAM_LENGTH)
@@ -75,6 +81,9 @@ class SchedulerDiagnostics:
         self._next_request = 0
         self._capturing = False
         self.recorder: EventRecorder | None = None
+        # Where recordings started on request go (else $DSCHED_RECORD_DIR, else the temp dir).
+        self.record_dir = record_dir
+        self._record_max_bytes = record_max_bytes
 
     # -- lifecycle (on the loop) ------------------------------------------------------
 
@@ -94,37 +103,50 @@ class SchedulerDiagnostics:
     # -- recording ----------------------------------------------------------------------
 
     def start_recording(self, path: str, max_bytes: int | None = None) -> None:
-        """Record the core's events to ``path``: only before the first batch (see ``dsched._recording``)."""
-        if self.recorder is not None:
+        """Record the core's events to ``path``, from now on (mid-run: from a snapshot of the
+        state; see ``dsched._recording``).  One recording at a time."""
+        if self.recorder is not None and self.recorder.active:
             raise ValueError(f"the scheduler records already, to {self.recorder.path}")
         recorder = EventRecorder(path, max_bytes or DEFAULT_MAX_BYTES)
         recorder.start(self.server.state, self.server.scheduler_id)
         self.recorder = recorder
 
-    def record(self, action: str) -> dict[str, Any]:
-        """Stop the recording ("stop"), or describe it ("status").
+    def record(self, action: str, max_bytes: int | None = None) -> dict[str, Any]:
+        """Start a recording ("start"), stop it ("stop"), or describe it ("status").
 
-        There is no "start" here: a recording starts with the scheduler
-        (``--record``), because a replay must begin from the core's first batch.
+        A request never names the file: the scheduler writes to a new file in its
+        record directory (``record_dir``), so that no request can make it create
+        or overwrite a file of its choice; the reply says where.  ``max_bytes``
+        may lower the scheduler's bound (``record_max_bytes``), never raise it.
         """
-        recorder = self.recorder
-        if action == "stop":
-            if recorder is None or not recorder.active:
+        if action == "start":
+            cap = self._record_max_bytes or DEFAULT_MAX_BYTES
+            self.start_recording(self._new_recording_path(), min(max_bytes or cap, cap))
+        elif action == "stop":
+            if self.recorder is None or not self.recorder.active:
                 raise ValueError("the scheduler is not recording")
-            recorder.close()
-        elif action == "start":
-            raise ValueError(
-                "a recording starts with the scheduler, so that it can be replayed from the first event: "
-                "start it with `dsched scheduler --record FILE` (or SchedulerServer(record=...))"
-            )
+            self.recorder.close()
         elif action != "status":
-            raise ValueError(f"action must be stop or status, not {action!r}")
+            raise ValueError(f"action must be start, stop or status, not {action!r}")
+        recorder = self.recorder
         if recorder is None:
-            return {"recording": False, "path": None, "bytes": 0, "batches": 0, "events": 0, "stopped": ""}
+            return {"recording": False, "path": None, "bytes": 0, "batches": 0, "events": 0, "stopped": "",
+                    "first_batch": 0}
         return {
             "recording": recorder.active, "path": recorder.path, "bytes": recorder.bytes_written,
             "batches": recorder.batches, "events": recorder.events, "stopped": recorder.stopped_reason,
+            "first_batch": recorder.first_batch,
         }
+
+    def _new_recording_path(self) -> str:
+        directory = Path(self.record_dir or os.environ.get(RECORD_DIR_ENV) or Path(tempfile.gettempdir()) / "dsched-recordings")
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+        for n in itertools.count():
+            path = directory / f"{self.server.scheduler_id}-{stamp}{f'-{n}' if n else ''}.dsrec"
+            if not path.exists():
+                return str(path)
+        raise AssertionError("unreachable")
 
     def tick(self, now: float) -> None:
         """Once a second, from the server's periodic task."""
@@ -236,7 +258,8 @@ class SchedulerDiagnostics:
             seconds = _float(params, "seconds")
             return await self.capture(_str(params, "kind") or "cprofile", 5.0 if seconds is None else seconds)
         if op == "record":
-            return json.dumps(self.record(_str(params, "action") or "")).encode()
+            limit = _float(params, "max_bytes")
+            return json.dumps(self.record(_str(params, "action") or "", int(limit) if limit else None)).encode()
         raise ValueError(f"unknown diagnostic {op!r}")
 
     # -- captures -----------------------------------------------------------------------

@@ -36,6 +36,7 @@ interval grows with the number of workers.  A ``Tick`` is fed every
 from __future__ import annotations
 
 import logging
+import os
 import time
 import uuid
 from collections import deque
@@ -123,6 +124,7 @@ class SchedulerServer:
         profile_interval: float | None = 0.01,
         record: str | None = None,
         record_max_bytes: int | None = None,
+        record_dir: str | None = None,
         limits: Limits | None = None,
     ) -> None:
         self.host = host
@@ -167,7 +169,11 @@ class SchedulerServer:
         self._last_busy = time.monotonic()
         self._tg: TaskGroup | None = None
         # Profiles, captures, the task stream; the dashboard (None: no dashboard).
-        self.diagnostics = SchedulerDiagnostics(self, profile_interval=profile_interval)
+        # Recordings started on request go to record_dir (default: beside --record's file).
+        self.diagnostics = SchedulerDiagnostics(
+            self, profile_interval=profile_interval, record_max_bytes=record_max_bytes,
+            record_dir=record_dir or (os.path.dirname(os.path.abspath(record)) if record else None),
+        )
         # Workers being retired, and clients waiting for them (see dsched/_scheduler_retire.py).
         self.retirements = Retirements(self)
         if record is not None:  # a recording starts with the scheduler (see dsched/_recording.py)

@@ -68,6 +68,30 @@ def test_record_status_and_errors(cluster: LocalCluster) -> None:
     assert result.exit_code == 1 and "not recording" in result.output
 
 
+def test_record_start_then_stop_then_replay(cluster: LocalCluster) -> None:
+    result = runner.invoke(app, ["record", "start", cluster.scheduler_address, "--max-bytes", "20MB"])
+    assert result.exit_code == 0, result.output
+    started = json.loads(result.stdout)
+    path = Path(started["path"])
+    try:
+        assert started["recording"] is True and path.exists()
+        with Client(cluster) as client:
+            assert client.gather(client.map(abs, range(-20, 0))) == list(range(20, 0, -1))
+        result = runner.invoke(app, ["record", "stop", cluster.scheduler_address])
+        assert result.exit_code == 0, result.output
+        stopped = json.loads(result.stdout)
+        assert stopped["recording"] is False and stopped["batches"] > 0
+        replayed = runner.invoke(app, ["replay", str(path), "--json"])
+        assert replayed.exit_code == 0, replayed.output
+        summary = json.loads(replayed.stdout)
+        assert summary["ok"] is True and summary["batches"] == stopped["batches"]
+        assert summary["recorded"]["first_batch"] == started["first_batch"]
+    finally:
+        path.unlink(missing_ok=True)
+    result = runner.invoke(app, ["record", "start", cluster.scheduler_address, "--max-bytes", "lots"])
+    assert result.exit_code != 0 and "--max-bytes" in result.output
+
+
 def test_a_scheduler_that_is_not_there(tmp_path: Path) -> None:
     result = runner.invoke(app, ["profile", "tcp://127.0.0.1:1"])
     assert result.exit_code == 1 and "cannot reach the scheduler" in result.output

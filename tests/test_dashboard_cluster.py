@@ -13,6 +13,7 @@ import json
 import pstats
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx2 as httpx
@@ -193,14 +194,24 @@ def test_cprofile_capture(http: httpx.Client, running: tuple[LocalCluster, Clien
         client.capture_profile(kind="perf")
 
 
-def test_recording_starts_only_with_the_scheduler(http: httpx.Client, running: tuple[LocalCluster, Client]) -> None:
+def test_recording_on_request(http: httpx.Client, running: tuple[LocalCluster, Client]) -> None:
     _, client = running
     assert client.recording_status()["recording"] is False
     with pytest.raises(DiagnosticsError, match="not recording"):
         client.stop_recording()
-    # No request can make the scheduler create (or truncate) a file.
+    # No request can name the file the scheduler writes.
     response = http.post("/api/record", json={"action": "start", "path": "/tmp/x.rec"})
-    assert response.status_code == 400 and "starts with the scheduler" in response.json()["error"]
+    assert response.status_code == 400 and "cannot name the file" in response.json()["error"]
+    started = client.start_recording(max_bytes=50_000_000)
+    try:
+        assert started["recording"] is True and started["first_batch"] > 0  # mid-run: from a snapshot
+        assert client.submit(spin, 1_000).result() == spin(1_000)
+        with pytest.raises(DiagnosticsError, match="records already"):
+            client.start_recording()
+        stopped = http.post("/api/record", json={"action": "stop"}).json()
+        assert stopped["recording"] is False and stopped["batches"] > 0 and stopped["path"] == started["path"]
+    finally:
+        Path(started["path"]).unlink(missing_ok=True)
 
 
 def test_viztracer_capture(http: httpx.Client, running: tuple[LocalCluster, Client]) -> None:

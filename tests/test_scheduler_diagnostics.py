@@ -12,6 +12,7 @@ import pytest
 import sched_core as sc
 from dsched import _protocol as p
 from dsched._profiler import CallTree
+from dsched._recording import DEFAULT_MAX_BYTES
 from dsched._scheduler_diagnostics import SchedulerDiagnostics, render_profile
 from dsched._scheduler_server import SchedulerServer
 
@@ -92,22 +93,44 @@ async def test_profiles_render_in_three_formats() -> None:
         render_profile(as_json, "svg", "x")
 
 
-async def test_recording_starts_only_with_the_scheduler(tmp_path: Path) -> None:
+async def test_recordings_start_with_the_scheduler_or_on_request_into_the_record_dir(tmp_path: Path) -> None:
     server = SchedulerServer(profile_interval=None, record=str(tmp_path / "a.rec"))
     d = server.diagnostics
     assert d.record("status")["recording"] is True
     with pytest.raises(ValueError, match="records already"):
         d.start_recording(str(tmp_path / "b.rec"))
-    with pytest.raises(ValueError, match="starts with the scheduler"):
-        d.record("start")  # never on request: no request creates a file
+    with pytest.raises(ValueError, match="records already"):
+        d.record("start")
     stopped = d.record("stop")
     assert stopped["recording"] is False and stopped["stopped"] == "closed"
     with pytest.raises(ValueError, match="not recording"):
         d.record("stop")
     with pytest.raises(ValueError, match="action"):
         d.record("pause")
-    late = SchedulerServer(profile_interval=None).diagnostics
-    late.server.state.handle_events([sc.ClientAdded("c")])  # the core has run: too late to start
-    with pytest.raises(ValueError, match="must start with the scheduler"):
-        late.start_recording(str(tmp_path / "c.rec"))
-    assert not (tmp_path / "b.rec").exists() and not (tmp_path / "c.rec").exists()
+    # Mid-run, on request: a new file in the record directory (beside --record's), from a snapshot.
+    server.state.handle_events([sc.ClientAdded("c")])
+    started = d.record("start", max_bytes=10**6)
+    assert started["recording"] is True and started["first_batch"] == 1
+    path = Path(started["path"])
+    assert path.parent == tmp_path and path.name.startswith(server.scheduler_id) and path.suffix == ".dsrec"
+    assert d.recorder is not None and d.recorder.max_bytes == 10**6
+    d.record("stop")
+    again = d.record("start", max_bytes=10**12)  # a request may lower the bound, never raise it
+    assert again["path"] != started["path"] and d.recorder.max_bytes == DEFAULT_MAX_BYTES
+    d.record("stop")
+    assert not (tmp_path / "b.rec").exists()
+
+
+async def test_the_record_directory_defaults_to_the_environment_then_the_temp_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DSCHED_RECORD_DIR", str(tmp_path / "from-env"))
+    d = SchedulerServer(profile_interval=None).diagnostics
+    started = d.record("start")
+    assert Path(started["path"]).parent == tmp_path / "from-env" and started["first_batch"] == 0
+    d.record("stop")
+    chosen = SchedulerServer(profile_interval=None, record_dir=str(tmp_path / "chosen")).diagnostics
+    assert Path(chosen.record("start")["path"]).parent == tmp_path / "chosen"
+    chosen.record("stop")
+
+
