@@ -321,3 +321,13 @@ def test_limits_parse_from_name_value_pairs() -> None:
     ]:
         with pytest.raises(ValueError, match=why):
             parse_limits([bad])
+
+
+async def test_workers_and_clients_keep_to_a_lower_max_messages() -> None:
+    # The Welcome says max_messages: dsched's workers and clients split their batches to fit.
+    async with SchedulerServer(limits=Limits(max_messages=5)) as server, Worker(server.address, nthreads=2):
+        async with Client(server.address, asynchronous=True) as client:
+            futures = [client.submit(inc, i) for i in range(60)]
+            with anyio.fail_after(30):  # a worker dropped for a frame too many would leave these waiting
+                assert await client.gather(futures) == [i + 1 for i in range(60)]
+        assert not server.refused and server.protocol_errors == 0
