@@ -128,6 +128,7 @@ class SchedulerLink:
         self._request = 0
         self._runner: asyncio.Task[None] | None = None
         self._scatter_start = 0
+        self._goodbye = ""  # the reason in the scheduler's Close, if it sent one
 
     # -- connecting and closing --------------------------------------------------------
 
@@ -209,11 +210,13 @@ class SchedulerLink:
 
     async def _receive(self, comm: Comm) -> str:
         decoder = p.FrameDecoder(p.SCHEDULER_TO_CLIENT)
+        self._goodbye = ""
         try:
             while True:
                 self._dispatch(decoder.decode(await comm.recv_frame()))
         except CommClosedError as exc:
-            return exc.reason
+            # The scheduler's own words (say, which limit this client went over) come first.
+            return f"{self._goodbye} ({exc.reason})" if self._goodbye else exc.reason
         except p.ProtocolError as exc:
             logger.error("the scheduler sent a frame that does not decode: %s", exc)
             await comm.aclose("protocol error")
@@ -229,7 +232,8 @@ class SchedulerLink:
                     slot.value = msg
                     slot.event.set()
             elif kind is p.Close:
-                logger.info("the scheduler is closing: %s", msg.reason)  # type: ignore[union-attr]
+                self._goodbye = msg.reason  # type: ignore[union-attr]
+                logger.info("the scheduler is closing: %s", self._goodbye)
             else:
                 news.append(msg)
         if news:

@@ -15,7 +15,7 @@ from test_scheduler_server import Peer, fake_client, fake_worker, task
 
 from dsched import _protocol as p
 from dsched._client import Client
-from dsched._client_errors import GraphError
+from dsched._client_errors import ClientDisconnectedError, GraphError
 from dsched._comm import HEADER, Comm, CommClosedError, connect, listen, parse_address
 from dsched._limits import HANDSHAKE_MAX_FRAME_SIZE, ConnectionLimiter, Limits, parse_limits
 from dsched._scheduler_server import SchedulerServer
@@ -331,3 +331,12 @@ async def test_workers_and_clients_keep_to_a_lower_max_messages() -> None:
             with anyio.fail_after(30):  # a worker dropped for a frame too many would leave these waiting
                 assert await client.gather(futures) == [i + 1 for i in range(60)]
         assert not server.refused and server.protocol_errors == 0
+
+
+async def test_a_client_dropped_for_a_limit_is_told_which() -> None:
+    async with SchedulerServer(max_frame_size=10_000) as server, Worker(server.address, nthreads=1):
+        async with Client(server.address, asynchronous=True) as client:
+            future = client.submit(len, b"x" * 20_000)  # one frame over the scheduler's max_frame_size
+            with pytest.raises(ClientDisconnectedError, match="max_frame_size=10000"), anyio.fail_after(10):
+                await future
+        assert server.refused["max_frame_size"] == 1
