@@ -17,6 +17,7 @@ from sched_core._scheduler import DEFAULT_ALLOWED_FAILURES
 from dsched import _cli_security as cs
 from dsched._cli_signals import cancel_on_signal, signal_name
 from dsched._dashboard_server import parse_dashboard_address
+from dsched._limits import parse_limits
 from dsched._sizes import parse_bytes
 from dsched._procs import adopt_parent_environment, remove_scheduler_file, write_scheduler_file
 from dsched._scheduler_server import SchedulerServer
@@ -40,15 +41,20 @@ async def serve_scheduler(
     security: Security | None = None,
     insecure: bool = False,
     record_dir: Path | None = None,
+    limits: list[str] | None = None,
 ) -> None:
-    """Serve until a stop signal; write and remove the scheduler file around that."""
+    """Serve until a stop signal; write and remove the scheduler file around that.
+
+    ``limits``: ``NAME=VALUE`` pairs (``--limit``, see :func:`dsched._limits.parse_limits`).
+    """
+    chosen, server_limits = parse_limits(limits or [])
     received: list[int] = []
     async with SchedulerServer(
         host, port, state=sc.SchedulerState(allowed_failures=allowed_failures),
         dashboard_address=dashboard_address, profile_interval=profile_interval or None,
         record=str(record) if record is not None else None, record_max_bytes=record_max_bytes,
         record_dir=str(record_dir) if record_dir is not None else None,
-        security=security, insecure=insecure,
+        security=security, insecure=insecure, limits=chosen, **server_limits,
     ) as server:
         logger.info("scheduler %s at %s", server.scheduler_id, server.address)
         if server.dashboard_link:
@@ -148,6 +154,13 @@ def register(app: typer.Typer) -> None:
         require_encryption: cs.RequireEncryptionOption = None,
         security_file: cs.SecurityFileOption = None,
         insecure: cs.InsecureOption = False,
+        limit: Annotated[
+            list[str] | None,
+            typer.Option(
+                help="A limit on what one peer may send or hold open, NAME=VALUE (repeat for several), e.g. "
+                "max_key_length=1024, max_connections_per_host=64, max_frame_size=64MiB: see docs/operations.md.",
+            ),
+        ] = None,
     ) -> None:
         """Run a scheduler: it accepts workers and clients until SIGINT (Ctrl-C) or SIGTERM.
 
@@ -170,8 +183,14 @@ def register(app: typer.Typer) -> None:
         except ValueError as exc:
             raise typer.BadParameter(str(exc), param_hint="--record-max-bytes") from None
         try:
+            parse_limits(limit or [])
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--limit") from None
+        try:
             anyio.run(
-                functools.partial(serve_scheduler, security=security, insecure=insecure, record_dir=record_dir),
+                functools.partial(
+                    serve_scheduler, security=security, insecure=insecure, record_dir=record_dir, limits=limit
+                ),
                 host, port, scheduler_file, address, profile_interval, record, max_bytes,
                 allowed_failures, backend="asyncio",
             )

@@ -340,3 +340,37 @@ async def test_a_client_dropped_for_a_limit_is_told_which() -> None:
             with pytest.raises(ClientDisconnectedError, match="max_frame_size=10000"), anyio.fail_after(10):
                 await future
         assert server.refused["max_frame_size"] == 1
+
+
+def test_the_scheduler_command_refuses_a_bad_limit() -> None:
+    from typer.testing import CliRunner
+
+    from dsched._cli import app
+
+    result = CliRunner().invoke(app, ["scheduler", "--limit", "max_keys=3"], terminal_width=200)
+    assert result.exit_code == 2 and "no such limit" in result.output
+
+
+async def test_the_scheduler_command_applies_its_limits(tmp_path: Any) -> None:
+    import json
+
+    from dsched._cli_scheduler import serve_scheduler
+
+    path = tmp_path / "scheduler.json"
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(
+            functools.partial(serve_scheduler, limits=["max_messages=7", "max_frame_size=1MiB"]),
+            "127.0.0.1", 0, path, None, None,
+        )
+        with anyio.fail_after(10):
+            while not path.exists():
+                await anyio.sleep(0.01)
+        address = json.loads(path.read_text())["address"]
+        comm, welcome = await _hello(address)
+        assert isinstance(welcome, p.Welcome) and welcome.max_messages == 7
+        await comm._stream.send(HEADER.pack(2**20 + 1))
+        with anyio.fail_after(5):
+            (goodbye,) = p.FrameDecoder(p.SCHEDULER_TO_CLIENT).decode(await comm.recv_frame())
+        assert isinstance(goodbye, p.Close) and f"max_frame_size={2**20}" in goodbye.reason
+        await comm.aclose()
+        tg.cancel_scope.cancel()
