@@ -24,6 +24,7 @@ from dsched._cluster import LocalCluster
 from dsched._future import Future
 from dsched._limits import Limits
 from dsched._scheduler_server import SchedulerServer
+from dsched._security import Security, SecurityError
 from dsched._serialize import RemoteError, SerializationError
 from dsched import graph
 from dsched._version import __version__ as __version__
@@ -51,6 +52,8 @@ __all__ = [
     "RemoteError",
     "Scheduler",
     "SchedulerServer",
+    "Security",
+    "SecurityError",
     "SerializationError",
     "TaskFailedError",
     "Worker",
