@@ -43,6 +43,7 @@ from dsched._cluster_backends import (
 )
 from sched_core._scheduler import DEFAULT_ALLOWED_FAILURES
 from dsched._loop_thread import LoopThread
+from dsched._security import Security, forget_cluster, remember_cluster
 from dsched._sizes import cpu_count, format_bytes, parse_memory_limit
 from dsched._worker_memory import DEFAULT_PAUSE, DEFAULT_SPILL, DEFAULT_TARGET, DEFAULT_TERMINATE, parse_fraction
 
@@ -117,6 +118,12 @@ class LocalCluster:
     each a fraction of the limit or False (see docs/operations.md).
     ``allowed_failures``: how many workers may die while running a task before
     the task is erred with :class:`~dsched.KilledWorker`.
+    ``security``: the cluster's :class:`~dsched.Security`; a fresh random secret
+    is added unless it has one (or ``insecure=True``), so only this process (and
+    whoever it tells, e.g. ``Client(cluster)``) can use the cluster.  The
+    children get it through their environment, never their command line.
+    ``insecure=True``: no generated secret, and the scheduler and workers may
+    listen beyond loopback without one.
     """
 
     def __init__(
@@ -141,6 +148,8 @@ class LocalCluster:
         memory_pause_fraction: float | bool | None = DEFAULT_PAUSE,
         memory_terminate_fraction: float | bool | None = DEFAULT_TERMINATE,
         allowed_failures: int = DEFAULT_ALLOWED_FAILURES,
+        security: Security | None = None,
+        insecure: bool = False,
     ) -> None:
         if allowed_failures < 0:
             raise ValueError(f"allowed_failures must be at least 0, not {allowed_failures}")
@@ -165,17 +174,23 @@ class LocalCluster:
         )
         self.memory_limit = options.memory_limit
         scheduler_options = SchedulerOptions(allowed_failures=allowed_failures)
+        security = security if security is not None else Security()
+        if not security.secret and not insecure:
+            security = security.with_secret(Security.temporary().secret)
+        self.security = security
         self._backend: Backend
         if processes:
             self._backend = ProcessBackend(
                 host=host, scheduler_port=scheduler_port, n_workers=n, options=options,
                 log_level=_level_name(silence_logs), start_timeout=start_timeout, stop_timeout=stop_timeout,
                 dashboard_address=dashboard_address, scheduler_options=scheduler_options,
+                security=security, insecure=insecure,
             )
         else:
             self._backend = InProcessBackend(
                 host=host, scheduler_port=scheduler_port, n_workers=n, options=options, start_timeout=start_timeout,
                 dashboard_address=dashboard_address, scheduler_options=scheduler_options,
+                security=security, insecure=insecure,
             )
         self.status = "created"
         self._loop: LoopThread | None = None
@@ -263,6 +278,7 @@ class LocalCluster:
             self.status = "failed"
             raise
         self.status = "running"
+        remember_cluster(self.scheduler_address, self.security)  # Client(cluster.scheduler_address) finds it
 
     async def _start_async(self) -> None:
         if self.status != "created":
@@ -281,6 +297,7 @@ class LocalCluster:
             raise
         self._tg = tg
         self.status = "running"
+        remember_cluster(self.scheduler_address, self.security)
 
     def close(self) -> Any:
         """Stop the workers, then the scheduler; idempotent.
@@ -298,6 +315,7 @@ class LocalCluster:
                 future.result()
         finally:
             self.status = "closed"
+            forget_cluster(self.scheduler_address, self.security)
             self._unsilence()
             if self._finalizer is not None:
                 self._finalizer()
@@ -313,6 +331,7 @@ class LocalCluster:
             await tg.__aexit__(None, None, None)
         finally:
             self.status = "closed"
+            forget_cluster(self.scheduler_address, self.security)
             self._unsilence()
             if self._finalizer is not None:
                 self._finalizer()

@@ -34,6 +34,7 @@ from dsched._probe import wait_for_workers
 from dsched._procs import ChildProcess, read_scheduler_file, stop_all
 from dsched._scheduler_server import SchedulerServer
 from dsched._worker_memory import DEFAULT_PAUSE, DEFAULT_SPILL, DEFAULT_TARGET, DEFAULT_TERMINATE
+from dsched._security import Security
 
 if TYPE_CHECKING:
     from dsched._worker import Worker
@@ -108,8 +109,12 @@ class ProcessBackend:
         stop_timeout: float,
         dashboard_address: str | None = None,
         scheduler_options: SchedulerOptions = SchedulerOptions(),
+        security: Security = Security(),
+        insecure: bool = False,
     ) -> None:
         self.scheduler_options = scheduler_options
+        self.security = security
+        self.insecure = insecure
         self.host = host
         self.scheduler_port = scheduler_port
         self.n_workers = n_workers
@@ -133,6 +138,12 @@ class ProcessBackend:
         # -P: not the working directory first on sys.path, where a source checkout would shadow the
         # installed (compiled) packages the parent runs.
         return [sys.executable, "-P", "-m", "dsched", "--log-level", self.log_level, *args]
+
+    def _child(self, name: str, args: list[str]) -> ChildProcess:
+        """Start a child; the cluster's security reaches it through its environment, never its argv."""
+        if self.insecure:
+            args = [*args, "--insecure"]
+        return ChildProcess(name, self._command(*args), env=self.security.environment())
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         self._stop = anyio.Event()
@@ -161,13 +172,13 @@ class ProcessBackend:
         dashboard = (
             ["--dashboard-address", self.dashboard_address] if self.dashboard_address is not None else ["--no-dashboard"]
         )
-        child = ChildProcess(
+        child = self._child(
             "scheduler",
-            self._command(
+            [
                 "scheduler", "--host", self.host, "--port", str(self.scheduler_port), "--scheduler-file", str(path),
                 "--profile-interval", str(self.options.profile_interval or 0), *dashboard,
                 "--allowed-failures", str(self.scheduler_options.allowed_failures),
-            ),
+            ],
         )
         self.scheduler = child
         self.children.append(child)
@@ -186,14 +197,14 @@ class ProcessBackend:
                 )
             await anyio.sleep(0.02)
 
-    def _worker_command(self, name: str) -> list[str]:
+    def _worker_args(self, name: str) -> list[str]:
         opts = self.options
         args = ["worker", self.scheduler_address, "--name", name, "--nthreads", str(opts.nthreads), "--host", opts.host]
         args += ["--memory-limit", str(opts.memory_limit), "--profile-interval", str(opts.profile_interval or 0)]
         args += opts.memory_args()
         if opts.resources:
             args += ["--resources", ",".join(f"{k}={v!r}" for k, v in opts.resources.items())]
-        return self._command(*args)
+        return args
 
     async def add_workers(self, n: int) -> list[str]:
         """Start ``n`` more workers; return their addresses once all are registered."""
@@ -201,7 +212,7 @@ class ProcessBackend:
         for _ in range(n):
             name = str(self._next_name)
             self._next_name += 1
-            child = ChildProcess(f"worker-{name}", self._worker_command(name))
+            child = self._child(f"worker-{name}", self._worker_args(name))
             new[name] = child
             self.children.append(child)
             self.worker_children[name] = child
@@ -218,7 +229,8 @@ class ProcessBackend:
 
         try:
             infos = await wait_for_workers(
-                self.scheduler_address, all_registered, timeout=self.start_timeout, check=check
+                self.scheduler_address, all_registered, timeout=self.start_timeout, check=check,
+                security=self.security,
             )
         except TimeoutError:
             late = [c.describe_exit() for c in new.values()]
@@ -260,8 +272,12 @@ class InProcessBackend:
         start_timeout: float,
         dashboard_address: str | None = None,
         scheduler_options: SchedulerOptions = SchedulerOptions(),
+        security: Security = Security(),
+        insecure: bool = False,
     ) -> None:
         self.scheduler_options = scheduler_options
+        self.security = security
+        self.insecure = insecure
         self.dashboard_address = dashboard_address
         self.host = host
         self.scheduler_port = scheduler_port
@@ -283,7 +299,7 @@ class InProcessBackend:
         async with SchedulerServer(
             self.host, self.scheduler_port, gc_mode="relaxed", dashboard_address=self.dashboard_address,
             state=sc.SchedulerState(allowed_failures=self.scheduler_options.allowed_failures),
-            profile_interval=self.options.profile_interval,
+            profile_interval=self.options.profile_interval, security=self.security, insecure=self.insecure,
         ) as server:
             self.server = server
             self.scheduler_address = server.address
@@ -323,6 +339,8 @@ class InProcessBackend:
                 memory_spill_fraction=opts.memory_spill_fraction,
                 memory_pause_fraction=opts.memory_pause_fraction,
                 memory_terminate_fraction=opts.memory_terminate_fraction,
+                security=self.security,
+                insecure=self.insecure,
             ) as worker:
                 self.workers[name] = worker
                 self.worker_addresses[name] = worker.address
