@@ -66,6 +66,7 @@ from dsched._worker_memory import (
 )
 from dsched._worker_spill import SpillableStore
 from dsched._peer_pool import PeerPool
+from dsched._security import Security, check_listen_allowed
 from dsched._worker_peers import PeerServing, fetch, serve_peer
 from dsched._profiler import CallTree
 from dsched._serialize import sizeof
@@ -91,7 +92,11 @@ class Worker:
     docs/operations.md); ``memory_monitor`` is then the monitor doing it.
 
     ``worker.address`` is where it serves its data to peers.  ``serve_forever()``
-    returns when the scheduler goes away.
+    returns when the scheduler goes away.  ``security`` (default: what the
+    environment says, :meth:`Security.load`) is used towards the scheduler,
+    towards peers and by the peer listener, which refuses peers without the
+    secret; binding that listener beyond loopback without a secret (or mutual
+    TLS) raises ``SecurityError`` unless ``insecure=True``.
 
     ``close()`` retires the worker: it says ``Close`` and keeps serving its
     peers until the scheduler, having copied elsewhere what only this worker
@@ -110,7 +115,8 @@ class Worker:
         resources: dict[str, float] | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
-        auth: str = "",
+        security: Security | None = None,
+        insecure: bool = False,
         connect_timeout: float = 10.0,
         profile_interval: float | None = 0.01,
         local_directory: str | None = None,
@@ -128,10 +134,13 @@ class Worker:
         self.resources = dict(resources or {})
         self.host = host
         self.port = port
-        self.auth = auth
+        self.security = security if security is not None else Security.load()
+        check_listen_allowed(host, self.security, insecure=insecure, what="worker's peer listener", option="--host")
+        self.security.server_ssl_context()  # a missing or unreadable certificate fails here
         self.connect_timeout = connect_timeout
         self.address = ""
         self.scheduler_id = ""
+        self._scheduler_max_messages = p.MAX_MESSAGES  # per frame, as its Welcome says
         # Results held here; a spilling store once started, if the memory policy spills.
         self.data: MutableMapping[str, object] = {}
         self.memory_policy = MemoryPolicy(
@@ -147,7 +156,6 @@ class Worker:
         self.run_ids: dict[str, int] = {}
         self.seen_batch = -1
         self.machine: sc.WorkerMachine | None = None
-        self._scheduler_max_messages = p.MAX_MESSAGES  # per frame, as its Welcome says
         self.heartbeat_interval = 0.5
         self.latency = 0.0
         self.closed = anyio.Event()
@@ -249,13 +257,15 @@ class Worker:
                 self._tg.cancel_scope.cancel()
 
     async def _run(self, comm: Comm, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        async with listen(self.host, self.port, self._handle_peer) as listener:
+        async with listen(
+            self.host, self.port, self._handle_peer, ssl_context=self.security.server_ssl_context()
+        ) as listener:
             self.address = listener.address
             if listener.host in ("0.0.0.0", "::", ""):
                 # Bound to every interface: advertise the one that reaches the
                 # scheduler, which peers on the scheduler's network can reach too.
-                scheme, local_host, _ = parse_address(comm.local)
-                self.address = format_address(scheme, local_host, listener.port)
+                _, local_host, _ = parse_address(comm.local)
+                self.address = format_address(listener.scheme, local_host, listener.port)
             if not self.name:
                 self.name = self.address
             self.machine = sc.WorkerMachine(self.address, self.nthreads, self.resources or None)
@@ -266,9 +276,10 @@ class Worker:
             if self.profile_interval:
                 self._profiler = WorkerProfiler(self._executor.running, self.profile_interval)
                 self._profiler.start()
-            self._peers = PeerPool(name=self.address, auth=self.auth)
+            self._peers = PeerPool(name=self.address, security=self.security)
             self._serving = PeerServing(
-                self.data, self._data_put, scheduler_id=self.scheduler_id, address=self.address, auth=self.auth
+                self.data, self._data_put, scheduler_id=self.scheduler_id, address=self.address,
+                auth=self.security.secret,
             )
             encoder = p.FrameEncoder(p.WORKER_TO_SCHEDULER, max_messages=self._scheduler_max_messages)
             async with BatchedSender(comm, encoder.encode_frames) as sender:
@@ -304,10 +315,12 @@ class Worker:
             self.data.close()
 
     async def _connect(self) -> Comm:
-        hello = p.Hello(p.PROTOCOL_VERSION, "worker", self.name, auth=self.auth)
-        comm, reply = await open_comm(self.scheduler_address, hello, timeout=self.connect_timeout)
-        self._scheduler_max_messages = reply.max_messages
+        hello = p.Hello(p.PROTOCOL_VERSION, "worker", self.name, auth=self.security.secret)
+        comm, reply = await open_comm(
+            self.scheduler_address, hello, timeout=self.connect_timeout, security=self.security
+        )
         self.scheduler_id = reply.scheduler_id
+        self._scheduler_max_messages = reply.max_messages
         if reply.heartbeat_interval > 0:
             self.heartbeat_interval = reply.heartbeat_interval
         self._comm = comm
