@@ -159,6 +159,7 @@ class SchedulerServer:
         self.refused = RefusalCounts()
         self.connection_limiter = ConnectionLimiter(self.limits)
         self._handshaking: set[Comm] = set()
+        self._lingering = 0  # refused connections whose Hello is being read (see _refuse_at_once)
         self.chunked_graphs = 0
         # Each client's events in order, in a queue of its own (a client's big graph
         # holds up only that client); clients with queued events take turns.
@@ -444,13 +445,18 @@ class SchedulerServer:
     async def _refuse_at_once(self, comm: Comm, limit: str, reason: str) -> None:
         self.count_refusal(limit, comm.peer, reason)
         # Take its Hello first (briefly): closing with it unread would reset the
-        # connection, and the peer might lose the refusal that says why.
+        # connection, and the peer might lose the refusal that says why.  Only so
+        # many at a time: in a flood, the rest are refused without waiting.
         comm.max_frame_size = HANDSHAKE_MAX_FRAME_SIZE
-        with anyio.move_on_after(_REFUSAL_LINGER):
+        if self._lingering < _MAX_LINGERING:
+            self._lingering += 1
             try:
-                await comm.recv_frame()
+                with anyio.move_on_after(_REFUSAL_LINGER):
+                    await comm.recv_frame()
             except CommClosedError:
                 return
+            finally:
+                self._lingering -= 1
         await self._refuse(comm, Refused(reason))
 
     async def _handshake(self, comm: Comm, host: str) -> None:
@@ -615,6 +621,8 @@ async def _say_close(comm: Comm, channel: Channel[Any], reason: str) -> None:
 
 # How long a refusal may take: to read the refused peer's Hello, or to write its reason.
 _REFUSAL_LINGER: Final = 1.0
+# Refused connections read at once, at most (each holds a socket for up to _REFUSAL_LINGER).
+_MAX_LINGERING: Final = 64
 
 
 ClientItem: TypeAlias = "sc.SchedulerEvent | tuple[str, Any] | LayerFeed"

@@ -10,7 +10,7 @@ from typing import Any
 
 import anyio
 import pytest
-from _client_helpers import inc
+from _client_helpers import inc, wait_until
 from test_scheduler_server import Peer, fake_client, fake_worker, task
 
 from dsched import _protocol as p
@@ -374,3 +374,19 @@ async def test_the_scheduler_command_applies_its_limits(tmp_path: Any) -> None:
         assert isinstance(goodbye, p.Close) and f"max_frame_size={2**20}" in goodbye.reason
         await comm.aclose()
         tg.cancel_scope.cancel()
+
+
+async def test_a_flood_of_connections_over_the_limit_is_refused_without_piling_up() -> None:
+    async with SchedulerServer(limits=Limits(max_connections_per_loopback=1)) as server:
+        good = await fake_client(server, "good")
+        flood = [await _connect(server.address) for _ in range(100)]  # silent: no Hello
+        with anyio.fail_after(10):
+            replies = [p.decode_reply(await comm.recv_frame()) for comm in flood]
+        assert all(isinstance(r, p.Refused) and "max_connections_per_loopback=1" in r.reason for r in replies)
+        assert server.refused["max_connections_per_loopback"] == 100
+        await wait_until(lambda: server._lingering == 0)
+        await good.send(p.GetWorkers(1))
+        (reply,) = await good.expect(p.WorkersReply)
+        assert reply.request == 1 and server.connection_limiter.open_connections("127.0.0.1") == 1
+        for comm in flood:
+            await comm.aclose()
