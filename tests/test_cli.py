@@ -21,6 +21,7 @@ from dsched import _protocol as p
 from dsched._cli import app, version_string
 from dsched._comm import ConnectError, connect, parse_address
 from dsched._probe import SchedulerProbe, wait_for_workers
+from dsched._security import Security
 
 runner = CliRunner()
 
@@ -57,8 +58,8 @@ def wait_for_file(path: Path, proc: subprocess.Popen[str], timeout: float = 15) 
     return data
 
 
-def workers_of(address: str, n: int) -> list[p.WorkerInfo]:
-    return anyio.run(lambda: wait_for_workers(address, lambda ws: len(ws) == n, timeout=15))
+def workers_of(address: str, n: int, security: Security | None = None) -> list[p.WorkerInfo]:
+    return anyio.run(lambda: wait_for_workers(address, lambda ws: len(ws) == n, timeout=15, security=security))
 
 
 def closed_port() -> int:
@@ -210,7 +211,11 @@ def test_local_runs_a_cluster_until_ctrl_c() -> None:
         line = proc.stdout.readline()
         assert line.startswith("Scheduler at tcp://127.0.0.1:") and "2 workers x 1 thread." in line, stop(proc)
         address = line.split()[2]
-        workers = workers_of(address, 2)
+        # The cluster's generated secret, in a file only this user can read.
+        secret_line = proc.stdout.readline()
+        assert secret_line.startswith("Its secret is in "), stop(proc)
+        secret_file = secret_line.split()[4].rstrip(":")
+        workers = workers_of(address, 2, Security.load(env={"DSCHED_SECRET_FILE": secret_file}))
     finally:
         _, err = stop(proc, signal.SIGINT)
     assert proc.returncode == 0, err
