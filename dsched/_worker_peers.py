@@ -94,6 +94,7 @@ class PeerServing:
         self.connection_limiter = ConnectionLimiter(self.limits)
         self.refused = RefusalCounts()
         self.protocol_errors = 0
+        self.lingering = 0  # refused connections whose Hello is being read
         self.serving = 0
         self.served_keys = 0
         self.busy_replies = 0
@@ -110,8 +111,15 @@ async def serve_peer(serving: PeerServing, comm: Comm) -> None:
         limit, reason = over
         serving.refused[limit] += 1
         logger.warning("refused peer %s: %s", comm.peer, reason)
-        with anyio.move_on_after(_REFUSAL_LINGER):  # take its Hello: closing with it unread resets the connection
-            await _refuse(comm, reason, read_hello=True)
+        # Take its Hello first: closing with it unread resets the connection (the
+        # refusal may be lost).  Only so many at a time; in a flood, refuse at once.
+        linger = 1 if serving.lingering < _MAX_LINGERING else 0
+        serving.lingering += linger
+        try:
+            with anyio.move_on_after(_REFUSAL_LINGER):
+                await _refuse(comm, reason, read_hello=linger == 1)
+        finally:
+            serving.lingering -= linger
         return
     handshaking = True
     try:
@@ -165,6 +173,8 @@ async def _refuse(comm: Comm, reason: str, *, read_hello: bool = False) -> None:
 
 # How long a refusal may take: to read the refused peer's Hello, or to write its reason.
 _REFUSAL_LINGER: Final = 1.0
+# Refused connections read at once, at most (each holds a socket for up to _REFUSAL_LINGER).
+_MAX_LINGERING: Final = 64
 
 
 async def _serve(serving: PeerServing, comm: Comm, max_frame_size: int) -> None:
