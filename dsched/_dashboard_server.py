@@ -28,7 +28,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from starlette.applications import Starlette
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-from dsched._security import Security, is_loopback
+from dsched._security import Security, SecurityError, is_loopback
 
 if TYPE_CHECKING:
     from dsched._scheduler_server import SchedulerServer
@@ -126,14 +126,21 @@ class DashboardServer:
 async def start_dashboard(server: SchedulerServer, tg: TaskGroup, address: str) -> DashboardServer:
     """Serve ``server``'s dashboard at ``address`` (``host:port``) in ``tg``; the running server.
 
-    The dashboard needs the cluster's secret when the scheduler has one and the
-    dashboard listens beyond loopback.
+    Beyond loopback the dashboard needs the cluster's secret; a scheduler without
+    one may expose it only if it was told ``insecure`` (then with a warning).
+    Raises ``SecurityError`` otherwise.
     """
     from dsched._dashboard_source import SchedulerSource
     from dsched.dashboard import create_app
 
     host, port = parse_dashboard_address(address)
     loopback = is_loopback(host)
+    if not loopback and not server.auth and not server.insecure:
+        raise SecurityError(
+            f"refusing to serve the dashboard on {host} without a secret: anyone who can reach it could read "
+            "the cluster's state and profile the scheduler.  Give the cluster a secret (--secret-file, "
+            "DSCHED_SECRET), keep the dashboard on 127.0.0.1 (reach it through an SSH tunnel), or pass --insecure"
+        )
     app = create_app(SchedulerSource(server), secret=None if loopback or not server.auth else server.auth)
     if loopback:
         # Open on loopback, so only this machine's names may reach it: a web page whose own host

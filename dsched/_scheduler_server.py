@@ -132,6 +132,7 @@ class SchedulerServer:
         self.state = state if state is not None else sc.SchedulerState()
         self.security = security if security is not None else Security.load()
         check_listen_allowed(host, self.security, insecure=insecure, what="scheduler", option="--host")
+        self.insecure = insecure
         self.security.server_ssl_context()  # a missing or unreadable certificate fails here, not at the first connection
         self.auth = self.security.secret
         self.heartbeat_interval_base = heartbeat_interval

@@ -404,6 +404,18 @@ async def test_exposed_dashboard_needs_the_secret_over_https(certs: Certs) -> No
         assert status == 200  # liveness probes need no secret
 
 
+async def test_dashboard_beyond_loopback_needs_a_secret_or_insecure(caplog: pytest.LogCaptureFixture) -> None:
+    with pytest.raises(SecurityError, match="refusing to serve the dashboard on 0.0.0.0 without a secret"):
+        async with SchedulerServer(security=Security(), dashboard_address="0.0.0.0:0"):
+            pass
+    with caplog.at_level(logging.WARNING, logger="dsched.dashboard"):
+        async with SchedulerServer(security=Security(), dashboard_address="0.0.0.0:0", insecure=True) as server:
+            assert server.dashboard_link is not None
+    assert "without a secret" in caplog.text
+    async with SchedulerServer(security=Security(), dashboard_address="127.0.0.1:0") as server:
+        assert server.dashboard_link is not None  # loopback: open to this machine
+
+
 # -- LocalCluster ----------------------------------------------------------------------------
 
 
