@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Final, TypedDict
 
 from dsched._comm import parse_address
+from dsched._sizes import parse_bytes
 
 __all__ = [
     "HANDSHAKE_MAX_FRAME_SIZE", "ConnectionLimiter", "Limits", "RefusalCounts", "ServerLimits", "parse_limits", "peer_host",
@@ -77,8 +78,6 @@ def parse_limits(specs: list[str]) -> tuple[Limits, ServerLimits]:
     such as ``64MiB``), ``handshake_timeout`` (seconds) and ``max_layer_tasks``.
     Raises ``ValueError`` naming what is wrong.
     """
-    from dsched._sizes import parse_bytes
-
     fields = {f.name for f in dataclasses.fields(Limits)}
     chosen: dict[str, int] = {}
     server: ServerLimits = {}
