@@ -86,7 +86,8 @@ class GraphError(ValueError):
     """The scheduler refused a submission, which changed nothing (a cycle, a missing dependency...).
 
     ``kind`` is the scheduler's reason ("cycle", "missing-dependency",
-    "conflicting-definition", "unknown-key"), ``keys`` the keys it names.
+    "conflicting-definition", "unknown-key", "invalid-layers", or "limit-exceeded"
+    for a submission over one of the scheduler's limits), ``keys`` the keys it names.
     """
 
     def __init__(self, kind: str, message: str, keys: list[str]) -> None:
