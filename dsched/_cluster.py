@@ -177,6 +177,7 @@ class LocalCluster:
         security = security if security is not None else Security()
         if not security.secret and not insecure:
             security = security.with_secret(Security.temporary().secret)
+        security.server_ssl_context()  # an unreadable certificate fails here, not in a child process
         self.security = security
         self._backend: Backend
         if processes:

@@ -434,6 +434,8 @@ def test_local_cluster_generates_a_secret_its_clients_use() -> None:
     assert security_for(address) != cluster.security  # forgotten once closed
     with LocalCluster(n_workers=0, processes=False, dashboard_address=None, insecure=True) as open_cluster:
         assert open_cluster.security.secret == ""
+    with pytest.raises(SecurityError, match="cannot load the TLS certificate"):
+        LocalCluster(n_workers=1, security=Security(tls_cert="/nonexistent/node.pem"))
 
 
 @pytest.fixture(scope="module")
