@@ -436,6 +436,10 @@ def test_local_cluster_generates_a_secret_its_clients_use() -> None:
         assert open_cluster.security.secret == ""
     with pytest.raises(SecurityError, match="cannot load the TLS certificate"):
         LocalCluster(n_workers=1, security=Security(tls_cert="/nonexistent/node.pem"))
+    # Client() starts a cluster with the security it is given.
+    with Client(security=Security(secret=SECRET), n_workers=1, processes=False, dashboard_address=None) as client:
+        assert client.cluster.security.secret == SECRET
+        assert client.submit(inc, 3).result() == 4
 
 
 @pytest.fixture(scope="module")
