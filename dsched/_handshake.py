@@ -72,5 +72,5 @@ async def open_comm(
 def _hint(scheme: str) -> str:
     """Why a connection may close during the handshake: mostly a mismatch of TLS settings."""
     if scheme == "tls":
-        return " (does it require a client certificate this side lacks, or not trust this side's?)"
-    return " (does it listen with TLS? then use its tls:// address)"
+        return " (if it requires a client certificate: this side has none, or one it does not trust)"
+    return " (if it listens with TLS, connect to its tls:// address)"
