@@ -38,6 +38,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Final
 
+from dsched._protocol import MAX_AUTH_LENGTH
+
 __all__ = [
     "ENV_VARS",
     "Security",
@@ -120,6 +122,8 @@ class Security:
     def __post_init__(self) -> None:
         if not isinstance(self.secret, str):
             raise SecurityError(f"the secret must be a string, not {type(self.secret).__name__}")
+        if len(self.secret) > MAX_AUTH_LENGTH:  # a Hello carrying more is refused as malformed
+            raise SecurityError(f"the secret is {len(self.secret)} characters long; at most {MAX_AUTH_LENGTH} are sent")
         if self.tls_key is not None and self.tls_cert is None:
             raise SecurityError("a TLS key (tls_key) needs its certificate (tls_cert)")
         if self.tls_require_client_cert and (self.tls_ca_file is None or self.tls_cert is None):

@@ -99,6 +99,9 @@ def test_inconsistent_settings_are_refused(certs: Certs) -> None:
         Security(tls_cert=certs.cert, tls_key=certs.key, tls_require_client_cert=True)
     with pytest.raises(SecurityError, match="needs its certificate"):
         Security(tls_key=certs.key)
+    with pytest.raises(SecurityError, match="at most 4096") as info:
+        Security(secret="s" * 5000)
+    assert "sss" not in str(info.value)
     with pytest.raises(SecurityError, match="no certificate to serve TLS"):
         Security(require_encryption=True).server_ssl_context()
     with pytest.raises(SecurityError, match="cannot load the TLS certificate"):
