@@ -153,9 +153,9 @@ def client_events(server: SchedulerServer, conn: ClientConn, messages: list[p.Cl
         elif isinstance(msg, p.CancelKeys):
             out.append(sc.CancelKeys(client, msg.keys, msg.force))
         elif isinstance(msg, p.Scattered):
-            long_key = _long_key(server, msg.nbytes)
-            if long_key is not None:
-                _refuse_over_limit(server, conn, "max_key_length", _key_too_long(server, long_key), list(msg.nbytes))
+            over = _check_scatter_limits(server, msg)
+            if over is not None:
+                _refuse_over_limit(server, conn, over[0], over[1], list(msg.nbytes))
             else:
                 out.append(sc.KeysScattered(client, msg.workers, dict(msg.nbytes)))
         elif isinstance(msg, (p.WhoHas, p.GetWorkers)):
@@ -204,6 +204,19 @@ def _check_graph_limits(server: SchedulerServer, msg: p.SubmitGraph) -> tuple[st
             "(split it, or describe it as layers)"
         )
     long_key = _long_key(server, (t.key for t in msg.tasks))
+    if long_key is not None:
+        return "max_key_length", _key_too_long(server, long_key)
+    return None
+
+
+def _check_scatter_limits(server: SchedulerServer, msg: p.Scattered) -> tuple[str, str] | None:
+    """Scattered keys become tasks too: the same bounds as a graph's."""
+    limits = server.limits
+    if len(msg.nbytes) > limits.max_graph_tasks:
+        return "max_graph_tasks", (
+            f"a scatter of {len(msg.nbytes):,} keys is over max_graph_tasks={limits.max_graph_tasks:,}"
+        )
+    long_key = _long_key(server, msg.nbytes)
     if long_key is not None:
         return "max_key_length", _key_too_long(server, long_key)
     return None

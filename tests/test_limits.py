@@ -132,6 +132,9 @@ async def test_a_graph_over_max_graph_tasks_is_refused_to_its_client_only() -> N
         assert err.kind == "limit-exceeded" and "max_graph_tasks=3" in err.message and err.keys == ["t3"]
         assert server.refused["max_graph_tasks"] == 1 and not server.state.tasks
         assert not other.inbox
+        await c.send(p.Scattered(["tcp://w:1"], {f"s{i}": 8 for i in range(4)}))  # scattered keys count too
+        (err,) = await c.expect(p.ClientError)
+        assert "a scatter of 4 keys is over max_graph_tasks=3" in err.message and not server.state.tasks
         await _still_served(server, c, w, "small")  # the refused client itself is still served
         await _still_served(server, other, w, "other")
 
