@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import ssl
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -62,6 +63,8 @@ async def _enter_worker(make: type[Worker], address: str, deadline: float, **kwa
         except HandshakeRefused as exc:  # e.g. a wrong secret: retrying will not help
             raise WorkerStartError(f"the scheduler at {address} did not accept this worker: {exc}") from None
         except ConnectError as exc:
+            if _certificate_refused(exc):  # the scheduler's certificate is not trusted: it will not change
+                raise WorkerStartError(f"cannot reach the scheduler at {address}: {exc}") from None
             if time.monotonic() + delay > deadline:
                 raise WorkerStartError(f"cannot reach the scheduler at {address}: {exc}") from None
             logger.info("cannot reach the scheduler at %s yet (%s): retrying", address, exc)
@@ -71,6 +74,16 @@ async def _enter_worker(make: type[Worker], address: str, deadline: float, **kwa
             raise WorkerStartError(f"cannot start the worker: {exc.strerror or exc}") from None
         await anyio.sleep(delay)
         delay = min(1.0, delay * 2)
+
+
+def _certificate_refused(exc: BaseException) -> bool:
+    """Whether a failed connection was a TLS certificate that did not verify."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 async def run_worker(

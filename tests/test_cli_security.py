@@ -222,3 +222,26 @@ def test_local_writes_its_generated_secret_to_a_private_file() -> None:
         err = _stop(proc, signal.SIGINT)
     assert proc.returncode == 0, err
     assert secret_path is not None and not secret_path.exists()  # removed with the cluster
+
+
+def test_worker_that_does_not_trust_the_certificate_exits_at_once(tmp_path: Path, tls_files: Path) -> None:
+    path = tmp_path / "scheduler.json"
+    scheduler = _dsched(
+        "scheduler", "--port", "0", "--no-dashboard", "--scheduler-file", str(path),
+        "--security-file", str(tls_files / "security.toml"), "--no-tls-require-client-cert",
+    )
+    try:
+        address = _wait_for_address(path, scheduler)
+        other_ca = tmp_path / "other-ca.pem"
+        trustme.CA().cert_pem.write_to_path(str(other_ca))
+        started = time.monotonic()
+        worker = _dsched(
+            "worker", address, "--timeout", "30", "--tls-ca-file", str(other_ca),
+            env={"DSCHED_SECRET": "secret-from-the-file"},
+        )
+        err = worker.communicate(timeout=25)[1]
+        assert worker.returncode == 1
+        assert time.monotonic() - started < 25  # not retried until --timeout
+        assert "certificate verify failed" in err
+    finally:
+        _stop(scheduler)
