@@ -393,3 +393,23 @@ async def test_a_flood_of_connections_over_the_limit_is_refused_without_piling_u
         assert reply.request == 1 and server.connection_limiter.open_connections("127.0.0.1") == 1
         for comm in flood:
             await comm.aclose()
+
+
+async def test_three_hundred_connections_at_once_on_loopback_are_let_in_by_default() -> None:
+    # 200 workers and 100 clients of a local cluster, all shaking hands at once.
+    async with SchedulerServer() as server:
+        comms: list[Comm] = []
+
+        async def shake(name: str) -> None:
+            comm = await _connect(server.address)
+            comms.append(comm)
+            await comm.send_frame(p.encode_handshake(p.Hello(p.PROTOCOL_VERSION, "client", name)))
+            assert isinstance(p.decode_reply(await comm.recv_frame()), p.Welcome)
+
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                for i in range(300):
+                    tg.start_soon(shake, f"c{i}")
+        assert not server.refused and server.connection_limiter.open_connections("127.0.0.1") == 300
+        for comm in comms:
+            await comm.aclose()
