@@ -24,6 +24,7 @@ import logging
 import ssl
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Protocol
 
 import anyio
 from anyio.abc import ByteStream, SocketAttribute, SocketListener, TaskGroup
@@ -57,6 +58,19 @@ LARGE_PAYLOAD = 256 * 1024
 OVERSIZE_REPLY_TIMEOUT = 1.0
 
 Handler = Callable[["Comm"], Awaitable[None]]
+
+
+class TlsGate(Protocol):
+    """Bounds the TLS handshakes in progress per remote host (see ``dsched._limits``).
+
+    ``enter(host)`` is False to close the connection at once, before its TLS
+    handshake (nothing can be said to it unencrypted); ``leave(host)`` follows
+    every ``enter`` that was True, once the handshake ended either way.
+    """
+
+    def enter(self, host: str) -> bool: ...
+
+    def leave(self, host: str) -> None: ...
 
 
 class CommClosedError(Exception):
@@ -98,6 +112,11 @@ def parse_address(address: str) -> tuple[str, str, int]:
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     return scheme, host, int(port_text)
+
+
+def _remote_host(stream: ByteStream) -> str:
+    addr = stream.extra(SocketAttribute.remote_address, None)
+    return str(addr[0]) if isinstance(addr, tuple) else str(addr)
 
 
 def _stream_address(stream: ByteStream, *, remote: bool, scheme: str) -> str:
@@ -384,8 +403,10 @@ class Listener:
         ssl_context: ssl.SSLContext | None,
         max_frame_size: int,
         handshake_timeout: float,
+        tls_gate: TlsGate | None = None,
     ) -> None:
         self._sockets = sockets
+        self._tls_gate = tls_gate
         self._handler = handler
         self._ssl_context = ssl_context
         self._max_frame_size = max_frame_size
@@ -422,6 +443,10 @@ class Listener:
         comm: Comm | None = None
         try:
             if self._ssl_context is not None:
+                gate = self._tls_gate
+                host = _remote_host(raw)
+                if gate is not None and not gate.enter(host):
+                    return  # too many TLS handshakes from there at once
                 try:
                     with anyio.fail_after(self._handshake_timeout):
                         stream = await TLSStream.wrap(
@@ -431,6 +456,9 @@ class Listener:
                     peer = _stream_address(raw, remote=True, scheme=self.scheme)
                     logger.info("TLS handshake with %s on %s failed: %r", peer, self.address, exc)
                     return
+                finally:
+                    if gate is not None:
+                        gate.leave(host)
             comm = Comm.from_stream(stream, scheme=self.scheme, max_frame_size=self._max_frame_size)
             self.connections += 1
             try:
@@ -459,6 +487,7 @@ async def listen(
     ssl_context: ssl.SSLContext | None = None,
     max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
     handshake_timeout: float = 10.0,
+    tls_gate: TlsGate | None = None,
 ) -> AsyncIterator[Listener]:
     """Listen on ``host:port`` (port 0: a free port) and run ``await handler(comm)`` per connection.
 
@@ -467,7 +496,8 @@ async def listen(
     comm is closed when the handler returns or raises.  A handler's exception is
     logged and ends only that connection.  Leaving the block stops accepting,
     cancels the running handlers and closes their comms.  ``host=None`` binds all
-    interfaces.  With ``ssl_context`` connections are TLS (``tls://`` addresses).
+    interfaces.  With ``ssl_context`` connections are TLS (``tls://`` addresses);
+    ``tls_gate`` then bounds the TLS handshakes in progress per remote host.
     """
     multi = await anyio.create_tcp_listener(local_host=host or None, local_port=port)
     listener = Listener(
@@ -476,6 +506,7 @@ async def listen(
         ssl_context=ssl_context,
         max_frame_size=max_frame_size,
         handshake_timeout=handshake_timeout,
+        tls_gate=tls_gate,
     )
     async with multi:
         async with anyio.create_task_group() as tg:

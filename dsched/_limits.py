@@ -24,7 +24,8 @@ from dsched._comm import parse_address
 from dsched._sizes import parse_bytes
 
 __all__ = [
-    "HANDSHAKE_MAX_FRAME_SIZE", "ConnectionLimiter", "Limits", "RefusalCounts", "ServerLimits", "parse_limits", "peer_host",
+    "HANDSHAKE_MAX_FRAME_SIZE", "ConnectionLimiter", "Limits", "RefusalCounts", "ServerLimits", "TlsHandshakeGate",
+    "parse_limits", "peer_host",
 ]
 
 # A Hello or its answer is a few hundred bytes: while one is awaited, a frame
@@ -117,6 +118,36 @@ def _positive(value: int) -> int:
 
 class RefusalCounts(Counter[str]):
     """How many times each limit refused someone, by limit name (``"max_messages"``, ...)."""
+
+
+class TlsHandshakeGate:
+    """TLS handshakes in progress per remote host, within the handshake limits
+    (a :class:`~dsched._comm.TlsGate`): the TLS handshake comes before the
+    protocol's, so a flood of them is bounded here, counted in ``refused``."""
+
+    __slots__ = ("_hosts", "limits", "refused")
+
+    def __init__(self, limits: Limits, refused: RefusalCounts) -> None:
+        self.limits = limits
+        self.refused = refused
+        self._hosts: dict[str, int] = {}
+
+    def enter(self, host: str) -> bool:
+        loopback = is_loopback(host)
+        bound = self.limits.max_handshakes_per_loopback if loopback else self.limits.max_handshakes_per_host
+        n = self._hosts.get(host, 0)
+        if n >= bound:
+            self.refused["max_handshakes_per_loopback" if loopback else "max_handshakes_per_host"] += 1
+            return False
+        self._hosts[host] = n + 1
+        return True
+
+    def leave(self, host: str) -> None:
+        n = self._hosts[host] - 1
+        if n:
+            self._hosts[host] = n
+        else:
+            del self._hosts[host]
 
 
 def peer_host(peer: str) -> str:

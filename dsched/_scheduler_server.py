@@ -51,7 +51,9 @@ from dsched._batched import BatchedSender
 from dsched._comm import DEFAULT_MAX_FRAME_SIZE, Comm, CommClosedError, FrameTooLarge, listen
 from dsched._dashboard_server import DashboardServer, start_dashboard
 from dsched._gc_policy import GcMode, GcPolicy
-from dsched._limits import HANDSHAKE_MAX_FRAME_SIZE, ConnectionLimiter, Limits, RefusalCounts, peer_host
+from dsched._limits import (
+    HANDSHAKE_MAX_FRAME_SIZE, ConnectionLimiter, Limits, RefusalCounts, TlsHandshakeGate, peer_host,
+)
 from dsched._protocol import (
     CLIENT_TO_SCHEDULER,
     PROTOCOL_VERSION,
@@ -255,6 +257,7 @@ class SchedulerServer:
         async with listen(
             self.host, self.port, self._handle, max_frame_size=self.max_frame_size,
             handshake_timeout=self.handshake_timeout, ssl_context=self.security.server_ssl_context(),
+            tls_gate=TlsHandshakeGate(self.limits, self.refused),
         ) as listener:
             self.address = listener.address
             self.port = listener.port

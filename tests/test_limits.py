@@ -413,3 +413,38 @@ async def test_three_hundred_connections_at_once_on_loopback_are_let_in_by_defau
         assert not server.refused and server.connection_limiter.open_connections("127.0.0.1") == 300
         for comm in comms:
             await comm.aclose()
+
+
+async def test_tls_handshakes_in_progress_per_host_are_bounded() -> None:
+    # The TLS handshake comes before the protocol's: a flood of them is bounded too.
+    import ssl
+
+    from dsched._limits import RefusalCounts, TlsHandshakeGate
+
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
+    client_ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    ca.configure_trust(client_ctx)
+    refused = RefusalCounts()
+    gate = TlsHandshakeGate(Limits(max_handshakes_per_loopback=2), refused)
+
+    async def echo(comm: Comm) -> None:
+        await comm.send_frame(await comm.recv_frame())
+
+    async with listen("127.0.0.1", 0, echo, ssl_context=server_ctx, tls_gate=gate) as listener:
+        silent = [await anyio.connect_tcp("127.0.0.1", listener.port) for _ in range(2)]  # no ClientHello
+        await wait_until(lambda: gate._hosts.get("127.0.0.1") == 2)
+        third = await anyio.connect_tcp("127.0.0.1", listener.port)
+        with anyio.fail_after(5):  # closed at once, before any TLS
+            with pytest.raises((anyio.EndOfStream, anyio.BrokenResourceError)):
+                await third.receive()
+        assert refused == {"max_handshakes_per_loopback": 1}
+        for s in [*silent, third]:
+            await s.aclose()
+        await wait_until(lambda: "127.0.0.1" not in gate._hosts)
+        comm = await connect("127.0.0.1", listener.port, ssl_context=client_ctx)  # then TLS goes on as before
+        await comm.send_frame(b"hi")
+        assert await comm.recv_frame() == b"hi"
+        await comm.aclose()
