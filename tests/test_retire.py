@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import anyio
+import pytest
 from anyio.abc import TaskStatus
 
 from _client_helpers import BackgroundCluster, background_cluster, inc
@@ -249,3 +250,35 @@ def test_scaling_a_cluster_down_keeps_every_result() -> None:
         server = cluster._backend.server
         assert server is not None
         assert server.state.n_recomputed == 0  # an int read from here: the cluster is idle
+
+
+# --- the server's side: a retirement that cannot finish -------------------------------------
+
+
+@pytest.mark.anyio
+async def test_a_retirement_that_cannot_finish_is_closed_at_its_timeout() -> None:
+    from dsched import _protocol as p
+    from dsched._scheduler_server import SchedulerServer
+    from test_scheduler_server import fake_client, fake_worker, task
+
+    async with SchedulerServer() as server:
+        server.retirements.timeout = 0.3
+        holder = await fake_worker(server, "tcp://holder:1")
+        client = await fake_client(server, "c1")
+        await client.send(p.SubmitGraph([b"fn"], [task("k", [])], ["k"]))
+        (compute,) = await holder.expect(p.Compute)
+        await holder.send(p.TaskFinished("k", 10, 0.1, compute.run_id))
+        await client.expect(p.KeysInMemory)
+        receiver = await fake_worker(server, "tcp://receiver:1")
+
+        await holder.send(p.Close("leaving"))
+        (acquire,) = await receiver.expect(p.AcquireReplicas)
+        assert acquire.who_has == {"k": ["tcp://holder:1"]}
+        # The receiver never fetches: the holder is let go at the timeout all the same.
+        (bye,) = await holder.expect(p.Close, timeout=5)
+        assert bye.reason == "retirement timed out" and server.retirements.n_forced == 1
+        await holder.comm.aclose()
+        # What only it held is computed again where it can be.
+        (again,) = await receiver.expect(p.Compute, timeout=5)
+        assert again.key == "k"
+        assert server.state.workers["tcp://receiver:1"].alive and "tcp://holder:1" not in server.state.workers
