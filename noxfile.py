@@ -80,7 +80,7 @@ def _venv_python(venv: Path) -> Path:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Benchmark the core (core_bench.py, flow_sim.py), the runtime against dask (runtime_bench.py), layers and Dask collections (layers_bench.py), profiling overhead (profiling_bench.py).
+    """Benchmark the core (core_bench.py, flow_sim.py), the runtime against dask (runtime_bench.py), layers and Dask collections (layers_bench.py), profiling overhead (profiling_bench.py), load (load_bench.py).
 
     The session's own virtualenv gets the compiled build; a second virtualenv
     (under the session's tmp dir) gets the interpreted one.  Extra arguments
@@ -128,6 +128,9 @@ def bench(session: nox.Session) -> None:
     session.run("python", str(ROOT / "benchmarks" / "layers_bench.py"), *layer_args)
     # What the profilers and a polled dashboard cost the runtime workloads (target <= 5%).
     session.run("python", str(ROOT / "benchmarks" / "profiling_bench.py"), *(["--quick"] if quick else []))
+    # 200 workers and 100 clients joining at once, /health probed (dask.distributed: one round, minutes).
+    load_args = ["--workers", "40", "--clients", "20", "--rounds", "1"] if quick else ["--rounds", "1"]
+    session.run("python", str(ROOT / "benchmarks" / "load_bench.py"), *load_args)
 
 
 # Markdown links [text](target) and reference definitions [label]: target.

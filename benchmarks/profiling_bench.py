@@ -6,12 +6,13 @@
     python benchmarks/profiling_bench.py --only b --configs off,on,samplers,dashboard   # which half costs
     python benchmarks/profiling_bench.py --only d --d-workers 32                        # fewer in-process workers
     python benchmarks/profiling_bench.py --only b --interval 0.05                      # samplers every 50 ms
-    python benchmarks/profiling_bench.py --only d --poller process                     # poll from another process
+    python benchmarks/profiling_bench.py --only d --poller thread                      # poll from a thread here
 
 Configurations (see _profiling_setups.py):
   off  no sampler in the scheduler or the workers, no dashboard
   on   samplers at the default 10 ms interval in the scheduler and every worker, the dashboard
-       served, and a thread here polling what the /status page polls, every second (plus the
+       served, and a poller (a process of its own, as a browser; --poller thread: a thread here)
+       fetching what the /status page fetches, every second (plus the
        scheduler's profile tree every 5 s), for the whole run
   samplers, dashboard (with --configs): each half of "on" alone
 
@@ -344,9 +345,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         f"(default {DEFAULT_CONFIGS}; also: samplers, dashboard: each half of on alone)")
     parser.add_argument("--interval", type=float, default=PROFILE_INTERVAL,
                         help=f"the samplers' interval in seconds (default {PROFILE_INTERVAL}: dsched's default)")
-    parser.add_argument("--poller", choices=("thread", "process"), default="thread",
-                        help="poll the dashboard from a thread of the benchmark's process (default; for (d) the "
-                        "cluster's own process) or from a process of its own, as a browser would")
+    parser.add_argument("--poller", choices=("thread", "process"), default="process",
+                        help="poll the dashboard from a process of its own, as a browser would (default), or "
+                        "from a thread of the benchmark's process (for (d): the cluster's own process)")
     parser.add_argument("--d-workers", type=int, default=128, help="in-process workers of (d) (default 128)")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds before a run is killed")
     parser.add_argument("--json", dest="json_path", default=None, help="also write the results as JSON")
