@@ -504,3 +504,23 @@ def test_from_json_accepts_the_deepest_allowed_tree_and_bounds_nodes() -> None:
     assert CallTree.from_json(wide, max_nodes=11).nodes == 11
     with pytest.raises(ValueError, match="more than 10 nodes"):
         CallTree.from_json(wide, max_nodes=10)
+
+
+def test_a_process_of_many_threads_is_sampled_less_often() -> None:
+    from dsched._profiler import THREADS_AT_FULL_RATE
+
+    sampler = Sampler(lambda: {}, interval=0.01)
+    base = threading.active_count()
+    if base <= THREADS_AT_FULL_RATE:
+        assert sampler.effective_interval() == 0.01
+    release = threading.Event()
+    extra = [start_thread(release.wait) for _ in range(2 * THREADS_AT_FULL_RATE)]
+    try:
+        count = threading.active_count()
+        assert count >= 2 * THREADS_AT_FULL_RATE
+        assert sampler.effective_interval() == pytest.approx(0.01 * count / THREADS_AT_FULL_RATE)
+        assert sampler.overhead().interval == pytest.approx(sampler.effective_interval())
+    finally:
+        release.set()
+        for thread in extra:
+            thread.join()
