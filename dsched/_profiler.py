@@ -1,7 +1,7 @@
 """A statistical profiler: sampled call stacks of chosen threads, as call trees over time.
 
 A :class:`Sampler` thread wakes every ``interval`` seconds (less often in a
-process of more than 64 threads: see :meth:`Sampler.effective_interval`), reads
+process of more than 32 threads: see :meth:`Sampler.effective_interval`), reads
 every thread's current frame with ``sys._current_frames()``, and adds the stacks of the threads
 it was asked about (``threads()`` maps a thread ident to a label, or to None to
 skip it) to the tree of that label in the current time bucket.  Buckets of
@@ -71,7 +71,7 @@ ThreadLabels: TypeAlias = Callable[[], Mapping[int, Label]]
 
 DEFAULT_MAX_NODES: Final = 10_000
 # Past this many threads in the process, samples are taken less often (Sampler.effective_interval).
-THREADS_AT_FULL_RATE: Final = 64
+THREADS_AT_FULL_RATE: Final = 32
 MAX_DEPTH: Final = 256
 MAX_JSON_NODES: Final = 200_000
 _WALK_LIMIT: Final = 4_096
