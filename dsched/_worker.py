@@ -36,6 +36,7 @@ retires it: the scheduler is told with ``Close`` first).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import MutableMapping
@@ -393,10 +394,8 @@ class Worker:
             reply = self._profiler.answer(msg)
         else:  # not sampling: an empty tree, so the scheduler need not wait for a timeout
             reply = p.ProfileData(msg.request, msgspec.json.encode(CallTree().to_json()))
-        try:
+        with contextlib.suppress(CommClosedError):  # the scheduler is gone; _read_scheduler ends the worker
             sender.send(reply)
-        except CommClosedError:
-            pass
 
     # -- the machine ------------------------------------------------------------------
 

@@ -68,7 +68,7 @@ def process_memory() -> int:
         with open("/proc/self/statm", "rb") as f:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
-        pass
+        pass  # no /proc (not Linux): the next best reading below
     try:  # macOS and other Unixes: the peak, the best the standard library offers
         import resource
 

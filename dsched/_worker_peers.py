@@ -13,6 +13,7 @@ that a big transfer does not stall the event loop.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Mapping
 from typing import Final
@@ -199,10 +200,8 @@ async def _serve(serving: PeerServing, comm: Comm, max_frame_size: int) -> None:
                 serving.protocol_errors += 1
             logger.warning("protocol error from peer %s, closing: %s", comm.peer, exc)
             with anyio.move_on_after(_REFUSAL_LINGER):
-                try:
+                with contextlib.suppress(CommClosedError):  # it left first: the reason only explained why we close
                     await comm.send_frame(encoder.encode([p.Close(str(exc))]))
-                except CommClosedError:
-                    pass
             return
         except FrameTooLarge as exc:
             serving.refused["max_frame_size"] += 1
