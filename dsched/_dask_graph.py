@@ -235,20 +235,65 @@ class _Converter:
         return obj
 
 
+class _NotInlined(Exception):
+    """A fused task's inner graph is not a tree this module can nest (it runs as dask ships it)."""
+
+
+class _Scope:
+    """A fused task's inner graph, and what its inputs are bound to in the enclosing scope."""
+
+    __slots__ = ("bindings", "inner")
+
+    def __init__(self, inner: dict[Hashable, Any], bindings: dict[Hashable, Any]) -> None:
+        self.inner = inner
+        self.bindings = bindings
+
+
 class _SpecConverter:
-    """Rewrites a task-spec node's direct arguments: TaskRef/Alias -> Ref, nested nodes -> _Task."""
+    """Rewrites a task-spec node's direct arguments: TaskRef/Alias -> Ref, nested nodes -> _Task.
 
-    __slots__ = ("dependencies", "dsk", "names", "nested", "spec")
+    A task dask fused (``Task(key, _execute_subgraph, inner_graph, outkey,
+    inkeys, *dependencies)``, run as ``execute_graph(inner_graph + {inkey:
+    dependency value})[outkey]``) becomes its output task, with every inner
+    key it refers to nested in place, when each inner key is used once (dask
+    fuses linear chains and blockwise operations, so it almost always is; the
+    diagonal blocks of ``x + x.T`` are not).  Fused tasks may hold fused
+    tasks: each inner graph is a scope whose inputs are bound to nodes of the
+    enclosing scope.  Run as shipped, ``_execute_subgraph`` orders its few
+    inner tasks with ``dask.order`` every time it runs, which costs more than
+    most array chunks' own work; nested, it is a few calls.
+    """
 
-    def __init__(self, spec: Any, names: _Names) -> None:
+    __slots__ = ("dependencies", "dsk", "inlined", "names", "nest_fused", "nested", "scopes", "spec")
+
+    def __init__(self, spec: Any, names: _Names, nest_fused: bool = True) -> None:
         self.spec = spec
+        self.nest_fused = nest_fused
         self.names = names
         self.dsk = names.dsk
         self.dependencies: list[Hashable] = []
         self.nested = 0
+        self.scopes: list[_Scope] = []  # the fused tasks being nested, innermost last
+        self.inlined: set[tuple[int, Hashable]] = set()  # (id of an inner graph, key) nested so far
 
-    def ref(self, key: Hashable) -> Ref:
-        """A reference to ``key`` (followed only if the graph has it: else it is held on the cluster)."""
+    def ref(self, key: Hashable) -> Any:
+        """A reference to ``key``: nested in place if it is an inner key of a fused task; followed
+        only if the graph has it (else it is held on the cluster)."""
+        scopes = self.scopes
+        for depth in range(len(scopes) - 1, -1, -1):
+            scope = scopes[depth]
+            if key in scope.inner:
+                seen = (id(scope.inner), key)
+                if seen in self.inlined:
+                    raise _NotInlined(key)  # used twice: nesting would run it twice
+                self.inlined.add(seen)
+                return self.convert(scope.inner[key])
+            if key in scope.bindings:
+                self.scopes = scopes[:depth]  # the input's node means what it means outside
+                try:
+                    return self.convert(scope.bindings[key])
+                finally:
+                    self.scopes = scopes
         if key in self.dsk:
             self.dependencies.append(key)
             return Ref(self.names.wire(key))
@@ -265,15 +310,52 @@ class _SpecConverter:
             return obj.value
         if kind is spec.Alias:
             return self.ref(obj.target)
+        if kind is spec.Task and self.nest_fused and obj.func is spec._execute_subgraph:
+            depth = len(self.scopes)
+            output = self._fused_output(obj)
+            if output is not None:
+                try:
+                    return self.convert(output)
+                finally:
+                    del self.scopes[depth:]
         self.nested += 1
         if kind is spec.Task or isinstance(obj, spec.NestedContainer):
             args = tuple([self.convert(arg) for arg in obj.args])
             kwargs = {k: self.convert(v) for k, v in obj.kwargs.items()} if obj.kwargs else None
             return _Task(obj.func, args, kwargs)
+        if self.scopes:
+            raise _NotInlined(obj)  # its dependencies reach it as a plain dict, which nesting cannot fill
         return _Task(call_node, (obj, {dep: self.ref(dep) for dep in obj.dependencies}))
 
-    def top(self, key: Hashable, node: Any) -> _Converted | None:
-        """The dsched task for the graph's node ``node`` (None: its value is held on the cluster already)."""
+    def top(self, node: Any) -> _Converted:
+        """The dsched task for the graph's node ``node`` (raises ``_NotInlined`` if it is a fused
+        task whose inner graph cannot be nested: convert it again with ``nest_fused=False``)."""
+        spec = self.spec
+        while self.nest_fused and type(node) is spec.Task and node.func is spec._execute_subgraph:
+            output = self._fused_output(node)
+            if output is None:
+                break
+            node = output
+        return self._task(node)
+
+    def _fused_output(self, node: Any) -> Any:
+        """The output task of a fused task, its inner graph pushed as a scope (None: another shape)."""
+        args = node.args
+        if node.kwargs or len(args) < 3:
+            return None
+        inner, outkey, inkeys = args[0], args[1], args[2]
+        if type(inner) is not dict or type(inkeys) is not tuple or len(args) != 3 + len(inkeys):
+            return None
+        if any(inkey in inner for inkey in inkeys):
+            return None
+        output = inner.get(outkey)
+        if not isinstance(output, self.spec.GraphNode):
+            return None
+        self.scopes.append(_Scope(inner, dict(zip(inkeys, args[3:]))))
+        self.inlined.add((id(inner), outkey))
+        return output
+
+    def _task(self, node: Any) -> _Converted:
         spec = self.spec
         kind = type(node)
         kwargs: dict[str, Any] | None = None
@@ -318,7 +400,10 @@ def _convert(names: _Names, key: Hashable) -> _Converted:
         return _HELD
     spec = _task_spec()
     if spec is not None and isinstance(value, spec.GraphNode):
-        return _SpecConverter(spec, names).top(key, value) or _HELD
+        try:
+            return _SpecConverter(spec, names).top(value)
+        except _NotInlined:
+            return _SpecConverter(spec, names, nest_fused=False).top(value)
     converter = _Converter(names)
     if istask(value):
         func: Callable[..., Any] = value[0]

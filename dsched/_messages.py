@@ -434,8 +434,8 @@ class Compute(_Message, tag=30, frozen=True):
     crosses the wire once per worker.  The worker echoes ``run_id`` in its report.
 
     ``call`` says how to call the function: 0, ``function(*args, **kwargs)``
-    from the pickled ``(args, kwargs)`` (dependencies inside as persistent
-    ids); 1 (a layer's APPLY), ``function(*values of keys, *args)``; 2 (a layer's
+    from the pickled ``(args, kwargs)`` (dependencies inside as references
+    the worker fills in); 1 (a layer's APPLY), ``function(*values of keys, *args)``; 2 (a layer's
     REDUCE), ``function([values of keys])``; 3 (a shuffle's PIECES),
     ``function([value[index] for the values of keys])``; ``keys`` lists the
     dependencies in call order for 1, 2 and 3.

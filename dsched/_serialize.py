@@ -8,14 +8,17 @@ million inputs pickles its function once).
 
 A task's arguments are one pickle of ``(args, kwargs)``.  Where an argument
 refers to another task's result (a client ``Future``, or a :class:`Ref` made
-from a key of a task-graph dict), the pickle holds a *persistent id* - the
-key - instead of the object: :func:`dumps_args` collects those keys as the
-task's dependencies, and the worker's unpickler substitutes each key's value
-from its data store (:func:`loads_args`).  So references nested anywhere in
-the arguments (lists, dicts, custom objects) cost nothing extra to find and
-nothing extra to fill in.  Plain :mod:`pickle` is tried first (it is several
-times faster); cloudpickle is the fallback for lambdas, local classes and the
-like.
+from a key of a task-graph dict), the pickle holds a call ``_dependency(key)``
+instead of the object: :func:`dumps_args` collects those keys as the task's
+dependencies, and on the worker :func:`loads_args` makes the call return the
+key's value from its data store.  So references nested anywhere in the
+arguments (lists, dicts, custom objects) cost nothing extra to find and
+nothing extra to fill in.  The pickler finds them with ``reducer_override``,
+which the C pickler skips for the built-in types most arguments are made of
+(a ``persistent_id`` hook would be called for every int and string: several
+times slower for big nested arguments such as dask's fused tasks).  Plain
+:mod:`pickle` is tried first (it is several times faster); cloudpickle is the
+fallback for lambdas, local classes and the like.
 
 Results travel between workers and to clients as :func:`dumps_value`
 payloads (pickle protocol 5, cloudpickle fallback).  A task's exception travels
@@ -30,6 +33,7 @@ from __future__ import annotations
 import io
 import pickle
 import sys
+import threading
 import traceback as traceback_module
 from collections.abc import Callable, Mapping
 from typing import Any, Final
@@ -93,15 +97,15 @@ def register_ref_type(cls: type) -> None:
 
 
 class _CollectRefs:
-    """Pickler mixin: references become persistent ids (their keys), collected in ``keys``."""
+    """Pickler mixin: references become ``_dependency(key)`` calls, their keys collected in ``keys``."""
 
     keys: list[str]
 
-    def persistent_id(self, obj: Any) -> str | None:
+    def _reference(self, obj: Any) -> tuple[Any, ...] | None:
         if type(obj) in _ref_types:
             key: str = obj.key
             self.keys.append(key)
-            return key
+            return (_dependency, (key,))
         return None
 
 
@@ -110,11 +114,19 @@ class _RefPickler(_CollectRefs, pickle.Pickler):
         super().__init__(file, protocol=PROTOCOL)
         self.keys = []
 
+    def reducer_override(self, obj: Any) -> Any:
+        reduced = self._reference(obj)
+        return NotImplemented if reduced is None else reduced
+
 
 class _RefCloudPickler(_CollectRefs, cloudpickle.Pickler):  # type: ignore[misc]
     def __init__(self, file: io.BytesIO) -> None:
         super().__init__(file, protocol=PROTOCOL)
         self.keys = []
+
+    def reducer_override(self, obj: Any) -> Any:
+        reduced = self._reference(obj)
+        return super().reducer_override(obj) if reduced is None else reduced
 
 
 def dumps_args(args: tuple[Any, ...], kwargs: Mapping[str, Any] | None = None) -> tuple[bytes, list[str]]:
@@ -138,24 +150,33 @@ def dumps_with_refs(obj: object) -> tuple[bytes, list[str]]:
     return buf.getvalue(), keys
 
 
-class _DataUnpickler(pickle.Unpickler):
-    def __init__(self, file: io.BytesIO, data: Mapping[str, object]) -> None:
-        super().__init__(file)
-        self._data = data
+# The data store ``loads_args`` fills references from, per thread (a worker may
+# unpickle arguments on its event loop and in its task threads at once).
+_filling = threading.local()
 
-    def persistent_load(self, pid: Any) -> object:
-        try:
-            value = self._data[pid]
-        except (KeyError, TypeError):
-            raise KeyError(f"dependency {pid!r} is not in this worker's memory") from None
-        if type(value) is SerializationError:  # it could not be sent here from its worker
-            raise value
-        return value
+
+def _dependency(key: str) -> object:
+    """A reference's value while :func:`loads_args` unpickles the arguments that hold it."""
+    data: Mapping[str, object] | None = getattr(_filling, "data", None)
+    if data is None:
+        raise pickle.UnpicklingError(f"a reference to {key!r} outside a task's arguments")
+    try:
+        value = data[key]
+    except (KeyError, TypeError):
+        raise KeyError(f"dependency {key!r} is not in this worker's memory") from None
+    if type(value) is SerializationError:  # it could not be sent here from its worker
+        raise value
+    return value
 
 
 def loads_args(payload: bytes | memoryview, data: Mapping[str, object]) -> tuple[tuple[Any, ...], dict[str, Any]]:
     """Unpickle a task's arguments, filling references from ``data`` (key -> value)."""
-    args, kwargs = _DataUnpickler(io.BytesIO(payload), data).load()
+    outer = getattr(_filling, "data", None)
+    _filling.data = data
+    try:
+        args, kwargs = pickle.loads(payload)
+    finally:
+        _filling.data = outer
     return args, kwargs or {}
 
 

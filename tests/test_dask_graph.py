@@ -118,3 +118,82 @@ def test_deep_chain_does_not_recurse() -> None:
     graph = build_graph(dsk, f"k{n - 1}")
     assert [t.key for t in graph.tasks[:3]] == ["k0", "k1", "k2"]
     assert graph.nest(run(graph)) == n - 1
+
+
+# -- tasks dask fused (dask._task_spec), nested on the client --------------------------------
+
+ts = pytest.importorskip("dask._task_spec")
+
+
+def function_names(graph: DaskGraph) -> dict[str, str]:
+    """Each task's key -> the name of the function it runs (``run_nested`` for nested tasks)."""
+    functions = [loads_function(f) for f in graph.functions]
+    return {t.key: functions[t.function].__name__ for t in graph.tasks}
+
+
+def test_a_fused_chain_runs_as_nested_calls_without_dask_ordering_it() -> None:
+    chain = [
+        ts.Task("a", inc, ts.TaskRef("x")),
+        ts.Task("b", add, ts.TaskRef("a"), 10),
+        ts.Task("c", operator.mul, ts.TaskRef("b"), 2),
+    ]
+    dsk = {"x": ts.DataNode("x", 1), "fused": ts.Task.fuse(*chain, key="fused")}
+    graph = build_graph(dsk, "fused")
+    assert function_names(graph)["fused"] == "run_nested"
+    assert graph.tasks[-1].dependencies == ["x"]
+    assert graph.nest(run(graph)) == ((1 + 1) + 10) * 2
+
+
+def test_blockwise_placeholders_and_fused_tasks_inside_fused_tasks() -> None:
+    # dask's blockwise fusion names its inputs with placeholders bound to the task's arguments,
+    # and a fused chain may hold such a task as one of its inner tasks.
+    block = ts.Task(
+        "sum-block",
+        ts._execute_subgraph,
+        {"s": ts.Task("s", add, ts.TaskRef("__b0"), ts.TaskRef("t")), "t": ts.Task("t", operator.neg, ts.TaskRef("__b1"))},
+        "s",
+        ("__b0", "__b1"),
+        ts.TaskRef("own"),
+        ts.TaskRef("other"),
+    )
+    outer = ts.Task(
+        "outer", ts._execute_subgraph, {"own": ts.Task("own", inc, 4), "sum-block": block}, "sum-block",
+        ("other",), ts.TaskRef("other"),
+    )
+    dsk = {"other": ts.Task("other", inc, 1), "outer": outer}
+    graph = build_graph(dsk, "outer")
+    assert function_names(graph)["outer"] == "run_nested"
+    assert {t.key: t.dependencies for t in graph.tasks}["outer"] == ["other"]
+    assert graph.nest(run(graph)) == ts.execute_graph(dict(dsk))["outer"] == 5 - 2
+
+
+def test_a_fused_task_using_an_inner_result_twice_is_shipped_as_dask_made_it() -> None:
+    # x + x.T's diagonal blocks: both placeholders are bound to the same inner task, which
+    # nesting would run twice; it runs through dask's _execute_subgraph instead.
+    block = ts.Task(
+        "diag", ts._execute_subgraph, {"d": ts.Task("d", add, ts.TaskRef("__b0"), ts.TaskRef("__b1"))}, "d",
+        ("__b0", "__b1"), ts.TaskRef("x"), ts.TaskRef("x"),
+    )
+    outer = ts.Task("outer", ts._execute_subgraph, {"x": ts.Task("x", inc, 20), "diag": block}, "diag", ())
+    graph = build_graph({"outer": outer}, "outer")
+    assert function_names(graph)["outer"] == "_execute_subgraph"
+    assert graph.nest(run(graph)) == 42
+
+
+def test_dask_array_fused_blocks_are_nested_and_equal_dask() -> None:
+    da = pytest.importorskip("dask.array")
+    import dask
+    from dask._expr import FinalizeCompute
+    from dask.base import collections_to_expr
+
+    x = da.random.default_rng(0).random((40, 40), chunks=(10, 10))
+    expr: Any = FinalizeCompute(collections_to_expr([(x + x.T).sum()], True)).optimize()  # type: ignore[no-untyped-call]
+    graph = build_graph(expr, list(expr.__dask_keys__()))
+    names = list(function_names(graph).values())
+    assert names.count("_execute_subgraph") == 4  # the diagonal blocks only
+    assert names.count("run_nested") >= 16 - 4
+    value = graph.nest(run(graph))
+    while isinstance(value, list):  # the finalized result of one collection, among one
+        (value,) = value
+    expected = dask.compute((x + x.T).sum(), scheduler="sync")[0]  # type: ignore[attr-defined, no-untyped-call]
+    assert value == pytest.approx(float(expected))
