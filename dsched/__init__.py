@@ -22,6 +22,7 @@ from dsched._client_errors import (
 )
 from dsched._cluster import LocalCluster
 from dsched._future import Future
+from dsched._future_sequence import FutureSequence
 from dsched._limits import Limits
 from dsched._scheduler_server import SchedulerServer
 from dsched._security import Security, SecurityError
@@ -43,6 +44,7 @@ __all__ = [
     "Future",
     "FutureCancelledError",
     "FutureLostError",
+    "FutureSequence",
     "GraphError",
     "KilledWorker",
     "Limits",

@@ -50,7 +50,7 @@ from dsched import _protocol as p
 from dsched._client_diagnostics import ClientDiagnostics
 from dsched._client_errors import ClientDisconnectedError
 from dsched._client_loop import SchedulerLink
-from dsched._client_results import futures_in, unpack, value_of
+from dsched._client_results import futures_in, unpack, unpack_states, value_of
 from dsched._client_state import ClientState, run_notifications
 from dsched._security import Security, security_for
 from dsched._client_tasks import (
@@ -70,6 +70,7 @@ from dsched._dask_graph import build_graph
 from dsched._graph_builder import Collection, Graph
 from dsched._loop_thread import LoopThread
 from dsched._future import FINISHED, CallbackWatcher, Future, KeyState
+from dsched._future_sequence import FutureSequence, LayerHold
 from dsched._tokenize import funcname, pickle_args, pickle_function, random_token, token, value_key
 
 __all__ = ["Client"]
@@ -397,7 +398,7 @@ class Client(ClientDiagnostics):
         batch_size: int | None = None,
         as_layer: bool | None = None,
         **kwargs: Any,
-    ) -> list[Future]:
+    ) -> list[Future] | FutureSequence:
         """``submit(func, *args, **kwargs)`` for each ``args`` of ``zip(*iterables)``, as one submission.
 
         The function is pickled once; ``key`` is a key prefix, or a list of keys;
@@ -408,7 +409,9 @@ class Client(ClientDiagnostics):
         the arguments.  By default (``as_layer=None``) a map over
         ``MAP_LAYER_MIN_INPUTS`` (10,000) or more inputs is sent as a layer
         when it can be (no futures among the arguments, no ``batch_size``, no
-        list of keys).
+        list of keys).  A map sent as a layer returns a :class:`FutureSequence`
+        (its futures made when used: the call's cost per input is pickling
+        it); others return a list of futures.
         """
         if not callable(func):
             raise TypeError(f"map needs a callable, not {type(func).__name__}")
@@ -424,6 +427,8 @@ class Client(ClientDiagnostics):
         resources_ = resources_dict(resources)
         with gc_paused():
             rows = list(zip(*iterables))
+            if as_layer and not rows:
+                return FutureSequence(self, LayerHold("", 0))
             layer = as_layer if as_layer is not None else (
                 explicit is None and batch_size is None and len(rows) >= MAP_LAYER_MIN_INPUTS and "'" not in prefix
             )
@@ -433,8 +438,9 @@ class Client(ClientDiagnostics):
                 options = layer_options(priority, retries or 0, workers_, resources_, allow_other_workers)
                 message = map_layer(func, prefix, rows, kwargs or None, pure, options)
                 if message is not None:
-                    name = message.maps[0].name
-                    return self._submit_layers(message, [f"('{name}', {i})" for i in range(len(rows))])
+                    hold = self._state.submit_map_layer(message, message.maps[0].name, len(rows))
+                    self._link.wake()
+                    return FutureSequence(self, hold)
                 if as_layer:
                     raise ValueError(
                         "map(as_layer=True): the arguments refer to futures or exceed one message "
@@ -539,11 +545,18 @@ class Client(ClientDiagnostics):
             raise ValueError(f"errors must be 'raise' or 'skip', not {errors!r}")
         if self.asynchronous:
             return self._gather_async(futures, errors)
+        if type(futures) is FutureSequence:  # its keys' states, without making a future per key
+            states = futures._states()
+            raw = self._call(self._link.gather_raw, states, errors == "raise", None)
+            return unpack_states(states, raw, errors)
         found = futures_in(futures)
         raw = self._call(self._link.gather_raw, [f._state for f in found], errors == "raise", None)
         return unpack(futures, found, raw, errors)
 
     async def _gather_async(self, futures: Any, errors: str) -> Any:
+        if type(futures) is FutureSequence:
+            states = futures._states()
+            return unpack_states(states, await self._link.gather_raw(states, errors == "raise", None), errors)
         found = futures_in(futures)
         raw = await self._link.gather_raw([f._state for f in found], errors == "raise", None)
         return unpack(futures, found, raw, errors)
@@ -635,6 +648,8 @@ class Client(ClientDiagnostics):
         Their status becomes "cancelled" before this returns; ``result()`` then
         raises ``FutureCancelledError``.
         """
+        if type(futures) is FutureSequence:  # the whole layer, futures made later included
+            return self._cancel_on_loop(self._cancel_layer, futures._hold, force)
         found = futures_in(futures)
         states = [f._state for f in found]
         if self.asynchronous:
@@ -643,6 +658,24 @@ class Client(ClientDiagnostics):
         if self._thread is not None and self.status == "running":
             self._thread.call(self._link.cancel, states, force)
         return None
+
+    def _cancel_on_loop(self, func: Callable[[Any, bool], None], what: Any, force: bool) -> Any:
+        if self.asynchronous:
+            func(what, force)
+            return _Done()
+        if self._thread is not None and self.status == "running":
+            self._thread.call(func, what, force)
+        return None
+
+    def _cancel_layer(self, hold: LayerHold, force: bool) -> None:
+        run_notifications(self._state.cancel_layer(hold, force))
+        self._link.flush()
+
+    def _release_layer(self, hold: LayerHold) -> None:
+        """A ``FutureSequence`` holding ``hold`` is gone (any thread, maybe inside ``__del__``)."""
+        if self._state.closed is None:
+            self._state.queue_layer_release(hold)
+            self._link.wake()
 
     def _add_done_callback(self, future: Future, fn: Callable[[Future], object]) -> None:
         watcher = CallbackWatcher(future, fn)

@@ -10,10 +10,11 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from dsched._future import FINISHED, PENDING, Future, KeyState
+from dsched._future_sequence import FutureSequence
 from dsched._protocol import payload_view
 from dsched._serialize import loads_result
 
-__all__ = ["futures_in", "unpack", "value_of"]
+__all__ = ["futures_in", "unpack", "unpack_states", "value_of"]
 
 _SKIP: Final = object()
 
@@ -22,6 +23,8 @@ def _collect(obj: object, out: list[Future]) -> None:
     """The futures in a nested structure of lists, tuples, sets and dicts."""
     if isinstance(obj, Future):
         out.append(obj)
+    elif isinstance(obj, FutureSequence):
+        out.extend(obj.futures())
     elif isinstance(obj, (list, tuple, set, frozenset)):
         for item in obj:
             _collect(item, out)
@@ -34,9 +37,9 @@ def _pack(obj: object, values: Mapping[str, object]) -> Any:
     """``obj`` with each future replaced by its value (futures without one are left out)."""
     if isinstance(obj, Future):
         return values.get(obj.key, _SKIP)
-    if isinstance(obj, (list, tuple, set, frozenset)):
+    if isinstance(obj, (list, tuple, set, frozenset, FutureSequence)):
         items = [v for v in (_pack(item, values) for item in obj) if v is not _SKIP]
-        return items if type(obj) is list else type(obj)(items)
+        return items if isinstance(obj, (list, FutureSequence)) else type(obj)(items)
     if isinstance(obj, dict):
         return {k: v for k, v in ((k, _pack(item, values)) for k, item in obj.items()) if v is not _SKIP}
     return obj
@@ -48,6 +51,18 @@ def futures_in(obj: Any) -> list[Future]:
     found: list[Future] = []
     _collect(obj, found)
     return found
+
+
+def unpack_states(states: list[KeyState], raw: Mapping[str, Any], errors: str) -> list[Any]:
+    """The values of ``states`` in order (a ``FutureSequence``'s gather); erred ones raise or are left out."""
+    if errors == "raise":
+        for state in states:
+            if state.status != FINISHED and state.status != PENDING:
+                raise state.error()
+        for state in states:
+            if state.key not in raw:
+                raise state.error()
+    return [loads_result(payload_view(raw[s.key])) for s in states if errors == "raise" or s.key in raw]
 
 
 def value_of(state: KeyState, raw: Mapping[str, Any]) -> Any:

@@ -37,6 +37,7 @@ from dsched._client_errors import (
     failure_for,
 )
 from dsched._future import CANCELLED, ERROR, FINISHED, LOST, PENDING, KeyState, Watcher
+from dsched._future_sequence import LayerHold, layer_key_index
 from dsched._serialize import RemoteError
 
 __all__ = ["ClientState", "CountWaiter", "Notifications", "run_notifications"]
@@ -90,17 +91,24 @@ class CountWaiter:
 
 
 class _Submission:
-    """A recent submission: what a ``ClientError`` about it may name, and the states it created."""
+    """A recent submission: what a ``ClientError`` about it may name, and the states it created
+    (or the layer it holds: a refusal names the layer's first key)."""
 
-    __slots__ = ("checked", "dependencies", "keys", "states")
+    __slots__ = ("checked", "dependencies", "hold", "keys", "states")
 
-    def __init__(self, keys: list[str], dependencies: list[str], states: list[KeyState]) -> None:
+    def __init__(
+        self, keys: list[str], dependencies: list[str], states: list[KeyState], hold: LayerHold | None = None
+    ) -> None:
         self.keys = keys
         self.dependencies = dependencies
         self.states = states
+        self.hold = hold
         self.checked = 0  # states before this index are done or released
 
     def settled(self) -> bool:
+        hold = self.hold
+        if hold is not None:
+            return hold.refs <= 0 or not hold.attached or hold.finished >= hold.n
         states = self.states
         i = self.checked
         n = len(states)
@@ -110,6 +118,9 @@ class _Submission:
         return i == n
 
     def names_any(self, keys: set[str]) -> bool:
+        hold = self.hold
+        if hold is not None:
+            return any((parsed := layer_key_index(key)) is not None and parsed[0] == hold.name for key in keys)
         return not keys.isdisjoint(self.keys) or not keys.isdisjoint(self.dependencies)
 
 
@@ -123,6 +134,9 @@ class ClientState:
         self._outbox: list[p.ClientToScheduler] = []
         self._releases: deque[KeyState] = deque()
         self._submissions: deque[_Submission] = deque()
+        # Map layers held as a whole (``FutureSequence``), by name: one reference on each of their keys.
+        self.layers: dict[str, LayerHold] = {}
+        self._layer_releases: deque[LayerHold] = deque()
 
     def _check_open(self) -> None:
         if self.closed is not None:
@@ -175,6 +189,47 @@ class ClientState:
             self._remember(_Submission(wanted, [], new_states))
         return held
 
+    def submit_map_layer(self, message: p.SubmitLayers, name: str, n: int) -> LayerHold:
+        """Hold every key of the layer ``name`` (its ``n`` partitions) as one reference; queue the graph.
+
+        O(1): no key, state or table entry per partition (see ``layer_states``).
+        The same layer held already (a pure map made again) is held once more.
+        """
+        with self.lock:
+            self._check_open()
+            hold = self.layers.get(name)
+            if hold is None:
+                hold = self.layers[name] = LayerHold(name, n)
+            hold.refs += 1
+            self._outbox.append(message)
+            self._remember(_Submission([], [], [], hold))
+        return hold
+
+    def layer_states(self, hold: LayerHold, indices: Iterable[int], hold_refs: bool) -> list[KeyState]:
+        """The states of keys ``indices`` of ``hold``, made now if needed (one more reference each
+        with ``hold_refs``: a future made).  Under the lock.
+
+        A key held also by a future of its own (made before the layer, or left
+        from an earlier one) shares that future's state.
+        """
+        own = hold.own_states()
+        table = self.states if hold.attached and self.states else None
+        name = hold.name
+        out: list[KeyState] = []
+        append = out.append
+        for i in indices:
+            state = own[i]
+            if state is None:
+                key = f"('{name}', {i})"
+                state = table.get(key) if table is not None else None
+                if state is None:
+                    state = hold.new_state(i, key)
+                own[i] = state
+            if hold_refs:
+                state.refs += 1
+            append(state)
+        return out
+
     def _hold_keys(self, keys: list[str], new_states: list[KeyState]) -> list[KeyState]:
         """One more reference on each key's state, made (and added to ``new_states``) if new.  Under the lock."""
         states = self.states
@@ -214,7 +269,10 @@ class ClientState:
     def held_keys(self) -> list[str]:
         """Every key a future of this client holds (to ask a scheduler reached again for them)."""
         with self.lock:
-            return [key for key, state in self.states.items() if state.refs > 0]
+            keys = [key for key, state in self.states.items() if state.refs > 0]
+            for hold in self.layers.values():
+                keys.extend(f"('{hold.name}', {i})" for i in range(hold.n))
+            return list(dict.fromkeys(keys)) if self.layers else keys
 
     def hold(self, states: Iterable[KeyState]) -> None:
         """One more reference on each state (a new Future on a held key)."""
@@ -225,6 +283,10 @@ class ClientState:
     def queue_release(self, state: KeyState) -> None:
         """A future of ``state`` is gone.  Safe from any thread, even inside ``__del__``."""
         self._releases.append(state)
+
+    def queue_layer_release(self, hold: LayerHold) -> None:
+        """A sequence holding ``hold`` is gone.  Safe from any thread, even inside ``__del__``."""
+        self._layer_releases.append(hold)
 
     def _remember(self, submission: _Submission) -> None:
         records = self._submissions
@@ -247,13 +309,74 @@ class ClientState:
                 state.refs -= 1
                 if state.refs <= 0 and states.get(state.key) is state:
                     del states[state.key]
-                    released.append(state.key)
+                    if self._layer_entry(state.key) is None:  # else the layer still holds it
+                        released.append(state.key)
+            layer_releases = self._layer_releases
+            while layer_releases:
+                hold = layer_releases.popleft()
+                hold.refs -= 1
+                if hold.refs <= 0 and self.layers.get(hold.name) is hold:
+                    del self.layers[hold.name]
+                    hold.attached = False
+                    released.extend(self._unheld_keys(hold))
             if released:
                 out.append(p.ReleaseKeys(released))
         return out
 
+    def _unheld_keys(self, hold: LayerHold) -> list[str]:
+        """The keys of a layer no longer held that nothing else holds (to release).  Under the lock.
+
+        A key with a live future stays held, its state moved to the key table
+        (where that future's release finds it).
+        """
+        name = hold.name
+        own = hold.states
+        table = self.states
+        hold.states = None
+        if own is None and not table:
+            return [f"('{name}', {i})" for i in range(hold.n)]
+        out: list[str] = []
+        for i in range(hold.n):
+            key = f"('{name}', {i})"
+            state = own[i] if own is not None else None
+            if state is not None and state.refs > 0:
+                table.setdefault(key, state)
+                continue
+            other = table.get(key)
+            if other is not None:
+                if other.refs > 0:
+                    continue
+                del table[key]
+            out.append(key)
+        return out
+
+    def _layer_entry(self, key: str) -> tuple[LayerHold, int] | None:
+        """The held layer ``key`` belongs to, and its index there (None for other keys)."""
+        if not self.layers:
+            return None
+        parsed = layer_key_index(key)
+        if parsed is None:
+            return None
+        hold = self.layers.get(parsed[0])
+        if hold is None or parsed[1] >= hold.n:
+            return None
+        return hold, parsed[1]
+
+    def _state_of(self, key: str) -> KeyState | None:
+        """The state of a held key: in the table, or else made now for a key of a held layer."""
+        state = self.states.get(key)
+        if state is None and self.layers:
+            entry = self._layer_entry(key)
+            if entry is not None:
+                hold, i = entry
+                own = hold.own_states()
+                state = own[i]
+                if state is None:
+                    state = own[i] = hold.new_state(i, key)
+        return state
+
     def has_outgoing(self) -> bool:
-        return bool(self._outbox or self._releases)
+        return bool(self._outbox or self._releases or self._layer_releases)
 
     def cancel(self, states: list[KeyState], force: bool, reason: str = "cancelled by the client") -> Notifications:
         """Queue ``CancelKeys`` and mark the states cancelled (they no longer stand for held keys)."""
@@ -293,7 +416,12 @@ class ClientState:
                 if type(msg) is p.KeysInMemory:
                     for key in msg.keys:
                         state = states.get(key)
-                        if state is not None and state.status != FINISHED:
+                        if state is None:
+                            if self.layers:
+                                state = self._layer_key_done(key)
+                            if state is None:
+                                continue
+                        if state.status != FINISHED:
                             state.status = FINISHED
                             state.failure = state.exception = None
                             if state.watchers is not None:
@@ -303,10 +431,19 @@ class ClientState:
                     self._handle_other(msg, out)
         return out
 
+    def _layer_key_done(self, key: str) -> KeyState | None:
+        """A key of a held layer is in memory: noted in the layer; its state, if it has one."""
+        entry = self._layer_entry(key)
+        if entry is None:
+            return None
+        hold, i = entry
+        hold.mark_done(i)
+        return hold.states[i] if hold.states is not None else None
+
     def _handle_other(self, msg: p.SchedulerToClient, out: Notifications) -> None:
-        states = self.states
+        state_of = self._state_of
         if isinstance(msg, p.KeyErred):
-            state = states.get(msg.key)
+            state = state_of(msg.key)
             if state is not None:
                 try:
                     state.exception = p.payload_bytes(msg.exception)
@@ -315,17 +452,17 @@ class ClientState:
                 state.traceback = msg.traceback
                 self._finish(state, ERROR, None, out)
         elif isinstance(msg, p.KeyFailed):
-            state = states.get(msg.key)
+            state = state_of(msg.key)
             if state is not None:
                 self._finish(state, ERROR, failure_for(msg.key, msg.blamed_key, msg.kind, msg.message), out)
         elif isinstance(msg, p.KeyLost):
-            state = states.get(msg.key)
+            state = state_of(msg.key)
             if state is not None:
                 error = failure_for(msg.key, msg.key, "lost-data", f"the data of {msg.key!r} was lost")
                 self._finish(state, LOST, error, out)
         elif isinstance(msg, p.KeysCancelled):
             for key in msg.keys:
-                state = states.get(key)
+                state = state_of(key)
                 if state is not None:
                     self._detach(state)
                     self._finish(state, CANCELLED, FutureCancelledError(key, "cancelled"), out)
@@ -339,7 +476,7 @@ class ClientState:
             # Held keys the scheduler does not have (asked for again after a reconnection):
             # each future says so, rather than waiting for news that will never come.
             for key in msg.keys:
-                state = self.states.get(key)
+                state = self._state_of(key)
                 if state is not None and state.status in (PENDING, FINISHED):
                     self._finish(state, LOST, FutureLostError(key), out)
             return
@@ -347,6 +484,8 @@ class ClientState:
         for submission in reversed(self._submissions):
             if submission.names_any(named):
                 error = GraphError(msg.kind, msg.message, list(msg.keys))
+                if submission.hold is not None:  # the scheduler holds nothing of the layer
+                    self._end_layer(submission.hold, ERROR, error, out)
                 for state in submission.states:
                     if state.status == PENDING:
                         self._detach(state)  # the scheduler holds nothing for it
@@ -354,6 +493,45 @@ class ClientState:
                 self._submissions.remove(submission)
                 return
         logger.warning("the scheduler refused a request: %s: %s", msg.kind, msg.message)
+
+    def cancel_layer(self, hold: LayerHold, force: bool, reason: str = "cancelled by the client") -> Notifications:
+        """``cancel`` for every key of a layer held as a whole (futures made later are cancelled too)."""
+        with self.lock:
+            out: Notifications = []
+            if not hold.attached:  # released, refused or cancelled already: the scheduler holds nothing
+                return out
+            if self.closed is None:
+                self._outbox.append(p.CancelKeys([hold.key(i) for i in range(hold.n)], force))
+            self._end_layer(hold, CANCELLED, None, out, reason=reason, finished_too=True)
+        return out
+
+    def _end_layer(
+        self,
+        hold: LayerHold,
+        status: str,
+        failure: BaseException | None,
+        out: Notifications,
+        *,
+        reason: str = "",
+        finished_too: bool = False,
+        detach: bool = True,
+    ) -> None:
+        """Every pending key of ``hold`` (finished ones too with ``finished_too``) ends as ``status``,
+        now and when its future is made later; ``detach``: the layer no longer stands for held keys."""
+        hold.ended = (status, failure)
+        hold.ended_reason = reason
+        hold.ended_finished = finished_too
+        for state in hold.states or ():
+            if state is not None and (state.status == PENDING or (finished_too and state.status == FINISHED)):
+                if detach:
+                    self._detach(state)
+                hold.end_state(state)
+                if state.watchers is not None:
+                    out.append((state, state.watchers))
+                    state.watchers = None
+        if detach and self.layers.get(hold.name) is hold:
+            del self.layers[hold.name]
+            hold.attached = False
 
     def _detach(self, state: KeyState) -> None:
         if self.states.get(state.key) is state:
@@ -385,5 +563,10 @@ class ClientState:
                 for state in submission.states:
                     if state.status == PENDING:
                         self._finish(state, ERROR, reason, out)
+            for hold in self.layers.values():
+                if cancelled:
+                    self._end_layer(hold, CANCELLED, None, out, reason=str(reason), detach=False)
+                else:
+                    self._end_layer(hold, ERROR, reason, out, detach=False)
             self._outbox.clear()
         return out

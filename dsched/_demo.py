@@ -153,7 +153,7 @@ class _Counter:
 def _submit(client: Client, plan: DemoPlan) -> tuple[list[Future], Future]:
     incs = client.map(inc, range(plan.n_inputs))
     layer = client.map(square, incs)
-    futures = incs + layer
+    futures = [*incs, *layer]
     while len(layer) > 1:
         layer = [client.submit(sum, layer[i : i + plan.fan_in]) for i in range(0, len(layer), plan.fan_in)]
         futures += layer

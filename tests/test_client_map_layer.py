@@ -13,6 +13,7 @@ from _client_helpers import BackgroundCluster, add, double, fail, inc, record
 from dsched._client import Client
 from dsched._client_tasks import MAP_LAYER_MIN_INPUTS
 from dsched._future import Future
+from dsched._future_sequence import FutureSequence
 from dsched.graph import Graph
 
 N = MAP_LAYER_MIN_INPUTS
@@ -83,7 +84,11 @@ def test_layer_true_on_small_maps_and_false_on_big_ones(client: Client) -> None:
     named = client.map(inc, [1, 2], key="mine", as_layer=True)
     assert_layer_keys(named, "mine")
     assert client.gather(named) == [2, 3]
-    assert client.map(inc, [], as_layer=True) == []
+    empty = client.map(inc, [], as_layer=True)
+    assert isinstance(empty, FutureSequence) and len(empty) == 0 and list(empty) == [] and empty[:] == []
+    assert client.gather(empty) == [] and empty.keys() == []
+    with pytest.raises(IndexError):
+        empty[0]
     explicit = client.map(inc, range(N), as_layer=False)
     assert all(EXPLICIT_KEY.match(f.key).group(1) == "inc" for f in explicit)  # type: ignore[union-attr]
     assert client.gather(explicit[:: N // 10]) == [x + 1 for x in range(0, N, N // 10)]

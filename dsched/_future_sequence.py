@@ -1,0 +1,278 @@
+"""``FutureSequence``: the futures of a ``map`` sent as one layer, made only when used.
+
+A map over a million inputs used to hand back a million ``Future`` objects,
+each with its key string and shared :class:`~dsched._future.KeyState`: about
+a second and a half of the caller's time spent on bookkeeping, more than
+pickling the inputs.  A :class:`FutureSequence` stands for them instead.  The
+client holds the layer as one :class:`LayerHold` (its name, its size and how
+many sequences hold it), which counts as one reference on every key
+``"('<name>', i)"``; a ``Future`` (and its state) is made the first time
+index ``i`` is used, and kept, so ``seq[i] is seq[i]``.
+
+Until then what the scheduler says about key ``i`` is kept compactly in the
+hold: one byte per key for "finished"; anything rarer (an error, a lost key,
+a cancellation) makes the key's state on the client's loop thread.  Either
+way a future made late reports what happened before it existed.
+
+Dropping the sequence (garbage collection or :meth:`FutureSequence.release`)
+drops the layer's reference: the loop thread then releases every key that no
+live ``Future`` still holds, in one ``ReleaseKeys``.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Final, overload
+
+from dsched._client_errors import FutureCancelledError
+from dsched._future import CANCELLED, FINISHED, PENDING, Future, KeyState
+
+if TYPE_CHECKING:
+    from dsched._client import Client
+
+__all__ = ["FutureSequence", "LayerHold", "layer_key_index"]
+
+# Futures made per lock acquisition while iterating (iteration makes them in runs).
+_RUN: Final = 4096
+
+
+def layer_key_index(key: str) -> tuple[str, int] | None:
+    """``("name", i)`` for a key ``"('name', i)"``, None for any other key (cheap checks first)."""
+    if not key.startswith("('") or not key.endswith(")"):
+        return None
+    name, sep, digits = key[2:-1].rpartition("', ")
+    if not sep or not digits.isdigit() or not digits.isascii() or (digits[0] == "0" and len(digits) > 1):
+        return None
+    return name, int(digits)
+
+
+class LayerHold:
+    """A client's hold on every key of one Map layer, and what it knows of keys without a state.
+
+    ``refs`` counts the live sequences of the layer (a pure map made twice
+    shares one).  ``done[i]`` is 1 once key ``i`` was reported in memory.
+    ``states[i]`` is key ``i``'s state once one was needed (a future was made,
+    or news other than "finished" came); those states are the layer's, not in
+    the client's key table.  ``ended`` is what became of every key still
+    pending when the whole layer stopped (cancelled, refused, client closed);
+    with ``ended_finished`` it applies to finished keys too (a cancellation).
+    Changed under the client state's lock.
+    """
+
+    __slots__ = (
+        "attached", "done", "ended", "ended_finished", "ended_reason", "finished", "n", "name", "refs", "states",
+    )
+
+    def __init__(self, name: str, n: int) -> None:
+        self.name = name
+        self.n = n
+        self.refs = 0
+        self.done = bytearray(n)
+        self.finished = 0
+        self.states: list[KeyState | None] | None = None  # made on first use
+        self.attached = True  # in the client's table of held layers
+        self.ended: tuple[str, BaseException | None] | None = None
+        self.ended_reason = ""
+        self.ended_finished = False
+
+    def key(self, i: int) -> str:
+        return f"('{self.name}', {i})"
+
+    def own_states(self) -> list[KeyState | None]:
+        states = self.states
+        if states is None:
+            states = self.states = [None] * self.n
+        return states
+
+    def new_state(self, i: int, key: str) -> KeyState:
+        """Key ``i``'s state as known so far (for a key that had none)."""
+        ended = self.ended
+        if self.done[i]:
+            if ended is None or not self.ended_finished:
+                return KeyState(key, FINISHED)
+        elif ended is None:
+            return KeyState(key)
+        state = KeyState(key)
+        self.end_state(state)
+        return state
+
+    def end_state(self, state: KeyState) -> None:
+        """Give ``state`` the layer's end (see ``ended``)."""
+        assert self.ended is not None
+        status, failure = self.ended
+        if status == CANCELLED:
+            failure = FutureCancelledError(state.key, self.ended_reason)
+        state.status = status
+        state.failure = failure
+        state.exception = None
+
+    def mark_done(self, i: int) -> None:
+        if not self.done[i]:
+            self.done[i] = 1
+            self.finished += 1
+
+    def counts(self) -> dict[str, int]:
+        """How many keys are in each status other than pending."""
+        out: dict[str, int] = {FINISHED: self.finished}
+        done = self.done
+        for i, state in enumerate(self.states or ()):
+            if state is not None and state.status != PENDING and state.status != FINISHED:
+                out[state.status] = out.get(state.status, 0) + 1
+                out[FINISHED] -= done[i]  # finished once, then lost or cancelled
+        return out
+
+
+class FutureSequence(Sequence[Future]):
+    """The futures of a ``map`` sent as one layer: an immutable sequence, each ``Future`` made when used.
+
+    It behaves as the list of futures a smaller ``map`` returns (indexing,
+    negative indices, slices as lists, iteration, ``len``, ``+`` with lists,
+    ``gather``/``wait``/``as_completed``/``cancel``, an argument of ``submit``
+    or ``map``), but it is not a ``list`` and cannot be changed.  While it
+    lives the client holds every key of the layer; ``key(i)`` and ``keys()``
+    name keys without making futures.
+    """
+
+    __slots__ = ("__weakref__", "_client", "_futures", "_hold", "_released")
+
+    def __init__(self, client: Client, hold: LayerHold) -> None:
+        self._client = client
+        self._hold = hold
+        self._futures: list[Future | None] | None = None
+        self._released = False
+
+    # -- what it names, without making futures -------------------------------------------
+
+    @property
+    def name(self) -> str:
+        """The layer's name (its keys are ``"('<name>', i)"``)."""
+        return self._hold.name
+
+    def key(self, index: int) -> str:
+        """The key of future ``index`` (negative indices count from the end)."""
+        return self._hold.key(self._position(index))
+
+    def keys(self) -> list[str]:
+        """Every key, in order."""
+        hold = self._hold
+        return [f"('{hold.name}', {i})" for i in range(hold.n)]
+
+    def __len__(self) -> int:
+        return self._hold.n
+
+    def _position(self, index: Any) -> int:
+        n = self._hold.n
+        i = operator.index(index)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError(f"FutureSequence index {index} out of range ({n} futures)")
+        return i
+
+    # -- futures, made on first use ------------------------------------------------------
+
+    @overload
+    def __getitem__(self, index: int) -> Future: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[Future]: ...
+
+    def __getitem__(self, index: int | slice) -> Future | list[Future]:
+        if isinstance(index, slice):
+            return self._materialise(range(self._hold.n)[index])
+        i = self._position(index)
+        cache = self._futures
+        if cache is not None:
+            future = cache[i]
+            if future is not None:
+                return future
+        return self._materialise(range(i, i + 1))[0]
+
+    def __iter__(self) -> Iterator[Future]:
+        n = self._hold.n
+        for start in range(0, n, _RUN):
+            yield from self._materialise(range(start, min(n, start + _RUN)))
+
+    def __contains__(self, value: object) -> bool:
+        if not isinstance(value, Future) or self._futures is None:
+            return False
+        parsed = layer_key_index(value.key)
+        if parsed is None or parsed[0] != self._hold.name or parsed[1] >= self._hold.n:
+            return False
+        return self._futures[parsed[1]] is value
+
+    def futures(self) -> list[Future]:
+        """Every future, as a list (made now if not made yet)."""
+        return self._materialise(range(self._hold.n))
+
+    def _materialise(self, indices: range) -> list[Future]:
+        if self._released:
+            raise RuntimeError(f"this FutureSequence of layer {self._hold.name!r} was released")
+        client = self._client
+        state = client._state
+        hold = self._hold
+        with state.lock:
+            cache = self._futures
+            if cache is None:
+                cache = self._futures = [None] * hold.n
+            missing = [i for i in indices if cache[i] is None]
+            if missing:
+                for i, key_state in zip(missing, state.layer_states(hold, missing, hold_refs=True)):
+                    cache[i] = Future(key_state.key, client, key_state)
+            return [cache[i] for i in indices]  # type: ignore[misc]
+
+    def _states(self) -> list[KeyState]:
+        """Every key's state, without making futures (for ``gather``; holds nothing more)."""
+        if self._released:
+            raise RuntimeError(f"this FutureSequence of layer {self._hold.name!r} was released")
+        state = self._client._state
+        with state.lock:
+            return state.layer_states(self._hold, range(self._hold.n), hold_refs=False)
+
+    # -- lists, pickling, release ----------------------------------------------------------
+
+    def __add__(self, other: Any) -> list[Future]:
+        if isinstance(other, (list, tuple, FutureSequence)):
+            return self.futures() + list(other)
+        return NotImplemented
+
+    def __radd__(self, other: Any) -> list[Future]:
+        if isinstance(other, (list, tuple)):
+            return list(other) + self.futures()
+        return NotImplemented
+
+    def __reduce__(self) -> Any:
+        # Inside a task's arguments it stands for the list of its results: pickled as
+        # its futures, which the argument pickler turns into dependencies.
+        return (list, (self.futures(),))
+
+    def release(self) -> None:
+        """Drop this sequence's hold on the layer's keys now (idempotent).  Futures taken
+        from it keep their own keys until they go."""
+        if not self._released:
+            self._released = True
+            self._futures = None
+            self._client._release_layer(self._hold)
+
+    def __del__(self) -> None:
+        if not self._released:
+            self._released = True
+            try:
+                self._client._release_layer(self._hold)
+            except Exception:  # interpreter shutdown, or a closed client
+                pass
+
+    def __repr__(self) -> str:
+        hold = self._hold
+        if self._released:
+            return f"<FutureSequence: released, {hold.n:,} keys of layer {hold.name!r}>"
+        state = self._client._state
+        with state.lock:
+            counts = hold.counts()
+        done = ", ".join(f"{count:,} {status}" for status, count in counts.items() if count)
+        made = sum(f is not None for f in self._futures) if self._futures is not None else 0
+        return (
+            f"<FutureSequence: {hold.n:,} futures of layer {hold.name!r}"
+            f" ({done or 'none done'}; {made:,} futures made)>"
+        )
