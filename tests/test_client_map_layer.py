@@ -8,9 +8,11 @@ import re
 import threading
 
 import pytest
-from _client_helpers import BackgroundCluster, add, double, fail, inc, record
+from _client_helpers import BackgroundCluster, add, double, fail, gate, gated, inc, record
 
+from dsched._as_completed import as_completed, wait
 from dsched._client import Client
+from dsched._client_errors import FutureCancelledError, GraphError
 from dsched._client_tasks import MAP_LAYER_MIN_INPUTS
 from dsched._future import Future
 from dsched._future_sequence import FutureSequence
@@ -276,3 +278,106 @@ def test_a_keyword_named_layer_reaches_the_function(client: Client) -> None:
     # Dask code passes unknown keywords through to the function; only ``as_layer`` is map's own.
     futures = client.map(keyword_named_layer, range(3), layer=5)
     assert client.gather(futures) == [(0, 5), (1, 5), (2, 5)]
+
+
+# -- the FutureSequence a layer map returns ------------------------------------------------
+
+
+def triple(x: int) -> int:
+    return 3 * x
+
+
+def test_a_big_map_costs_no_per_input_bookkeeping_and_frees_the_scheduler(
+    client: Client, cluster: BackgroundCluster
+) -> None:
+    n = 100_000
+    seq = client.map(triple, range(n))
+    assert isinstance(seq, FutureSequence) and len(seq) == n
+    # The O(1) contract, structurally: no key state, table entry or per-key list made by the call.
+    assert len(client._state.states) == 0 and client._state.layers[seq.name].states is None
+    assert client.gather(seq) == [3 * x for x in range(n)]
+    assert len(client._state.states) == 0 and seq._futures is None  # gather made no futures either
+    assert seq[-1].result() == 3 * (n - 1) and seq[5].status == "finished"
+    sample = [seq.key(i) for i in (0, 1, n // 2, n - 1)]
+    assert all(cluster.known(k) for k in sample)
+    del seq
+    gc.collect()
+    cluster.wait_until(lambda: not any(k in cluster.server.state.tasks for k in sample), timeout=20)
+    assert client._state.layers == {} and client._state.states == {}
+
+
+def test_a_sequence_where_futures_are_expected(client: Client) -> None:
+    seq = client.map(inc, range(40), as_layer=True)
+    assert isinstance(seq, FutureSequence)
+    done, not_done = wait(seq)
+    assert len(done) == 40 and not not_done and seq[0] in done
+    completed = list(as_completed(seq))
+    assert len(completed) == 40 and {id(f) for f in completed} == {id(f) for f in seq}
+    assert client.submit(sum, seq).result() == sum(range(1, 41))
+    assert client.gather(client.map(double, seq)) == [2 * (x + 1) for x in range(40)]  # futures as inputs
+    nested = client.gather({"all": seq, "some": (seq[0], [seq[-1]])})
+    assert nested == {"all": list(range(1, 41)), "some": (1, [40])}
+    assert client.gather([seq, seq[:2]]) == [list(range(1, 41)), [1, 2]]
+
+
+def test_statuses_of_futures_made_after_their_keys_ended(client: Client) -> None:
+    seq = client.map(fail_on_seven, range(20), as_layer=True)
+    assert client.gather(seq, errors="skip") == [i for i in range(20) if i != 7]
+    assert seq._futures is None  # nothing made yet: the news was kept by the layer
+    erred = seq[7]
+    assert erred.status == "error" and "seven-7" in (erred.traceback() or "")
+    with pytest.raises(KeyError, match="seven-7"):
+        erred.result()
+    assert "Remote traceback" in "".join(erred.exception().__notes__)
+    assert seq[3].status == "finished" and seq[3].result() == 3
+    with pytest.raises(KeyError, match="seven-7"):
+        client.gather(seq)
+
+
+def test_cancelling_a_sequence(client: Client, cluster: BackgroundCluster) -> None:
+    try:
+        seq = client.map(gated, ["cancel-seq"] * 8, range(8), as_layer=True, pure=False)
+        before = seq[2]
+        cluster.wait_until(lambda: all(seq.key(i) in cluster.server.state.tasks for i in range(8)))
+        client.cancel(seq)
+        assert before.status == "cancelled" and [f.status for f in seq] == ["cancelled"] * 8
+        with pytest.raises(FutureCancelledError):
+            seq[5].result()
+        keys = seq.keys()
+        cluster.wait_until(lambda: not any(k in cluster.server.state.tasks for k in keys), timeout=20)
+    finally:
+        gate("cancel-seq").set()
+
+
+def test_a_refused_layer_fails_its_sequence(client: Client, cluster: BackgroundCluster) -> None:
+    limit = cluster.server.max_layer_tasks
+    cluster.server.max_layer_tasks = 5
+    try:
+        seq = client.map(inc, range(10), as_layer=True)
+        before = seq[0]
+        error = before.exception(timeout=10)
+        assert isinstance(error, GraphError) and "max_layer_tasks" in str(error)
+        assert seq[9].status == "error" and isinstance(seq[9].exception(), GraphError)
+        with pytest.raises(GraphError):
+            client.gather(seq)
+    finally:
+        cluster.server.max_layer_tasks = limit
+    assert client.gather(client.map(inc, range(10), as_layer=True)) == list(range(1, 11))
+
+
+def test_the_same_pure_map_twice_each_sequence_holds_its_keys(client: Client, cluster: BackgroundCluster) -> None:
+    first = client.map(triple, range(30), as_layer=True)
+    second = client.map(triple, range(30), as_layer=True)
+    assert first.name == second.name and client.gather(first) == client.gather(second)
+    keys = first.keys()
+    del first
+    gc.collect()
+    client.gather(client.submit(inc, 1))  # a round trip: the release (if any) reached the scheduler
+    assert all(cluster.known(k) for k in keys) and second[29].result() == 87
+    kept = second[0]
+    second.release()
+    cluster.wait_until(lambda: not any(k in cluster.server.state.tasks for k in keys[1:]), timeout=20)
+    assert cluster.known(keys[0]) and kept.result() == 0
+    del kept
+    gc.collect()
+    cluster.wait_until(lambda: keys[0] not in cluster.server.state.tasks, timeout=20)
