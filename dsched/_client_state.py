@@ -23,8 +23,8 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
-from collections.abc import Iterable
-from typing import Final
+from collections.abc import Iterable, Sequence
+from typing import Final, cast
 
 import anyio
 
@@ -205,16 +205,28 @@ class ClientState:
             self._remember(_Submission([], [], [], hold))
         return hold
 
-    def layer_states(self, hold: LayerHold, indices: Iterable[int], hold_refs: bool) -> list[KeyState]:
+    def layer_states(self, hold: LayerHold, indices: Sequence[int], hold_refs: bool) -> list[KeyState]:
         """The states of keys ``indices`` of ``hold``, made now if needed (one more reference each
         with ``hold_refs``: a future made).  Under the lock.
 
         A key held also by a future of its own (made before the layer, or left
         from an earlier one) shares that future's state.
         """
-        own = hold.own_states()
         table = self.states if hold.attached and self.states else None
         name = hold.name
+        if hold.states is None and table is None and hold.ended is None and indices == range(hold.n):
+            # Every key at once, none made yet (a gather, or iterating all): in bulk.
+            keys = [f"('{name}', {i})" for i in range(hold.n)]
+            if hold.finished:
+                fresh = [KeyState(key, FINISHED) if done else KeyState(key) for key, done in zip(keys, hold.done)]
+            else:
+                fresh = list(map(KeyState, keys))
+            if hold_refs:
+                for new in fresh:
+                    new.refs = 1
+            hold.states = cast("list[KeyState | None]", fresh.copy())
+            return fresh
+        own = hold.own_states()
         out: list[KeyState] = []
         append = out.append
         for i in indices:
@@ -414,31 +426,66 @@ class ClientState:
             states = self.states
             for msg in messages:
                 if type(msg) is p.KeysInMemory:
+                    unknown: list[str] = []
                     for key in msg.keys:
                         state = states.get(key)
                         if state is None:
-                            if self.layers:
-                                state = self._layer_key_done(key)
-                            if state is None:
-                                continue
-                        if state.status != FINISHED:
-                            state.status = FINISHED
-                            state.failure = state.exception = None
-                            if state.watchers is not None:
-                                out.append((state, state.watchers))
-                                state.watchers = None
+                            unknown.append(key)
+                        elif state.status != FINISHED:
+                            self._finished(state, out)
+                    if unknown and self.layers:
+                        for state in self._layer_keys_done(unknown):
+                            if state.status != FINISHED:
+                                self._finished(state, out)
                 else:
                     self._handle_other(msg, out)
         return out
 
-    def _layer_key_done(self, key: str) -> KeyState | None:
-        """A key of a held layer is in memory: noted in the layer; its state, if it has one."""
-        entry = self._layer_entry(key)
-        if entry is None:
-            return None
-        hold, i = entry
-        hold.mark_done(i)
-        return hold.states[i] if hold.states is not None else None
+    @staticmethod
+    def _finished(state: KeyState, out: Notifications) -> None:
+        state.status = FINISHED
+        state.failure = state.exception = None
+        if state.watchers is not None:
+            out.append((state, state.watchers))
+            state.watchers = None
+
+    def _layer_keys_done(self, keys: list[str]) -> list[KeyState]:
+        """Keys of held layers are in memory: noted in their layers; the states of those that have one.
+
+        The hot path of a big layer's results (a frame's keys mostly share a
+        layer): the last layer's key prefix is tried first, then the key parsed.
+        """
+        layers = self.layers
+        hold: LayerHold | None = None
+        prefix = ""
+        start = 0
+        with_state: list[KeyState] = []
+        for key in keys:
+            if hold is None or not key.startswith(prefix):
+                parsed = layer_key_index(key)
+                if parsed is None:
+                    continue
+                found = layers.get(parsed[0])
+                if found is None:
+                    continue
+                hold = found
+                prefix = f"('{hold.name}', "
+                start = len(prefix)
+            try:
+                # (Only keys this client holds get news: one with the prefix of a held layer is its key.)
+                i = int(key[start:-1])
+            except ValueError:
+                continue
+            if not 0 <= i < hold.n:
+                continue
+            if not hold.done[i]:
+                hold.done[i] = 1
+                hold.finished += 1
+            if hold.states is not None:
+                state = hold.states[i]
+                if state is not None:
+                    with_state.append(state)
+        return with_state
 
     def _handle_other(self, msg: p.SchedulerToClient, out: Notifications) -> None:
         state_of = self._state_of

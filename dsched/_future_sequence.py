@@ -21,11 +21,13 @@ live ``Future`` still holds, in one ``ReleaseKeys``.
 
 from __future__ import annotations
 
+import contextlib
 import operator
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any, Final, overload
+from typing import TYPE_CHECKING, Any, Final, cast, overload
 
 from dsched._client_errors import FutureCancelledError
+from dsched._client_tasks import gc_paused
 from dsched._future import CANCELLED, FINISHED, PENDING, Future, KeyState
 
 if TYPE_CHECKING:
@@ -212,9 +214,13 @@ class FutureSequence(Sequence[Future]):
         client = self._client
         state = client._state
         hold = self._hold
-        with state.lock:
+        with state.lock, gc_paused() if len(indices) >= _RUN else contextlib.nullcontext():
             cache = self._futures
             if cache is None:
+                if len(indices) == hold.n:  # all of them, in bulk
+                    made = [Future(s.key, client, s) for s in state.layer_states(hold, range(hold.n), hold_refs=True)]
+                    self._futures = cast("list[Future | None]", made)
+                    return made.copy()
                 cache = self._futures = [None] * hold.n
             missing = [i for i in indices if cache[i] is None]
             if missing:
@@ -227,7 +233,7 @@ class FutureSequence(Sequence[Future]):
         if self._released:
             raise RuntimeError(f"this FutureSequence of layer {self._hold.name!r} was released")
         state = self._client._state
-        with state.lock:
+        with state.lock, gc_paused():
             return state.layer_states(self._hold, range(self._hold.n), hold_refs=False)
 
     # -- lists, pickling, release ----------------------------------------------------------
