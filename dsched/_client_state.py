@@ -214,9 +214,12 @@ class ClientState:
         """
         table = self.states if hold.attached and self.states else None
         name = hold.name
-        if hold.states is None and table is None and hold.ended is None and indices == range(hold.n):
-            # Every key at once, none made yet (a gather, or iterating all): in bulk.
+        if hold.states is None and hold.ended is None and indices == range(hold.n):
+            # Every key at once, none made yet (a gather, or iterating all): in bulk, unless
+            # some key has a state of its own already.
             keys = [f"('{name}', {i})" for i in range(hold.n)]
+            if table is not None and not table.keys().isdisjoint(keys):
+                return self._layer_states_one_by_one(hold, indices, hold_refs, table)
             if hold.finished:
                 fresh = [KeyState(key, FINISHED) if done else KeyState(key) for key, done in zip(keys, hold.done)]
             else:
@@ -226,7 +229,14 @@ class ClientState:
                     new.refs = 1
             hold.states = cast("list[KeyState | None]", fresh.copy())
             return fresh
+        return self._layer_states_one_by_one(hold, indices, hold_refs, table)
+
+    @staticmethod
+    def _layer_states_one_by_one(
+        hold: LayerHold, indices: Sequence[int], hold_refs: bool, table: dict[str, KeyState] | None
+    ) -> list[KeyState]:
         own = hold.own_states()
+        name = hold.name
         out: list[KeyState] = []
         append = out.append
         for i in indices:

@@ -190,6 +190,26 @@ def test_a_future_released_while_the_layer_holds_its_key_sends_nothing() -> None
     assert released_keys(state.drain()) == [key("layer-holds", i) for i in range(3)]
 
 
+def test_a_future_outliving_its_layer_is_shared_by_the_layer_made_again() -> None:
+    client = StubClient()
+    state = client._state
+    first = mapped(client, name="again", n=3)
+    kept = first[1]
+    run_notifications(state.handle([p.KeysInMemory([key("again", 1)])]))
+    del first
+    gc.collect()
+    assert released_keys(state.drain()) == [key("again", 0), key("again", 2)]
+    second = mapped(client, name="again", n=3)
+    states = second._states()  # (in bulk but for the key held already)
+    assert states[1] is kept._state and states[1].status == "finished" and second[1]._state is kept._state
+    assert kept._state.refs == 2 and states[0].status == "pending"
+    del kept
+    gc.collect()
+    assert released_keys(state.drain()) == []  # the layer holds it again
+    second.release()
+    assert released_keys(state.drain()) == [key("again", i) for i in range(3)]
+
+
 def test_the_same_layer_held_twice() -> None:
     client = StubClient()
     state = client._state
