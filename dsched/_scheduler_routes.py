@@ -12,7 +12,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any, Final, TypeAlias
 
 from msgspec import Raw
 
@@ -138,6 +138,18 @@ def worker_events(server: SchedulerServer, conn: WorkerConn, messages: list[p.Wo
     return out
 
 
+# A client's request about this many keys or more becomes several events, which the
+# server's queue spreads over ticks (a million keys released at once held the loop
+# for a second).
+KEYS_PER_EVENT: Final = 10_000
+
+
+def key_slices(keys: list[str]) -> list[list[str]]:
+    if len(keys) <= KEYS_PER_EVENT:
+        return [keys]
+    return [keys[i:i + KEYS_PER_EVENT] for i in range(0, len(keys), KEYS_PER_EVENT)]
+
+
 def client_events(server: SchedulerServer, conn: ClientConn, messages: list[p.ClientToScheduler]) -> list[Event]:
     client = conn.client
     out: list[Event] = []
@@ -147,11 +159,11 @@ def client_events(server: SchedulerServer, conn: ClientConn, messages: list[p.Cl
         elif isinstance(msg, p.SubmitLayers):
             out.extend(_layer_events(server, conn, msg))
         elif isinstance(msg, p.ReleaseKeys):
-            out.append(sc.ClientReleasesKeys(client, msg.keys))
+            out.extend(sc.ClientReleasesKeys(client, keys) for keys in key_slices(msg.keys))
         elif isinstance(msg, p.WantKeys):
-            out.append(sc.ClientWantsKeys(client, msg.keys))
+            out.extend(sc.ClientWantsKeys(client, keys) for keys in key_slices(msg.keys))
         elif isinstance(msg, p.CancelKeys):
-            out.append(sc.CancelKeys(client, msg.keys, msg.force))
+            out.extend(sc.CancelKeys(client, keys, msg.force) for keys in key_slices(msg.keys))
         elif isinstance(msg, p.Scattered):
             over = _check_scatter_limits(server, msg)
             if over is not None:
@@ -281,30 +293,44 @@ class LayerFeed:
 
     The server's queue holds this object where the submission arrived; each
     tick takes the next chunk (dependencies first).  A private pseudo-client
-    (``holder``) submits the chunks and holds every expanded key until the last
-    chunk is in, so nothing a later chunk needs is forgotten meanwhile; the
-    client's own hold on the ``wanted`` keys of a chunk is taken with it (so
-    their results reach the client while later chunks are still expanding),
-    and the holder is removed after the last one.  ``wanted`` shrinks as keys
-    are taken.  ``options`` (priority,
-    retries, restrictions), when given, go on every task.
+    (``holder``) submits the chunks.  It holds the keys later chunks may need
+    (of layers that other layers read, and of layers whose tasks depend on
+    each other) until every task that needs them is in, then lets them go a
+    chunk at a time, so that no tick does more than a chunk's worth of work
+    however big the graph (letting go of a million keys at once held the
+    loop for a second).  The client's own hold on the keys it wants is taken
+    with the chunk that defines them (so their results reach the client
+    while later chunks are still expanding).  ``wanted`` (explicit keys) and
+    ``wanted_layers`` (every key of those layers) say what it wants; keys of
+    neither, needed by nothing later, are dropped as soon as they are in.
+    ``options`` (priority, retries, restrictions), when given, go on every
+    task.
     """
 
-    __slots__ = ("cancelled", "client", "expander", "holder", "options", "wanted")
+    __slots__ = ("cancelled", "client", "expander", "held", "holder", "options", "releasing", "wanted", "wanted_layers")
 
     def __init__(
-        self, client: str, holder: str, expander: sc.LayerExpander, wanted: set[str], options: p.LayerOptions | None = None
+        self,
+        client: str,
+        holder: str,
+        expander: sc.LayerExpander,
+        wanted: set[str],
+        options: p.LayerOptions | None = None,
+        wanted_layers: set[str] | None = None,
     ) -> None:
         self.client = client
         self.holder = holder
         self.expander = expander
         self.wanted = wanted
+        self.wanted_layers = wanted_layers or set()
         self.options = options
         self.cancelled = False
+        self.held: dict[int, list[str]] = {}  # layer index -> its keys the holder holds
+        self.releasing: list[str] = []  # held keys nothing left to expand needs
 
     @property
     def done(self) -> bool:
-        return self.cancelled or self.expander.done
+        return self.cancelled or (self.expander.done and not self.held and not self.releasing)
 
     def cancel(self) -> None:
         """Its client is gone: expand no more (the next call removes the holder, releasing what it held)."""
@@ -314,23 +340,57 @@ class LayerFeed:
     def next_events(self, budget: int) -> list[sc.SchedulerEvent]:
         if self.cancelled:
             return [sc.ClientRemoved(self.holder)]
-        specs = self.expander.next_chunk(budget)
         out: list[sc.SchedulerEvent] = []
-        if specs:
-            if self.options is not None:
-                _apply_options(specs, self.options)
-            keys = [spec.key for spec in specs]
-            out.append(sc.GraphSubmitted(self.holder, specs, keys))
-            wanted = self.wanted
-            mine = [key for key in keys if key in wanted]
-            if mine:
-                wanted.difference_update(mine)
-                out.append(sc.ClientWantsKeys(self.client, mine))
-        if self.expander.done:
-            if self.wanted:  # keys no layer defines: the core answers for those (known, or an error)
-                out.append(sc.ClientWantsKeys(self.client, sorted(self.wanted)))
+        if self.releasing:
+            # Letting go takes this tick: as much work as a chunk, and no more.
+            out.append(sc.ClientReleasesKeys(self.holder, self.releasing[:budget]))
+            del self.releasing[:budget]
+        elif not self.expander.done:
+            self._expand(budget, out)
+        if self.expander.done and self.wanted:  # keys no layer defines: the core answers for those (known, or an error)
+            out.append(sc.ClientWantsKeys(self.client, sorted(self.wanted)))
+            self.wanted = set()
+        if self.expander.done and not self.held and not self.releasing:
             out.append(sc.ClientRemoved(self.holder))
         return out
+
+    def _expand(self, budget: int, out: list[sc.SchedulerEvent]) -> None:
+        expander = self.expander
+        specs = expander.next_chunk(budget)
+        if self.options is not None:
+            _apply_options(specs, self.options)
+        held: list[str] = []  # the holder's, for later chunks
+        mine: list[str] = []  # the client's
+        passed: list[str] = []  # the client's only: the holder takes them just to hand them over
+        wanted = self.wanted
+        start = 0
+        for layer_index, count in expander.spans:
+            keys = [spec.key for spec in specs[start:start + count]]
+            start += count
+            hold = expander.needs_hold[layer_index]
+            if hold:
+                self.held.setdefault(layer_index, []).extend(keys)
+                held.extend(keys)
+            if expander.layers[layer_index].name in self.wanted_layers:
+                found = keys
+            elif wanted:
+                found = [key for key in keys if key in wanted]
+                wanted.difference_update(found)
+            else:
+                continue
+            mine.extend(found)
+            if not hold:
+                passed.extend(found)
+        # A task nobody wants at the end of the event that submits it is dropped, so the
+        # holder takes the client's keys too, until the client's own hold is in.
+        out.append(sc.GraphSubmitted(self.holder, specs, held + passed))
+        if mine:
+            out.append(sc.ClientWantsKeys(self.client, mine))
+        if passed:
+            out.append(sc.ClientReleasesKeys(self.holder, passed))
+        done = expander.layers_done
+        for layer_index in [i for i in self.held if expander.release_after[i] < done]:
+            self.releasing.extend(self.held.pop(layer_index))
 
 
 def _apply_options(specs: list[sc.TaskSpec], options: p.LayerOptions) -> None:
@@ -389,12 +449,10 @@ def _layer_events(server: SchedulerServer, conn: ClientConn, msg: p.SubmitLayers
                 "(the most this scheduler accepts in one submission)",
             )
         _check_layer_names(server, layers)
-        wanted = list(msg.wanted)
-        partitions = {layer.name: layer.npartitions for layer in layers}
+        defined = {layer.name for layer in layers}
         for name in msg.wanted_layers:
-            if name not in partitions:
+            if name not in defined:
                 raise ValueError(f"wanted layer {name!r} is not in the graph")
-            wanted.extend(sc.layer_key(name, i) for i in range(partitions[name]))
     except ValueError as exc:
         keys = list(msg.wanted) + [sc.layer_key(name, 0) for name in msg.wanted_layers]
         if isinstance(exc, _OverLimit):
@@ -404,7 +462,7 @@ def _layer_events(server: SchedulerServer, conn: ClientConn, msg: p.SubmitLayers
         return []
     server.chunked_graphs += 1
     holder = f"{conn.client}\x00layers-{server.chunked_graphs}"
-    return [sc.ClientAdded(holder), LayerFeed(conn.client, holder, expander, set(wanted), msg.options)]
+    return [sc.ClientAdded(holder), LayerFeed(conn.client, holder, expander, set(msg.wanted), msg.options, set(msg.wanted_layers))]
 
 
 # -- instructions -> messages --------------------------------------------------------

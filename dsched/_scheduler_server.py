@@ -79,12 +79,14 @@ from dsched._scheduler_retire import Retirements
 from dsched._security import Security, check_listen_allowed
 from dsched._step_stats import StepStats
 from dsched._scheduler_routes import (
+    KEYS_PER_EVENT,
     ClientConn,
     FunctionTable,
     LayerFeed,
     WorkerConn,
     answer_query,
     client_events,
+    key_slices,
     route,
     send_quietly,
     worker_events,
@@ -417,6 +419,12 @@ class SchedulerServer:
             for item in self._client_queues.get(conn.client, ()):
                 if isinstance(item, LayerFeed):
                     item.cancel()
+            held = self.state.clients.get(conn.client)
+            if held is not None and len(held.wants) > KEYS_PER_EVENT:
+                # Let go of a big hold a slice per event (spread over ticks, like a big
+                # release), so that the removal itself is small.
+                for keys in key_slices([ts.key for ts in held.wants]):
+                    self.push(conn.client, sc.ClientReleasesKeys(conn.client, keys))
             self.push(conn.client, sc.ClientRemoved(conn.client))
 
     async def _handle(self, comm: Comm) -> None:
@@ -663,11 +671,13 @@ def _take_from(
             continue
         if isinstance(item, sc.GraphSubmitted):
             size = len(item.tasks)
-            if size > budget and budget < full:
-                break
-            budget -= size
+        elif isinstance(item, (sc.ClientReleasesKeys, sc.ClientWantsKeys, sc.CancelKeys)):
+            size = len(item.keys)
         else:
-            budget -= 1
+            size = 1
+        if size > budget and budget < full:
+            break
+        budget -= size
         queue.popleft()
         events.append(item)
     return budget

@@ -297,31 +297,60 @@ class LayerExpander:
     A layer that refers to an input layer not given earlier in the list, or
     with another partition count, raises ``ValueError`` at construction, before
     anything is expanded.
+
+    What a submitter must hold between chunks, so that nothing a later chunk
+    needs is forgotten meanwhile: ``spans`` says which layer each task of the
+    last chunk came from (``(layer index, count)`` runs, in order);
+    ``needs_hold[i]`` whether layer ``i``'s tasks are needed by tasks that may
+    come in later chunks (it has readers, or its tasks depend on each other);
+    and once ``layers_done`` exceeds ``release_after[i]``, every task that
+    needs them has been emitted.
     """
 
     layers: list[Layer]
     total: int
     emitted: int
+    needs_hold: list[bool]
+    release_after: list[int]
+    spans: list[tuple[int, int]]
     _layer: int
     _index: int
     _pending: list[TaskSpec]
 
     def __init__(self, layers: list[Layer], known_partitions: dict[str, int] | None = None) -> None:
         seen: dict[str, int] = dict(known_partitions) if known_partitions is not None else {}
+        position: dict[str, int] = {}
+        needs_hold: list[bool] = []
+        release_after: list[int] = []
         total = 0
-        for layer in layers:
+        for here in range(len(layers)):
+            layer = layers[here]
             if layer.name in seen:
                 raise ValueError(f"layer {layer.name!r} is defined twice")
+            reads: list[str] = []
             if isinstance(layer, MapLayer):
                 for i in range(len(layer.inputs)):
                     _check_input(layer.name, layer.inputs[i], layer.input_partitions[i], seen)
+                reads = layer.inputs
             elif isinstance(layer, (TreeReduceLayer, ShuffleLayer)):
                 _check_input(layer.name, layer.input, layer.input_partitions, seen)
+                reads = [layer.input]
+            for name in reads:
+                source = position.get(name, -1)
+                if source >= 0:  # else a layer known from an earlier submission
+                    needs_hold[source] = True
+                    release_after[source] = here
             seen[layer.name] = layer.npartitions
+            position[layer.name] = here
+            needs_hold.append(not isinstance(layer, MapLayer))  # tree levels, shuffle pieces, explicit tasks
+            release_after.append(here)
             total += layer.n_tasks()
         self.layers = layers
         self.total = total
         self.emitted = 0
+        self.needs_hold = needs_hold
+        self.release_after = release_after
+        self.spans = []
         self._layer = 0
         self._index = 0
         self._pending = []
@@ -330,40 +359,58 @@ class LayerExpander:
     def done(self) -> bool:
         return self.emitted >= self.total
 
+    @property
+    def layers_done(self) -> int:
+        """How many layers (from the first) have had all their tasks emitted."""
+        return self._layer
+
     def next_chunk(self, limit: int) -> list[TaskSpec]:
         out: list[TaskSpec] = []
+        spans: list[tuple[int, int]] = []
         if limit < 1:
             limit = 1
         while len(out) < limit and self._layer < len(self.layers):
-            if self._pending:
-                take = limit - len(out)
-                out.extend(self._pending[:take])
-                self._pending = self._pending[take:]
-                if not self._pending:
-                    self._layer += 1
-                continue
-            layer = self.layers[self._layer]
-            if isinstance(layer, MapLayer):
-                stop = layer.npartitions
-                index = self._index
-                while index < stop and len(out) < limit:
-                    out.append(layer.task(index))
-                    index += 1
-                self._index = index
-                if index >= stop:
-                    self._layer += 1
-                    self._index = 0
-            elif isinstance(layer, (TreeReduceLayer, ShuffleLayer)):
-                self._pending = layer.tasks()
-            elif isinstance(layer, TasksLayer):
-                if layer.specs:
-                    self._pending = list(layer.specs)
+            before = len(out)
+            current = self._layer
+            self._fill(out, limit)
+            if len(out) > before:
+                if spans and spans[-1][0] == current:
+                    spans[-1] = (current, spans[-1][1] + len(out) - before)
                 else:
-                    self._layer += 1
-            else:
-                raise TypeError(f"unknown layer type {type(layer).__name__}")
+                    spans.append((current, len(out) - before))
+        self.spans = spans
         self.emitted += len(out)
         return out
+
+    def _fill(self, out: list[TaskSpec], limit: int) -> None:
+        """Tasks of the current layer into ``out``, up to ``limit`` in all; moves to the next layer when it is out."""
+        if self._pending:
+            take = limit - len(out)
+            out.extend(self._pending[:take])
+            self._pending = self._pending[take:]
+            if not self._pending:
+                self._layer += 1
+            return
+        layer = self.layers[self._layer]
+        if isinstance(layer, MapLayer):
+            stop = layer.npartitions
+            index = self._index
+            while index < stop and len(out) < limit:
+                out.append(layer.task(index))
+                index += 1
+            self._index = index
+            if index >= stop:
+                self._layer += 1
+                self._index = 0
+        elif isinstance(layer, (TreeReduceLayer, ShuffleLayer)):
+            self._pending = layer.tasks()
+        elif isinstance(layer, TasksLayer):
+            if layer.specs:
+                self._pending = list(layer.specs)
+            else:
+                self._layer += 1
+        else:
+            raise TypeError(f"unknown layer type {type(layer).__name__}")
 
 
 def _check_input(name: str, input: str, partitions: int, seen: dict[str, int]) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 import anyio
 import pytest
 
+import sched_core as sc
 from dsched import _protocol as p
 from dsched._comm import Comm, CommClosedError, connect, parse_address
 from dsched._scheduler_server import SchedulerServer
@@ -247,6 +248,38 @@ async def test_large_graph_fed_in_chunks() -> None:
         (done,) = await c.expect(p.KeysInMemory)
         assert done.keys == ["k7"]
         assert server.state.batch - batch_before >= 3
+
+
+async def test_big_releases_and_a_big_holder_leaving_are_spread_over_events(monkeypatch: pytest.MonkeyPatch) -> None:
+    import dsched._scheduler_routes as routes
+    import dsched._scheduler_server as server_module
+
+    monkeypatch.setattr(routes, "KEYS_PER_EVENT", 10)
+    monkeypatch.setattr(server_module, "KEYS_PER_EVENT", 10)
+    async with SchedulerServer(chunk_size=25) as server:
+        largest: list[int] = []
+        handle = server.state.handle_events
+
+        def spy(events: list[Any]) -> Any:
+            # The keys a batch lets go of: one event's and the whole batch's stay bounded.
+            sizes = [len(e.keys) for e in events if isinstance(e, sc.ClientReleasesKeys)]
+            largest.append(sum(sizes))
+            assert all(n <= 10 for n in sizes)
+            return handle(events)
+
+        server.state.handle_events = spy  # type: ignore[method-assign]
+        c = await fake_client(server, "c1")
+        keys = [f"k{i}" for i in range(100)]
+        await c.send(p.SubmitGraph([b"fn"], [task(k, []) for k in keys], keys))
+        await c.send(p.ReleaseKeys(keys[:50]))
+        with anyio.fail_after(5):
+            while len(server.state.tasks) != 50:
+                await anyio.sleep(0.01)
+        await c.send(p.Close("bye"))  # holding 50 keys: released 10 at a time, then removed
+        with anyio.fail_after(5):
+            while server.state.tasks or "c1" in server.state.clients:
+                await anyio.sleep(0.01)
+        assert max(largest) <= 30 and sum(largest) == 100
 
 
 async def test_gc_modes() -> None:
