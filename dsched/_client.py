@@ -70,7 +70,8 @@ from dsched._dask_graph import build_graph
 from dsched._graph_builder import Collection, Graph
 from dsched._loop_thread import LoopThread
 from dsched._future import FINISHED, CallbackWatcher, Future, KeyState
-from dsched._future_sequence import FutureSequence, LayerHold
+from dsched._future_sequence import FutureSequence
+from dsched._layer_hold import LayerHold
 from dsched._tokenize import funcname, pickle_args, pickle_function, random_token, token, value_key
 
 __all__ = ["Client"]

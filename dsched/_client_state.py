@@ -24,7 +24,7 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Iterable, Sequence
-from typing import Final, cast
+from typing import Final
 
 import anyio
 
@@ -37,7 +37,7 @@ from dsched._client_errors import (
     failure_for,
 )
 from dsched._future import CANCELLED, ERROR, FINISHED, LOST, PENDING, KeyState, Watcher
-from dsched._future_sequence import LayerHold, layer_key_index
+from dsched._layer_hold import LayerHold, layer_key_index, layer_keys_done
 from dsched._serialize import RemoteError
 
 __all__ = ["ClientState", "CountWaiter", "Notifications", "run_notifications"]
@@ -207,50 +207,8 @@ class ClientState:
 
     def layer_states(self, hold: LayerHold, indices: Sequence[int], hold_refs: bool) -> list[KeyState]:
         """The states of keys ``indices`` of ``hold``, made now if needed (one more reference each
-        with ``hold_refs``: a future made).  Under the lock.
-
-        A key held also by a future of its own (made before the layer, or left
-        from an earlier one) shares that future's state.
-        """
-        table = self.states if hold.attached and self.states else None
-        name = hold.name
-        if hold.states is None and hold.ended is None and indices == range(hold.n):
-            # Every key at once, none made yet (a gather, or iterating all): in bulk, unless
-            # some key has a state of its own already.
-            keys = [f"('{name}', {i})" for i in range(hold.n)]
-            if table is not None and not table.keys().isdisjoint(keys):
-                return self._layer_states_one_by_one(hold, indices, hold_refs, table)
-            if hold.finished:
-                fresh = [KeyState(key, FINISHED) if done else KeyState(key) for key, done in zip(keys, hold.done)]
-            else:
-                fresh = list(map(KeyState, keys))
-            if hold_refs:
-                for new in fresh:
-                    new.refs = 1
-            hold.states = cast("list[KeyState | None]", fresh.copy())
-            return fresh
-        return self._layer_states_one_by_one(hold, indices, hold_refs, table)
-
-    @staticmethod
-    def _layer_states_one_by_one(
-        hold: LayerHold, indices: Sequence[int], hold_refs: bool, table: dict[str, KeyState] | None
-    ) -> list[KeyState]:
-        own = hold.own_states()
-        name = hold.name
-        out: list[KeyState] = []
-        append = out.append
-        for i in indices:
-            state = own[i]
-            if state is None:
-                key = f"('{name}', {i})"
-                state = table.get(key) if table is not None else None
-                if state is None:
-                    state = hold.new_state(i, key)
-                own[i] = state
-            if hold_refs:
-                state.refs += 1
-            append(state)
-        return out
+        with ``hold_refs``: a future made).  Under the lock.  See ``LayerHold.states_of``."""
+        return hold.states_of(indices, hold_refs, self.states if hold.attached and self.states else None)
 
     def _hold_keys(self, keys: list[str], new_states: list[KeyState]) -> list[KeyState]:
         """One more reference on each key's state, made (and added to ``new_states``) if new.  Under the lock."""
@@ -340,36 +298,9 @@ class ClientState:
                 if hold.refs <= 0 and self.layers.get(hold.name) is hold:
                     del self.layers[hold.name]
                     hold.attached = False
-                    released.extend(self._unheld_keys(hold))
+                    released.extend(hold.unheld_keys(self.states))
             if released:
                 out.append(p.ReleaseKeys(released))
-        return out
-
-    def _unheld_keys(self, hold: LayerHold) -> list[str]:
-        """The keys of a layer no longer held that nothing else holds (to release).  Under the lock.
-
-        A key with a live future stays held, its state moved to the key table
-        (where that future's release finds it).
-        """
-        name = hold.name
-        own = hold.states
-        table = self.states
-        hold.states = None
-        if own is None and not table:
-            return [f"('{name}', {i})" for i in range(hold.n)]
-        out: list[str] = []
-        for i in range(hold.n):
-            key = f"('{name}', {i})"
-            state = own[i] if own is not None else None
-            if state is not None and state.refs > 0:
-                table.setdefault(key, state)
-                continue
-            other = table.get(key)
-            if other is not None:
-                if other.refs > 0:
-                    continue
-                del table[key]
-            out.append(key)
         return out
 
     def _layer_entry(self, key: str) -> tuple[LayerHold, int] | None:
@@ -444,7 +375,7 @@ class ClientState:
                         elif state.status != FINISHED:
                             self._finished(state, out)
                     if unknown and self.layers:
-                        for state in self._layer_keys_done(unknown):
+                        for state in layer_keys_done(self.layers, unknown):
                             if state.status != FINISHED:
                                 self._finished(state, out)
                 else:
@@ -458,44 +389,6 @@ class ClientState:
         if state.watchers is not None:
             out.append((state, state.watchers))
             state.watchers = None
-
-    def _layer_keys_done(self, keys: list[str]) -> list[KeyState]:
-        """Keys of held layers are in memory: noted in their layers; the states of those that have one.
-
-        The hot path of a big layer's results (a frame's keys mostly share a
-        layer): the last layer's key prefix is tried first, then the key parsed.
-        """
-        layers = self.layers
-        hold: LayerHold | None = None
-        prefix = ""
-        start = 0
-        with_state: list[KeyState] = []
-        for key in keys:
-            if hold is None or not key.startswith(prefix):
-                parsed = layer_key_index(key)
-                if parsed is None:
-                    continue
-                found = layers.get(parsed[0])
-                if found is None:
-                    continue
-                hold = found
-                prefix = f"('{hold.name}', "
-                start = len(prefix)
-            try:
-                # (Only keys this client holds get news: one with the prefix of a held layer is its key.)
-                i = int(key[start:-1])
-            except ValueError:
-                continue
-            if not 0 <= i < hold.n:
-                continue
-            if not hold.done[i]:
-                hold.done[i] = 1
-                hold.finished += 1
-            if hold.states is not None:
-                state = hold.states[i]
-                if state is not None:
-                    with_state.append(state)
-        return with_state
 
     def _handle_other(self, msg: p.SchedulerToClient, out: Notifications) -> None:
         state_of = self._state_of

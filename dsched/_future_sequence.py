@@ -4,7 +4,7 @@ A map over a million inputs used to hand back a million ``Future`` objects,
 each with its key string and shared :class:`~dsched._future.KeyState`: about
 a second and a half of the caller's time spent on bookkeeping, more than
 pickling the inputs.  A :class:`FutureSequence` stands for them instead.  The
-client holds the layer as one :class:`LayerHold` (its name, its size and how
+client holds the layer as one :class:`~dsched._layer_hold.LayerHold` (its name, its size and how
 many sequences hold it), which counts as one reference on every key
 ``"('<name>', i)"``; a ``Future`` (and its state) is made the first time
 index ``i`` is used, and kept, so ``seq[i] is seq[i]``.
@@ -26,103 +26,17 @@ import operator
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Final, cast, overload
 
-from dsched._client_errors import FutureCancelledError
 from dsched._client_tasks import gc_paused
-from dsched._future import CANCELLED, FINISHED, PENDING, Future, KeyState
+from dsched._future import Future, KeyState
+from dsched._layer_hold import LayerHold, layer_key_index
 
 if TYPE_CHECKING:
     from dsched._client import Client
 
-__all__ = ["FutureSequence", "LayerHold", "layer_key_index"]
+__all__ = ["FutureSequence"]
 
 # Futures made per lock acquisition while iterating (iteration makes them in runs).
 _RUN: Final = 4096
-
-
-def layer_key_index(key: str) -> tuple[str, int] | None:
-    """``("name", i)`` for a key ``"('name', i)"``, None for any other key (cheap checks first)."""
-    if not key.startswith("('") or not key.endswith(")"):
-        return None
-    name, sep, digits = key[2:-1].rpartition("', ")
-    if not sep or not digits.isdigit() or not digits.isascii() or (digits[0] == "0" and len(digits) > 1):
-        return None
-    return name, int(digits)
-
-
-class LayerHold:
-    """A client's hold on every key of one Map layer, and what it knows of keys without a state.
-
-    ``refs`` counts the live sequences of the layer (a pure map made twice
-    shares one).  ``done[i]`` is 1 once key ``i`` was reported in memory.
-    ``states[i]`` is key ``i``'s state once one was needed (a future was made,
-    or news other than "finished" came); those states are the layer's, not in
-    the client's key table.  ``ended`` is what became of every key still
-    pending when the whole layer stopped (cancelled, refused, client closed);
-    with ``ended_finished`` it applies to finished keys too (a cancellation).
-    Changed under the client state's lock.
-    """
-
-    __slots__ = (
-        "attached", "done", "ended", "ended_finished", "ended_reason", "finished", "n", "name", "refs", "states",
-    )
-
-    def __init__(self, name: str, n: int) -> None:
-        self.name = name
-        self.n = n
-        self.refs = 0
-        self.done = bytearray(n)
-        self.finished = 0
-        self.states: list[KeyState | None] | None = None  # made on first use
-        self.attached = True  # in the client's table of held layers
-        self.ended: tuple[str, BaseException | None] | None = None
-        self.ended_reason = ""
-        self.ended_finished = False
-
-    def key(self, i: int) -> str:
-        return f"('{self.name}', {i})"
-
-    def own_states(self) -> list[KeyState | None]:
-        states = self.states
-        if states is None:
-            states = self.states = [None] * self.n
-        return states
-
-    def new_state(self, i: int, key: str) -> KeyState:
-        """Key ``i``'s state as known so far (for a key that had none)."""
-        ended = self.ended
-        if self.done[i]:
-            if ended is None or not self.ended_finished:
-                return KeyState(key, FINISHED)
-        elif ended is None:
-            return KeyState(key)
-        state = KeyState(key)
-        self.end_state(state)
-        return state
-
-    def end_state(self, state: KeyState) -> None:
-        """Give ``state`` the layer's end (see ``ended``)."""
-        assert self.ended is not None
-        status, failure = self.ended
-        if status == CANCELLED:
-            failure = FutureCancelledError(state.key, self.ended_reason)
-        state.status = status
-        state.failure = failure
-        state.exception = None
-
-    def mark_done(self, i: int) -> None:
-        if not self.done[i]:
-            self.done[i] = 1
-            self.finished += 1
-
-    def counts(self) -> dict[str, int]:
-        """How many keys are in each status other than pending."""
-        out: dict[str, int] = {FINISHED: self.finished}
-        done = self.done
-        for i, state in enumerate(self.states or ()):
-            if state is not None and state.status != PENDING and state.status != FINISHED:
-                out[state.status] = out.get(state.status, 0) + 1
-                out[FINISHED] -= done[i]  # finished once, then lost or cancelled
-        return out
 
 
 class FutureSequence(Sequence[Future]):

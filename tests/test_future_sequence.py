@@ -21,7 +21,8 @@ from dsched._client import Client
 from dsched._client_errors import ClientDisconnectedError, FutureCancelledError, FutureLostError, GraphError
 from dsched._client_state import ClientState, run_notifications
 from dsched._future import Future, KeyState
-from dsched._future_sequence import FutureSequence, LayerHold, layer_key_index
+from dsched._future_sequence import FutureSequence
+from dsched._layer_hold import LayerHold, layer_key_index
 from dsched._scheduler_server import SchedulerServer
 from dsched._serialize import dumps_args, dumps_exception, loads_args
 from dsched._worker import Worker
