@@ -187,9 +187,7 @@ class FutureSequence(Sequence[Future]):
         hold = self._hold
         if self._released:
             return f"<FutureSequence: released, {hold.n:,} keys of layer {hold.name!r}>"
-        state = self._client._state
-        with state.lock:
-            counts = hold.counts()
+        counts = hold.counts()  # (without the lock: a repr must never wait, and a count may lag)
         done = ", ".join(f"{count:,} {status}" for status, count in counts.items() if count)
         made = sum(f is not None for f in self._futures) if self._futures is not None else 0
         return (
