@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Final, NamedTuple
 import anyio
 
 from dsched._future import FINISHED, Future, KeyState
+from dsched._future_sequence import FutureSequence
 
 if TYPE_CHECKING:
     from dsched._client import Client
@@ -34,6 +35,8 @@ class DoneAndNotDoneFutures(NamedTuple):
 
 
 def _as_list(fs: Future | Iterable[Future]) -> list[Future]:
+    if isinstance(fs, FutureSequence):
+        return fs.futures()  # made in bulk
     return [fs] if isinstance(fs, Future) else list(fs)
 
 
