@@ -79,7 +79,9 @@ logger = logging.getLogger("dsched.worker")
 
 _BUSY_RETRY_DELAY = 0.05
 _ACQUIRE_ATTEMPTS = 30  # a busy peer is asked again, backing off to 1 s: about half a minute
-PREFETCH_SECONDS = 0.002
+# Extra execution slots cover this much task time per thread: several of the task
+# threads' report intervals (REPORT_DELAY), so a thread has work queued between them.
+PREFETCH_SECONDS = 0.01
 MAX_PREFETCH = 32
 _DURATION_WEIGHT = 0.2
 
