@@ -66,7 +66,7 @@ from dsched._client_tasks import (
     workers_list,
 )
 from dsched._dask_collections import DefaultScheduler, compute, persist
-from dsched._dask_graph import build_graph
+from dsched._dask_graph import FIRST_PART, PARTS_MIN_SIZE, GraphPlan
 from dsched._graph_builder import Collection, Graph
 from dsched._loop_thread import LoopThread
 from dsched._future import FINISHED, CallbackWatcher, Future, KeyState
@@ -481,12 +481,11 @@ class Client(ClientDiagnostics):
         # key differently in another graph, which the scheduler would refuse while it knows the key.
         suffix = "" if isinstance(dsk, Mapping) else "@" + random_token()[:12]
         with gc_paused():
-            graph = build_graph(
+            graph = GraphPlan(
                 dsk, keys, priority=core_priority(priority), retries=retries or 0, resources=resources_dict(resources),
                 workers=workers_list(workers), allow_other_workers=allow_other_workers, suffix=suffix,
             )
-            states = self._state.submit(graph.functions, graph.tasks, graph.wanted)
-        self._link.wake()
+            states = self._submit_plan(graph)
         futures = {key: Future(key, self, state) for key, state in zip(graph.wanted, states)}
         structure = graph.nest(futures)
         if not sync:
@@ -498,6 +497,30 @@ class Client(ClientDiagnostics):
         finally:
             for future in futures.values():
                 future.release()
+
+    def _submit_plan(self, graph: GraphPlan) -> list[KeyState]:
+        """Send a converted graph; hold (and return the states of) its wanted keys.
+
+        A big graph goes out in parts as it is converted, so the cluster starts
+        on the first tasks while the client still pickles the rest: each part's
+        keys are held until the last part is in (a later part may need them),
+        then let go, leaving only the wanted keys held.
+        """
+        if graph.size < PARTS_MIN_SIZE:
+            (part,) = graph.parts(first=sys.maxsize)
+            states = self._state.submit(part.functions, part.tasks, graph.wanted)
+            self._link.wake()
+            return states
+        bridging: list[KeyState] = []
+        try:
+            for part in graph.parts(first=FIRST_PART):
+                bridging.extend(self._state.submit(part.functions, part.tasks, [t.key for t in part.tasks]))
+                self._link.wake()
+            return self._state.submit([], [], graph.wanted)
+        finally:
+            for state in bridging:
+                self._state.queue_release(state)
+            self._link.wake()
 
     async def _get_async(self, structure: Any, futures: list[Future]) -> Any:
         try:

@@ -44,16 +44,17 @@ module-level, so a worker unpickles them by reference from ``dsched``.
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Callable, Hashable, Iterator, Mapping
-from typing import Any
+from typing import Any, Final
 
 from dsched import _protocol as p
 from dsched._future import Future
 from dsched._serialize import Ref
 from dsched._tokenize import pickle_args, pickle_function
 
-__all__ = ["DaskGraph", "build_graph", "call_node", "graph_dict", "identity", "istask", "run_nested", "stringify"]
+__all__ = ["FIRST_PART", "PARTS_MIN_SIZE", "DaskGraph", "GraphPart", "GraphPlan", "build_graph", "call_node", "graph_dict", "identity", "istask", "run_nested", "stringify"]
 
 
 _spec: Any = None  # dask._task_spec once looked up; False without dask
@@ -424,11 +425,11 @@ def _flatten(keys: Any) -> Iterator[Hashable]:
         yield keys
 
 
-def _post_order(names: _Names, roots: list[Hashable]) -> list[tuple[Hashable, _Converted]]:
-    """The computations the roots need, each after its dependencies (a back edge of a cycle is skipped)."""
-    done: dict[Hashable, _Converted] = {}
+def _post_order(names: _Names, roots: list[Hashable]) -> Iterator[tuple[Hashable, _Converted]]:
+    """The computations the roots need, each after its dependencies (a back edge of a cycle is
+    skipped), converted as the walk reaches them."""
+    done: set[Hashable] = set()
     visiting: set[Hashable] = set()
-    order: list[tuple[Hashable, _Converted]] = []
     for root in roots:
         if root in done or root in visiting:
             continue
@@ -448,9 +449,8 @@ def _post_order(names: _Names, roots: list[Hashable]) -> list[tuple[Hashable, _C
             else:
                 stack.pop()
                 visiting.discard(key)
-                done[key] = conv
-                order.append((key, conv))
-    return order
+                done.add(key)
+                yield key, conv
 
 
 class DaskGraph:
@@ -493,52 +493,111 @@ def graph_dict(dsk: Any) -> Mapping[Any, Any]:
     return dsk
 
 
-def build_graph(
-    dsk: Mapping[Any, Any],
-    keys: Any,
-    *,
-    priority: int = 0,
-    retries: int = 0,
-    resources: dict[str, float] | None = None,
-    workers: list[str] | None = None,
-    allow_other_workers: bool = False,
-    suffix: str = "",
-) -> DaskGraph:
-    """Convert the part of ``dsk`` that ``keys`` (a key or nested lists of keys) need.
+# A graph of at least this many computations goes out in parts (dsched's client), the
+# first of this many tasks: enough to keep the workers busy while the next is pickled.
+PARTS_MIN_SIZE: Final = 5_000
+FIRST_PART: Final = 2_000
 
-    ``suffix`` is appended to every wire key (see :class:`_Names`).
+
+class GraphPart:
+    """Tasks of a graph to submit in one message (dependencies first), with the functions they use."""
+
+    __slots__ = ("functions", "tasks")
+
+    def __init__(self, functions: list[bytes], tasks: list[p.GraphTask]) -> None:
+        self.functions = functions
+        self.tasks = tasks
+
+
+class GraphPlan:
+    """A graph being converted: the wanted keys at once, the tasks part by part (:meth:`parts`).
+
+    A big graph can then go out while the rest is still being converted and
+    pickled, so the cluster starts on it early.  A part refers to keys of
+    earlier parts, which its submitter must hold until the last part is in
+    (dsched's client does).  Each part carries the functions its tasks use:
+    a function shared by many tasks is pickled once and sent once per part
+    that uses it (parts grow geometrically, so a handful of times at most).
     """
-    dsk = graph_dict(dsk)
-    roots = list(dict.fromkeys(_flatten(keys)))
-    for root in roots:
-        try:
-            known = root in dsk
-        except TypeError:
-            known = False
-        if not known:
-            raise KeyError(f"{root!r} is not a key of the graph")
-    function_index: dict[int, int] = {}
-    by_bytes: dict[bytes, int] = {}  # equal functions made per task (partials ...) share an entry too
-    functions: list[bytes] = []
-    keep_alive: list[Callable[..., Any]] = []
-    tasks: list[p.GraphTask] = []
-    GraphTask = p.GraphTask
-    names = _Names(dsk, suffix)
-    for key, conv in _post_order(names, roots):
-        if conv is _HELD:
-            continue
-        func = conv.function
-        index = function_index.get(id(func))
-        if index is None:
-            data = pickle_function(func).data
-            index = by_bytes.setdefault(data, len(functions))
+
+    def __init__(
+        self,
+        dsk: Mapping[Any, Any],
+        keys: Any,
+        *,
+        priority: int = 0,
+        retries: int = 0,
+        resources: dict[str, float] | None = None,
+        workers: list[str] | None = None,
+        allow_other_workers: bool = False,
+        suffix: str = "",
+    ) -> None:
+        dsk = graph_dict(dsk)
+        roots = list(dict.fromkeys(_flatten(keys)))
+        for root in roots:
+            try:
+                known = root in dsk
+            except TypeError:
+                known = False
+            if not known:
+                raise KeyError(f"{root!r} is not a key of the graph")
+        self.keys = keys
+        self.size = len(dsk)  # computations in the graph (the roots may need fewer)
+        self._roots = roots
+        self._names = _Names(dsk, suffix)
+        self.wanted = [self._names.wire(k) for k in roots]
+        self.names = self._names.names
+        self._options = (priority, retries, workers, resources, allow_other_workers)
+
+    def nest(self, values: Mapping[str, Any]) -> Any:
+        """``values`` (by wire key) arranged as the requested keys were nested."""
+        return _nest(self.keys, values, self.names)
+
+    def parts(self, first: int, growth: int = 4) -> Iterator[GraphPart]:
+        """The tasks in parts of ``first``, ``first * growth``, ... tasks (the last one may be smaller)."""
+        priority, retries, workers, resources, allow_other_workers = self._options
+        names = self._names
+        pickled: dict[int, bytes] = {}  # id(function) -> its pickle
+        keep_alive: list[Callable[..., Any]] = []  # ids stay unique while the plan lives
+        GraphTask = p.GraphTask
+        size = max(1, first)
+        yielded = False
+        functions: list[bytes] = []
+        index_of: dict[bytes, int] = {}  # this part's table (equal pickles share an entry)
+        tasks: list[p.GraphTask] = []
+        for key, conv in _post_order(names, self._roots):
+            if conv is _HELD:
+                continue
+            func = conv.function
+            data = pickled.get(id(func))
+            if data is None:
+                data = pickled[id(func)] = pickle_function(func).data
+                keep_alive.append(func)
+            index = index_of.setdefault(data, len(functions))
             if index == len(functions):
                 functions.append(data)
-            function_index[id(func)] = index
-            keep_alive.append(func)  # ids stay unique while the table is built
-        payload, deps = pickle_args(conv.args, conv.kwargs)
-        tasks.append(
-            GraphTask(names.wire(key), deps, index, payload, priority, retries, workers, resources, allow_other_workers)
-        )
-    wanted = [names.wire(k) for k in roots]
-    return DaskGraph(functions, tasks, wanted, keys, names.names)
+            payload, deps = pickle_args(conv.args, conv.kwargs)
+            tasks.append(
+                GraphTask(names.wire(key), deps, index, payload, priority, retries, workers, resources, allow_other_workers)
+            )
+            if len(tasks) >= size:
+                yield GraphPart(functions, tasks)
+                yielded = True
+                functions, index_of, tasks = [], {}, []
+                size *= growth
+        if tasks or not yielded:
+            yield GraphPart(functions, tasks)
+
+
+def build_graph(dsk: Mapping[Any, Any], keys: Any, **options: Any) -> DaskGraph:
+    """Convert the part of ``dsk`` that ``keys`` (a key or nested lists of keys) need, in one part.
+
+    ``options``: those of :class:`GraphPlan`; ``suffix`` is appended to every
+    wire key (see :class:`_Names`).
+    """
+    plan = GraphPlan(dsk, keys, **options)
+    functions: list[bytes] = []
+    tasks: list[p.GraphTask] = []
+    for part in plan.parts(first=sys.maxsize):
+        functions, tasks = part.functions, part.tasks
+    return DaskGraph(functions, tasks, plan.wanted, keys, plan.names)
