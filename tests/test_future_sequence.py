@@ -6,15 +6,14 @@ scheduler's messages by hand and read what it would send.
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import pickle
 import threading
-from collections.abc import AsyncIterator
 
 import anyio
 import pytest
-from _client_helpers import inc, wait_until
+from _client_helpers import inc
+from test_reconnect import scheduler_with_worker
 
 from dsched import _protocol as p
 from dsched._client import Client
@@ -23,9 +22,7 @@ from dsched._client_state import ClientState, run_notifications
 from dsched._future import Future, KeyState
 from dsched._future_sequence import FutureSequence
 from dsched._layer_hold import LayerHold, layer_key_index
-from dsched._scheduler_server import SchedulerServer
 from dsched._serialize import dumps_args, dumps_exception, loads_args
-from dsched._worker import Worker
 
 
 class StubClient:
@@ -97,8 +94,9 @@ def test_indexing_slicing_and_lists() -> None:
     assert seq.keys() == [key("inc-abc", i) for i in range(10)]
     other = mapped(client, name="other", n=2)
     assert seq + [other[0]] == [*seq, other[0]] and [other[0]] + seq == [other[0], *seq]
-    assert seq + other == [*seq, *other] and (seq[0],) + seq == [seq[0], *seq]  # type: ignore[operator]
-    assert seq[4] in seq and other[0] not in seq and "x" not in seq
+    assert seq + other == [*seq, *other] and (seq[0],) + seq == [seq[0], *seq]
+    not_a_future: object = "x"
+    assert seq[4] in seq and other[0] not in seq and not_a_future not in seq
     assert seq.index(seq[5]) == 5 and list(reversed(seq))[0] is seq[9]
     with pytest.raises(TypeError):
         seq[0] = seq[1]  # type: ignore[index]
@@ -360,13 +358,6 @@ def test_gather_states_of_a_made_sequence_share_the_futures_states() -> None:
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-@contextlib.asynccontextmanager
-async def scheduler_with_worker(port: int = 0) -> AsyncIterator[SchedulerServer]:
-    async with SchedulerServer(port=port) as server, Worker(server.address, nthreads=2):
-        await wait_until(lambda: len(server.state.workers) == 1)
-        yield server
 
 
 @pytest.mark.anyio
