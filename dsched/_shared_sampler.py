@@ -21,7 +21,7 @@ from collections.abc import Mapping
 
 from dsched._profiler import Label, Sampler, ThreadLabels
 
-__all__ = ["attach", "attached", "detach"]
+__all__ = ["attach", "attached", "detach", "thread_name"]
 
 _lock = threading.Lock()
 
@@ -29,7 +29,7 @@ _lock = threading.Lock()
 class _Shared:
     def __init__(self, interval: float) -> None:
         self.sources: dict[str, ThreadLabels] = {}
-        self.sampler = Sampler(self._labels, interval=interval, name="dsched-profiler")
+        self.sampler = Sampler(self._labels, interval=interval, name=thread_name(interval))
 
     def _labels(self) -> Mapping[int, Label]:
         sources = list(self.sources.values())
@@ -50,6 +50,11 @@ class _Shared:
 
 
 _shared: dict[float, _Shared] = {}
+
+
+def thread_name(interval: float) -> str:
+    """The name of the sampling thread shared at ``interval`` (one per process and interval)."""
+    return f"dsched-profiler-{interval:g}s"
 
 
 def attach(interval: float, name: str, labels: ThreadLabels) -> Sampler:

@@ -8,11 +8,12 @@ import time
 import anyio
 import pytest
 
-from dsched._shared_sampler import attach, attached, detach
+from dsched._shared_sampler import attach, attached, detach, thread_name
 
 
-def sampler_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name == "dsched-profiler"]
+def sampler_threads(interval: float) -> list[threading.Thread]:
+    """The sampling threads of this interval (other tests' samplers may still be stopping)."""
+    return [t for t in threading.enumerate() if t.name == thread_name(interval)]
 
 
 def spin(stop: threading.Event) -> None:
@@ -26,12 +27,12 @@ def test_two_sources_share_one_thread_and_a_thread_both_want_is_filed_under_both
     busy.start()
     ident = busy.ident or 0
     interval = 0.0021  # an interval of its own: no other test's sampler is shared
-    before = len(sampler_threads())
+    before = len(sampler_threads(interval))
     one = attach(interval, "one", lambda: {ident: "one/loop"})
     try:
         two = attach(interval, "two", lambda: {ident: "two/loop", 123456789: None})
         assert one is two is attached(interval)
-        assert len(sampler_threads()) == before + 1
+        assert len(sampler_threads(interval)) == before + 1
         deadline = time.monotonic() + 30
         while one.tree(None, None, "one/").count < 20 or one.tree(None, None, "two/").count < 20:
             assert time.monotonic() < deadline, "no samples"
@@ -43,12 +44,12 @@ def test_two_sources_share_one_thread_and_a_thread_both_want_is_filed_under_both
         with pytest.raises(ValueError, match="attached already"):
             attach(interval, "one", lambda: {})
         detach(interval, "two")
-        assert len(sampler_threads()) == before + 1 and one.running
+        assert len(sampler_threads(interval)) == before + 1 and one.running
     finally:
         stop.set()
         busy.join()
         detach(interval, "one")
-    assert len(sampler_threads()) == before and not one.running
+    assert len(sampler_threads(interval)) == before and not one.running
     with pytest.raises(KeyError):
         attached(interval)
     detach(interval, "one")  # detaching twice is harmless
@@ -61,7 +62,7 @@ async def test_a_scheduler_and_its_in_process_workers_share_one_sampler(anyio_ba
     from dsched._worker import Worker
 
     interval = 0.0023
-    before = len(sampler_threads())
+    before = len(sampler_threads(interval))
     async with SchedulerServer(profile_interval=interval) as server:
         async with Worker(server.address, profile_interval=interval) as a, Worker(
             server.address, profile_interval=interval
@@ -69,7 +70,7 @@ async def test_a_scheduler_and_its_in_process_workers_share_one_sampler(anyio_ba
             shared = server.diagnostics.sampler
             assert shared is not None and a._profiler is not None and b._profiler is not None
             assert a._profiler.sampler is shared and b._profiler.sampler is shared
-            assert len(sampler_threads()) == before + 1
+            assert len(sampler_threads(interval)) == before + 1
             deadline = time.monotonic() + 30
             # The loop thread is wanted by the scheduler and by both workers ("*/"): read once, filed twice.
             while not server.diagnostics.profile_server(None, None)["count"]:
@@ -78,4 +79,4 @@ async def test_a_scheduler_and_its_in_process_workers_share_one_sampler(anyio_ba
             labels = shared.labels()
             assert f"{server.scheduler_id}/event-loop" in labels and "*/worker-event-loop" in labels
         assert server.diagnostics.sampler is shared and shared.running  # the workers left, the scheduler samples on
-    assert len(sampler_threads()) == before and not shared.running
+    assert len(sampler_threads(interval)) == before and not shared.running

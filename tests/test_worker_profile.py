@@ -9,6 +9,7 @@ from typing import Any
 import msgspec
 
 from dsched import _protocol as p
+from dsched._shared_sampler import thread_name
 from dsched._worker_profile import WorkerProfiler
 
 
@@ -29,8 +30,9 @@ def names(node: dict[str, Any]) -> set[str]:
     return out
 
 
-def sampler_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name == "dsched-profiler"]
+def sampler_threads(interval: float) -> list[threading.Thread]:
+    """The sampling threads of this interval (other tests' samplers may still be stopping)."""
+    return [t for t in threading.enumerate() if t.name == thread_name(interval)]
 
 
 def test_workers_of_one_process_share_a_sampler_and_keep_their_own_tasks() -> None:
@@ -41,11 +43,11 @@ def test_workers_of_one_process_share_a_sampler_and_keep_their_own_tasks() -> No
     a_running: dict[int, str] = {}
     b_running: dict[int, str] = {}
     a, b = WorkerProfiler(a_running, 0.002), WorkerProfiler(b_running, 0.002)
-    before = len(sampler_threads())
+    before = len(sampler_threads(0.002))
     a.start()
     b.start()
     try:
-        assert len(sampler_threads()) == before + 1  # one sampling thread for both
+        assert len(sampler_threads(0.002)) == before + 1  # one sampling thread for both
         a_running[threads[0].ident or 0] = "spin-here-1"
         b_running[threads[1].ident or 0] = "spin-there-2"
         deadline = time.monotonic() + 30
@@ -65,9 +67,9 @@ def test_workers_of_one_process_share_a_sampler_and_keep_their_own_tasks() -> No
     finally:
         stop.set()
         a.stop()
-        assert len(sampler_threads()) == before + 1  # b still samples
+        assert len(sampler_threads(0.002)) == before + 1  # b still samples
         b.stop()
         for t in threads:
             t.join()
-    assert len(sampler_threads()) == before  # the last one out stops it
+    assert len(sampler_threads(0.002)) == before  # the last one out stops it
     assert a.tree(None, None, None).count == 0  # stopped: nothing more to say
