@@ -3,7 +3,7 @@
 from typing import assert_type
 
 import dsched
-from dsched import Client, DoneAndNotDoneFutures, Future, LocalCluster, as_completed, wait
+from dsched import Client, DoneAndNotDoneFutures, Future, FutureSequence, LocalCluster, as_completed, wait
 
 
 def inc(x: int) -> int:
@@ -19,7 +19,11 @@ def client_api(client: Client) -> None:
     assert_type(future.cancelled(), bool)
     assert_type(future.traceback(), str | None)
     futures = client.map(inc, range(10), batch_size=1000)
-    assert_type(futures, list[Future])
+    # A big map (sent as one layer) returns a FutureSequence, made lazily; a small one a list.
+    assert_type(futures, list[Future] | FutureSequence)
+    assert_type(futures[0], Future)
+    assert_type(futures[1:], list[Future])
+    assert_type([f.key for f in futures], list[str])
     # wait() and as_completed() also serve asynchronous clients (then they return
     # awaitables), so their results are not narrowed here.
     wait(futures, timeout=1.0, return_when="FIRST_COMPLETED")
