@@ -596,8 +596,5 @@ def build_graph(dsk: Mapping[Any, Any], keys: Any, **options: Any) -> DaskGraph:
     wire key (see :class:`_Names`).
     """
     plan = GraphPlan(dsk, keys, **options)
-    functions: list[bytes] = []
-    tasks: list[p.GraphTask] = []
-    for part in plan.parts(first=sys.maxsize):
-        functions, tasks = part.functions, part.tasks
-    return DaskGraph(functions, tasks, plan.wanted, keys, plan.names)
+    (part,) = plan.parts(first=sys.maxsize)
+    return DaskGraph(part.functions, part.tasks, plan.wanted, keys, plan.names)

@@ -178,10 +178,8 @@ class FutureSequence(Sequence[Future]):
     def __del__(self) -> None:
         if not self._released:
             self._released = True
-            try:
+            with contextlib.suppress(Exception):  # interpreter shutdown, or a closed client
                 self._client._release_layer(self._hold)
-            except Exception:  # interpreter shutdown, or a closed client
-                pass
 
     def __repr__(self) -> str:
         hold = self._hold

@@ -406,10 +406,8 @@ class Worker:
         self._push(sc.PauseEvent() if paused else sc.UnpauseEvent())
         sender = self._sender
         if sender is not None:
-            try:
+            with contextlib.suppress(CommClosedError):  # the scheduler is gone; _read_scheduler ends the worker
                 sender.send(p.WorkerStatus(paused))
-            except CommClosedError:
-                pass  # the scheduler is gone; _read_scheduler ends the worker
 
     def _push_many(self, events: list[sc.WorkerEvent]) -> None:
         self._events.extend(events)
@@ -493,10 +491,8 @@ class Worker:
         if replicas:
             out.append(p.ReplicasAdded(list(replicas), replicas, self.seen_batch))
         if out:
-            try:
+            with contextlib.suppress(CommClosedError):  # the scheduler is gone; _read_scheduler ends the worker
                 sender.send_many(out)
-            except CommClosedError:
-                pass  # the scheduler is gone; _read_scheduler ends the worker
 
     def _spawn(self, func: Any, *args: Any) -> None:
         if self._tg is not None:
