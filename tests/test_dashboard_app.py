@@ -367,6 +367,13 @@ def anyio_backend() -> str:
 # POST /api/record
 
 
+def test_record_get_asks_for_the_state(client: TestClient, source: FakeSource) -> None:
+    response = client.get("/api/record")
+    assert response.status_code == 200 and response.json()["recording"] is False
+    assert source.calls == [("record", ("status", None, None))]
+    assert client.put("/api/record", json={"action": "start"}).status_code == 405
+
+
 def test_record_passes_through(client: TestClient, source: FakeSource) -> None:
     started = client.post("/api/record", json={"action": "start", "path": "/tmp/rec.bin", "max_bytes": 1000})
     stopped = client.post("/api/record", json={"action": "stop"})
@@ -504,7 +511,10 @@ PAGES = {
     "status": (["dashboard.js", "workers.js", "status.js"], ["task-groups", "task-stream", "workers-table", "summary"]),
     "workers": (["dashboard.js", "workers.js"], ["workers-table"]),
     "profile": (["dashboard.js", "flamegraph.js"], ["flamegraph", "window", "worker", "prefix", "download-speedscope"]),
-    "profile-server": (["dashboard.js", "flamegraph.js"], ["flamegraph", "window", "download-collapsed", "capture-cprofile"]),
+    "profile-server": (
+        ["dashboard.js", "flamegraph.js", "record.js"],
+        ["flamegraph", "window", "download-collapsed", "capture-cprofile", "record-start", "record-stop", "record-info"],
+    ),
 }
 
 
@@ -542,6 +552,7 @@ def test_pages_are_served_with_their_scripts(source: FakeSource, page: str) -> N
         ("status.js", "javascript"),
         ("workers.js", "javascript"),
         ("flamegraph.js", "javascript"),
+        ("record.js", "javascript"),
     ],
 )
 def test_static_files_are_served(client: TestClient, name: str, media: str) -> None:

@@ -346,9 +346,14 @@ def test_profile_server_page_shows_the_scheduler_loop(chromium: str, running: Ru
         roots = dom.by_id("flamegraph").all("g", "frame", "root")
         assert len(roots) == 1 and number(roots[0].text()) > 0, "no root frame with samples"
         labels = frame_labels(dom)
-        # The scheduler command, then asyncio's loop under it: every sample passes through them.
-        for name in ("scheduler", "run_forever", "_run_once"):
+        # asyncio's loop: every sample passes through it ...
+        for name in ("run_forever", "_run_once"):
             assert name in labels, f"no frame named {name} among {labels}"
+        # ... and through the interpreter's and the scheduler command's frames above it, folded into one bar.
+        folded = dom.by_id("flamegraph").all("g", "frame", "folded")
+        assert len(folded) == 1, f"{len(folded)} folded bars; labels: {labels}"
+        count, _, names = folded[0].all("title")[0].text().partition(" frames: ")
+        assert "scheduler" in names.split(" › ") and int(count) == len(names.split(" › ")), names
         assert "busy" not in labels  # the scheduler never runs tasks
         for fmt in ("speedscope", "collapsed"):
             href = dom.by_id(f"download-{fmt}").attrs.get("href", "")

@@ -206,6 +206,8 @@ def test_recording_on_request(http: httpx.Client, running: tuple[LocalCluster, C
     try:
         assert started["recording"] is True and started["first_batch"] > 0  # mid-run: from a snapshot
         assert client.submit(spin, 1_000).result() == spin(1_000)
+        during = http.get("/api/record").json()  # what the dashboard's Record panel shows
+        assert during["recording"] is True and during["path"] == started["path"] and during["bytes"] > 0
         with pytest.raises(DiagnosticsError, match="records already"):
             client.start_recording()
         stopped = http.post("/api/record", json={"action": "stop"}).json()

@@ -145,7 +145,7 @@ def api_routes(source: DashboardSource) -> list[BaseRoute]:
         Route("/api/profile", _checked(api.profile)),
         Route("/api/profile-server", _checked(api.profile_server)),
         Route("/api/capture", _checked(api.capture), methods=["POST"]),
-        Route("/api/record", _checked(api.record), methods=["POST"]),
+        Route("/api/record", _checked(api.record), methods=["GET", "POST"]),
         Route("/metrics", api.metrics),
     ]
 
@@ -226,7 +226,10 @@ class _Api:
         return _attachment(data, media, f"scheduler-{_stamp()}{CAPTURE_KINDS[kind]}")
 
     async def record(self, request: Request) -> Response:
-        action, path, max_bytes = await _record_body(request)
+        if request.method == "GET":
+            action, path, max_bytes = "status", None, None
+        else:
+            action, path, max_bytes = await _record_body(request)
         try:
             state = await self.source.record(action, path, max_bytes)
         except (ValueError, OSError) as exc:

@@ -102,6 +102,15 @@ _PROFILE_SERVER = f"""
     <span id="capture-info" class="info"></span>
   </div>
 </section>
+<section class="panel">
+  <h2>Record <small>the scheduler's core events, to a file on its machine, for <code>dsched replay</code></small></h2>
+  <div class="toolbar">
+    <label>At most <input id="record-max-mb" type="number" min="1" placeholder="default" title="empty: the scheduler's own bound (dsched scheduler --record-max-bytes); a request may lower it, never raise it"> MB</label>
+    <button id="record-start" class="button">Start recording</button>
+    <button id="record-stop" class="button" disabled>Stop</button>
+    <span id="record-info" class="info"></span>
+  </div>
+</section>
 """
 
 # page name -> (title, body, scripts after dashboard.js)
@@ -109,7 +118,7 @@ _PAGES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "status": ("Status", _STATUS, ("workers.js", "status.js")),
     "workers": ("Workers", _WORKERS, ("workers.js",)),
     "profile": ("Profile", _PROFILE, ("flamegraph.js",)),
-    "profile-server": ("Scheduler profile", _PROFILE_SERVER, ("flamegraph.js",)),
+    "profile-server": ("Scheduler profile", _PROFILE_SERVER, ("flamegraph.js", "record.js")),
 }
 
 

@@ -104,6 +104,6 @@ class DashboardSource(Protocol):
         ...
 
     async def record(self, action: str, path: str | None, max_bytes: int | None) -> JSON:
-        """Start ("start") or stop ("stop") recording the core's events to ``path``; the recording's
-        state: ``{"recording": bool, "path", "bytes", "events"}``."""
+        """Start ("start") or stop ("stop") recording the core's events to ``path``, or describe the
+        recording ("status"); the recording's state: ``{"recording": bool, "path", "bytes", "events"}``."""
         ...

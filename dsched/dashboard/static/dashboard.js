@@ -37,6 +37,14 @@
     return response.json();
   }
 
+  // POST `body` as JSON and return the JSON answer.
+  async function postJSON(url, body) {
+    const init = { method: "POST", headers: headers({ "Content-Type": "application/json" }), credentials: "same-origin" };
+    const response = await fetch(url, Object.assign(init, { body: JSON.stringify(body) }));
+    if (!response.ok) throw await failure(response);
+    return response.json();
+  }
+
   // POST and save the answer as a file named by the server's Content-Disposition.
   async function postDownload(url, fallbackName) {
     const response = await fetch(url, { method: "POST", headers: headers(), credentials: "same-origin" });
@@ -216,6 +224,7 @@
     withToken,
     getJSON,
     postDownload,
+    postJSON,
     poll,
     el,
     svg,

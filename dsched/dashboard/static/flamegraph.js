@@ -9,6 +9,8 @@
   const CHAR_WIDTH = 6.7; // of the 11 px monospace labels
   const MIN_WIDTH = 0.5; // px: narrower frames (and their callees) are not drawn
   const MAX_FRAMES = 20000;
+  const TRUNK_KEPT = 2; // trunk frames drawn above the first branch (run_forever, _run_once)
+  const TRUNK_MIN_FOLD = 3; // fold no fewer frames than this
 
   function frameId(node) {
     return node.filename + ":" + node.line + ":" + node.name;
@@ -22,12 +24,13 @@
 
   // A flame graph in `container`: show(tree) draws (keeping the zoom when the
   // zoomed frame is still there); clicking a frame zooms into it, clicking the
-  // root or a greyed caller zooms back out.
+  // root or a greyed caller zooms back out, clicking the folded trunk unfolds it.
   function FlameGraph(container, onZoom) {
     this.container = container;
     this.onZoom = onZoom || (() => {});
     this.tree = null;
     this.zoomIds = []; // frame ids from the root's child down to the zoomed frame
+    this.trunkOpen = false; // whether the frames every sample passes through are drawn one by one
     this.frames = [];
     this.svg = d.svg("svg", { class: "flame", role: "img", "aria-label": "Flame graph" });
     container.replaceChildren(this.svg);
@@ -56,11 +59,38 @@
     return path;
   };
 
+  // The trunk: the frames below the root that every sample passes through, one
+  // child each (the interpreter's, the command line's and the event loop's entry
+  // points: some twenty rows on a scheduler's profile).  All but the last
+  // TRUNK_KEPT of them are folded into one bar until that bar is clicked.
+  function foldableTrunk(tree) {
+    const trunk = [];
+    for (let node = tree; node.children && node.children.length === 1 && node.children[0].count === node.count;) {
+      node = node.children[0];
+      trunk.push(node);
+    }
+    return trunk.length >= TRUNK_KEPT + TRUNK_MIN_FOLD ? trunk.slice(0, trunk.length - TRUNK_KEPT) : [];
+  }
+
   FlameGraph.prototype.layout = function (width) {
     const frames = [];
     const path = this.zoomPath();
-    path.forEach((node, depth) => {
-      frames.push({ node, depth, x: 0, w: width, parent: depth - 1, ancestor: depth < path.length - 1 });
+    const folded = this.trunkOpen ? [] : foldableTrunk(this.tree);
+    // A zoom that ends inside the folded trunk shows what a zoom to its end would.
+    if (folded.length && path.length <= folded.length) path.push(...folded.slice(path.length - 1));
+    let depth = 0;
+    path.forEach((node, index) => {
+      const ancestor = index < path.length - 1;
+      const fold = folded.indexOf(node);
+      if (fold > 0) return; // drawn as part of the bar
+      const frame = { node, depth, x: 0, w: width, parent: depth - 1, ancestor };
+      if (fold === 0) {
+        const names = folded.map((n) => n.name).join(" › ");
+        frame.node = { name: folded.length + " frames: " + names, filename: "", line: 0, count: node.count };
+        frame.folded = folded;
+      }
+      frames.push(frame);
+      depth += 1;
     });
     const focus = path[path.length - 1];
     const scale = focus.count > 0 ? width / focus.count : 0;
@@ -75,7 +105,7 @@
         left += w;
       }
     };
-    walk(focus, path.length - 1, path.length, 0);
+    walk(focus, frames.length - 1, depth, 0);
     return frames;
   };
 
@@ -91,14 +121,15 @@
     const nodes = frames.map((frame, index) => {
       const node = frame.node;
       const isRoot = index === 0;
-      const fill = isRoot ? "#cbd5e1" : d.colorFor(node.filename || node.name, 55, 72);
+      const fill = isRoot || frame.folded ? "#cbd5e1" : d.colorFor(node.filename || node.name, 55, 72);
       return d.svg("g", {
-        class: "frame" + (frame.ancestor ? " ancestor" : "") + (isRoot ? " root" : ""),
+        class: "frame" + (frame.ancestor ? " ancestor" : "") + (isRoot ? " root" : "") + (frame.folded ? " folded" : ""),
         dataset: { index, depth: frame.depth },
         transform: "translate(" + frame.x.toFixed(2) + "," + frame.depth * ROW + ")",
       },
         d.svg("rect", { class: "frame", width: Math.max(0.5, frame.w).toFixed(2), height: ROW - 1, fill, rx: 1.5 }),
-        frame.w > 3 * CHAR_WIDTH ? d.svg("text", { x: 4, y: ROW - 5, text: isRoot ? rootLabel(this.tree) : label(node, frame.w) }) : null);
+        frame.w > 3 * CHAR_WIDTH ? d.svg("text", { x: 4, y: ROW - 5, text: isRoot ? rootLabel(this.tree) : label(node, frame.w) }) : null,
+        frame.folded ? d.svg("title", { text: node.name }) : null);
     });
     this.svg.replaceChildren(...nodes);
   };
@@ -120,12 +151,18 @@
     }
     const node = frame.node;
     const total = this.tree.count;
+    if (frame.folded) {
+      const lines = frame.folded.map((n) => n.name + (n.filename ? "  " + n.filename + ":" + n.line : ""));
+      d.tooltip.show(event, frame.folded.length + " frames every sample passes through", [...lines, "click to unfold"]);
+      return;
+    }
     const lines = [];
     if (node.filename) lines.push(node.filename + ":" + node.line);
     lines.push(d.fmtNumber(node.count) + " samples, " + d.fmtPercent(total ? node.count / total : 0, 2) + " of all");
     const zoomed = this.zoomIds.length > 0 ? this.zoomPath().slice(-1)[0] : null;
     if (zoomed && zoomed.count && !frame.ancestor) lines.push(d.fmtPercent(node.count / zoomed.count, 2) + " of the zoomed frame");
-    if (frame.ancestor) lines.push("click to zoom out to here");
+    if (this.trunkOpen && foldableTrunk(this.tree).includes(node)) lines.push("click to fold the frames every sample passes through");
+    else if (frame.ancestor) lines.push("click to zoom out to here");
     else if (frame.node !== zoomed && frame.parent !== -1) lines.push("click to zoom in");
     d.tooltip.show(event, node.name, lines);
   };
@@ -133,10 +170,19 @@
   FlameGraph.prototype.click = function (event) {
     const frame = this.frameAt(event);
     if (!frame) return;
-    const ids = [];
-    for (let f = frame; f.parent !== -1; f = this.frames[f.parent]) ids.unshift(frameId(f.node));
-    this.zoomIds = ids;
     d.tooltip.hide(); // it described the frame clicked, which has moved
+    if (frame.folded || (this.trunkOpen && foldableTrunk(this.tree).includes(frame.node))) {
+      // Every sample passes through the trunk: zooming into it would change
+      // nothing, so a click folds or unfolds it instead.
+      this.trunkOpen = !frame.folded;
+      this.draw();
+      return;
+    }
+    const ids = [];
+    for (let f = frame; f.parent !== -1; f = this.frames[f.parent]) {
+      ids.unshift(...(f.folded ? f.folded.map(frameId) : [frameId(f.node)]));
+    }
+    this.zoomIds = ids;
     this.draw();
     this.onZoom(this.zoomPath());
   };
