@@ -5,7 +5,8 @@
   scheduler and in every worker, the dashboard served, and a :class:`DashboardPoller` thread in the
   benchmark process fetching what an open /status page fetches (and the
   scheduler-profile page's tree every 5 s).
-* ``samplers`` and ``dashboard``: each half of ``on`` alone, to tell their costs apart.
+* ``samplers`` and ``dashboard``: each half of ``on`` alone, to tell their costs apart;
+  ``scheduler-sampler`` and ``worker-samplers``: the samplers of one side alone.
 
 A setup is either the runtime benchmark's subprocess cluster (``dsched
 scheduler`` and ``dsched worker`` processes: workloads (a) and (b)) started
@@ -48,12 +49,14 @@ from _runtime_systems import (
 __all__ = ["CONFIGS", "DashboardPoller", "PollerProcess", "Setup", "inprocess_setup", "subprocess_setup"]
 
 PROFILE_INTERVAL = 0.01  # the default of SchedulerServer, Worker and the CLI
-# config -> (samplers in the scheduler and the workers, the dashboard served and polled)
-CONFIGS: dict[str, tuple[bool, bool]] = {
-    "off": (False, False),
-    "on": (True, True),
-    "samplers": (True, False),
-    "dashboard": (False, True),
+# config -> (a sampler in the scheduler, samplers in the workers, the dashboard served and polled)
+CONFIGS: dict[str, tuple[bool, bool, bool]] = {
+    "off": (False, False, False),
+    "on": (True, True, True),
+    "samplers": (True, True, False),
+    "dashboard": (False, False, True),
+    "scheduler-sampler": (True, False, False),
+    "worker-samplers": (False, True, False),
 }
 POLL_S = 1.0  # the dashboard's refresh period (dashboard.js: refreshMs)
 PROFILE_POLL_EVERY = 5  # polls between fetches of the scheduler's profile tree
@@ -171,10 +174,13 @@ class PollerProcess:
 
 def _config_flags(config: str, interval: float) -> tuple[list[str], list[str]]:
     """Extra ``dsched scheduler`` and ``dsched worker`` options for the configuration."""
-    samplers, dashboard = CONFIGS[config]
-    sampling = ["--profile-interval", str(interval if samplers else 0)]  # 0: no sampler
+    in_scheduler, in_workers, dashboard = CONFIGS[config]
+
+    def sampling(on: bool) -> list[str]:
+        return ["--profile-interval", str(interval if on else 0)]  # 0: no sampler
+
     served = ["--dashboard-address", "127.0.0.1:0"] if dashboard else ["--no-dashboard"]
-    return served + sampling, sampling
+    return served + sampling(in_scheduler), sampling(in_workers)
 
 
 @contextlib.contextmanager
@@ -200,7 +206,7 @@ def subprocess_setup(config: str, n_workers: int, interval: float = PROFILE_INTE
             stats.update({f"worker-{i}": ProcessStats(p.pid) for i, p in enumerate(processes[1:])})
             cluster = Cluster("dsched", client, n_workers, stats["scheduler"], _processes=processes)
             dashboard = info.get("dashboard") or None
-            if (dashboard is not None) != CONFIGS[config][1]:
+            if (dashboard is not None) != CONFIGS[config][2]:
                 raise RuntimeError(f"{config}: the scheduler file's dashboard entry is {dashboard!r}")
             yield Setup(config, cluster, dashboard, stats)
         except BaseException:
@@ -219,9 +225,11 @@ def subprocess_setup(config: str, n_workers: int, interval: float = PROFILE_INTE
 class _InProcessHost:
     """A SchedulerServer and ``n_workers`` one-thread Workers on one event loop (cf. InProcessBackend)."""
 
-    def __init__(self, n_workers: int, profile_interval: float | None, dashboard: bool) -> None:
+    def __init__(self, n_workers: int, scheduler_interval: float | None, worker_interval: float | None,
+                 dashboard: bool) -> None:
         self.n_workers = n_workers
-        self.profile_interval = profile_interval
+        self.scheduler_interval = scheduler_interval
+        self.worker_interval = worker_interval
         self.dashboard = dashboard
         self.server: Any = None
         self.workers: list[Any] = []
@@ -235,7 +243,7 @@ class _InProcessHost:
         self._stop = anyio.Event()
         dashboard = "127.0.0.1:0" if self.dashboard else None
         async with SchedulerServer("127.0.0.1", 0, gc_mode="relaxed", dashboard_address=dashboard,
-                                   profile_interval=self.profile_interval) as server:
+                                   profile_interval=self.scheduler_interval) as server:
             self.server = server
             async with anyio.create_task_group() as tg:
                 started = time.perf_counter()
@@ -255,7 +263,7 @@ class _InProcessHost:
         # A long connect timeout: with 100+ samplers in one process the loop answers late, and the
         # default 10 s ends the run with a ConnectError that does not say how far the start got.
         async with Worker(address, nthreads=1, name=name, memory_limit=0, connect_timeout=START_TIMEOUT_S,
-                          profile_interval=self.profile_interval) as worker:
+                          profile_interval=self.worker_interval) as worker:
             self.workers.append(worker)
             task_status.started()
             await worker.serve_forever()
@@ -285,8 +293,8 @@ def inprocess_setup(config: str, n_workers: int, interval: float = PROFILE_INTER
     from dsched._loop_thread import LoopThread
 
     logging.getLogger("dsched").setLevel(logging.WARNING)  # as LocalCluster's silence_logs
-    samplers, dashboard = CONFIGS[config]
-    host = _InProcessHost(n_workers, interval if samplers else None, dashboard)
+    in_scheduler, in_workers, dashboard = CONFIGS[config]
+    host = _InProcessHost(n_workers, interval if in_scheduler else None, interval if in_workers else None, dashboard)
     loop = LoopThread("profiling-bench-cluster")
     try:
         future, _ = loop.portal.start_task(host.run, name="profiling-bench-cluster")

@@ -15,6 +15,7 @@ Configurations (see _profiling_setups.py):
        fetching what the /status page fetches, every second (plus the
        scheduler's profile tree every 5 s), for the whole run
   samplers, dashboard (with --configs): each half of "on" alone
+  scheduler-sampler, worker-samplers (with --configs): the samplers of one side alone
 
 Workloads (the runtime benchmark's, docs/benchmarks.md):
   (a) map + gather of 10,000 trivial tasks, 2 worker processes x 1 thread
@@ -342,7 +343,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--only", default=WORKLOADS, help="workloads to run, e.g. a,d (default: a,b,d)")
     parser.add_argument("--configs", default=DEFAULT_CONFIGS,
                         help=f"configurations, alternated in this order; off is the baseline "
-                        f"(default {DEFAULT_CONFIGS}; also: samplers, dashboard: each half of on alone)")
+                        f"(default {DEFAULT_CONFIGS}; also: samplers, dashboard: each half of on alone; "
+                             "scheduler-sampler, worker-samplers: one side's samplers alone)")
     parser.add_argument("--interval", type=float, default=PROFILE_INTERVAL,
                         help=f"the samplers' interval in seconds (default {PROFILE_INTERVAL}: dsched's default)")
     parser.add_argument("--poller", choices=("thread", "process"), default="process",

@@ -44,8 +44,10 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from types import FrameType, TracebackType
+from types import CodeType, FrameType, TracebackType
 from typing import Any, Final, TypeAlias, cast
+
+from dsched._sampler_alarm import AlarmDriver, choose_driver
 
 __all__ = [
     "DEFAULT_MAX_NODES",
@@ -129,7 +131,9 @@ class CallTree:
         """Count ``count`` samples of the stack ``frames`` (root first): O(len(frames))."""
         node = self._root
         node.count += count
-        for ident in frames[: self.max_depth]:
+        if len(frames) > self.max_depth:
+            frames = frames[: self.max_depth]
+        for ident in frames:
             child = node.children.get(ident)
             if child is None:
                 if self._nodes >= self.max_nodes:
@@ -316,14 +320,32 @@ def _current_frames() -> dict[int, FrameType]:
     return _current_frames_gc_paused() if _GC_IN_ALLOCATIONS else sys._current_frames()
 
 
+# A sample holds the GIL while it walks the stacks, and every other thread of the
+# process waits for it (in a worker, its event loop and task threads): so a frame
+# costs one cached lookup, not a new tuple.  Code objects are few and long-lived;
+# the cache is dropped whole if code is generated without end (exec, lambdas).
+_FRAME_IDS: Final[dict[CodeType, FrameId]] = {}
+_MAX_FRAME_IDS: Final = 100_000
+
+
+def _frame_id(code: CodeType) -> FrameId:
+    if len(_FRAME_IDS) >= _MAX_FRAME_IDS:
+        _FRAME_IDS.clear()
+    ident = _FRAME_IDS[code] = (code.co_filename, code.co_firstlineno, code.co_name)
+    return ident
+
+
 def _stack_of(frame: FrameType | None) -> list[FrameId]:
     """The identities of ``frame`` and its callers, root first, bootstrap frames trimmed."""
-    stack: list[FrameId] = []
-    while frame is not None and len(stack) < _WALK_LIMIT:
-        code = frame.f_code
-        stack.append((code.co_filename, code.co_firstlineno, code.co_name))
+    codes: list[CodeType] = []
+    append = codes.append
+    for _ in range(_WALK_LIMIT):
+        if frame is None:
+            break
+        append(frame.f_code)
         frame = frame.f_back
-    stack.reverse()
+    known = _FRAME_IDS.get
+    stack = [known(code) or _frame_id(code) for code in reversed(codes)]
     start = 0
     while (
         start < len(stack) and stack[start][0] == _THREADING_FILE and stack[start][2] in _BOOTSTRAP
@@ -332,21 +354,35 @@ def _stack_of(frame: FrameType | None) -> list[FrameId]:
     return stack[start:] if start else stack
 
 
-def _collect(labels: Mapping[int, Label], skip: int) -> list[tuple[str | tuple[str, ...], list[FrameId]]]:
-    """The labelled stacks of the threads in ``labels`` that are running Python code."""
+def _collect(
+    labels: Mapping[int, Label], skip: int, interrupted: tuple[int, FrameType | None] | None = None
+) -> tuple[list[tuple[str | tuple[str, ...], list[FrameId]]], int]:
+    """The labelled stacks of the threads in ``labels`` that are running Python code, and the
+    number of threads that are (0 if no thread is wanted: then they are not read).
+
+    ``skip`` is left out (the sampling thread); ``interrupted`` is ``(ident, frame)`` of a thread
+    sampling itself from a signal handler, whose stack is taken from ``frame`` (the code the
+    signal interrupted) rather than from the handler's own frames.
+    """
     # Copied first (one C call for a dict), so that other threads may change it meanwhile.
     wanted = [(i, label) for i, label in list(labels.items()) if label is not None and i != skip]
     if not wanted:
-        return []
+        return [], 0
     frames = _current_frames()
     try:
+        if interrupted is not None:
+            ident, frame = interrupted
+            if frame is None:
+                frames.pop(ident, None)
+            else:
+                frames[ident] = frame
         stacks: list[tuple[str | tuple[str, ...], list[FrameId]]] = []
         for ident, label in wanted:
             frame = frames.get(ident)
             if frame is not None:  # None: the thread has exited (or runs no Python code yet)
                 stacks.append((label, _stack_of(frame)))
             del frame
-        return stacks
+        return stacks, len(frames)
     finally:
         # Frames pin every local variable of the sampled threads: let them go now.
         del frames
@@ -387,12 +423,18 @@ class _Bucket:
 
 
 class Sampler:
-    """Samples the threads named by ``threads()`` every ``interval`` seconds on a daemon thread.
+    """Samples the threads named by ``threads()`` every ``interval`` seconds.
 
-    ``threads`` is called on the sampler thread before every sample; it must be
-    quick and must not block (return a snapshot, e.g. ``dict(labels)``).  Closed
-    buckets are never modified again, so :meth:`tree` holds the lock only to list
-    them and to merge the open bucket: the sampling thread never waits long.
+    What drives it (``driver``, see ``dsched._sampler_alarm``): started on the
+    main thread, SIGALRM, whose handler samples there (the main thread's own
+    stack is the code the signal interrupted); elsewhere, or with
+    ``driver="thread"``, a daemon thread of its own.
+
+    ``threads`` is called before every sample (on the sampling thread, or in the
+    signal handler); it must be quick, must not block and must take no lock
+    (return a snapshot, e.g. ``dict(labels)``).  Closed buckets are never
+    modified again, so :meth:`tree` holds the lock only to list them and to
+    merge the open bucket: the sampler never waits long.
     """
 
     def __init__(
@@ -405,6 +447,7 @@ class Sampler:
         max_nodes: int = DEFAULT_MAX_NODES,
         max_depth: int = MAX_DEPTH,
         name: str = "dsched-profiler",
+        driver: str = "auto",
     ) -> None:
         if not interval > 0 or not bucket_seconds > 0 or not history_seconds >= bucket_seconds:
             raise ValueError("need interval > 0 and history_seconds >= bucket_seconds > 0")
@@ -425,20 +468,31 @@ class Sampler:
         self._last_error: str | None = None
         self._started_at: float | None = None
         self._stopped_at: float | None = None
+        self._asked_driver = driver
+        self._alarm: AlarmDriver | None = None
+        self._skipped = 0
+        self._threads_seen = 1
 
     # -- lifecycle --
 
     def start(self) -> None:
-        if self._thread is not None and self._thread.is_alive():
+        if self.running:
             raise RuntimeError(f"sampler {self.name!r} is already running")
+        driver = choose_driver(self._asked_driver)
         self._stop.clear()
         self._started_at, self._stopped_at = time.perf_counter(), None
-        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
-        self._thread.start()
+        if driver == "signal":
+            self._alarm = AlarmDriver(self._on_alarm)
+            self._alarm.start(self.effective_interval())
+        else:
+            self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+            self._thread.start()
 
     def stop(self, timeout: float | None = 5.0) -> None:
-        """Stop sampling and wait for the sampler thread to end (idempotent)."""
+        """Stop sampling and wait for the sampler thread (if any) to end (idempotent)."""
         self._stop.set()
+        if self._alarm is not None:
+            self._alarm.stop()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
@@ -447,7 +501,16 @@ class Sampler:
 
     @property
     def running(self) -> bool:
+        if self._alarm is not None:
+            return not self._stop.is_set()
         return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def driver(self) -> str | None:
+        """"signal" or "thread" once started, else None."""
+        if self._alarm is not None:
+            return "signal"
+        return "thread" if self._thread is not None else None
 
     def __enter__(self) -> Sampler:
         self.start()
@@ -458,8 +521,9 @@ class Sampler:
     ) -> None:
         self.stop()
 
-    def effective_interval(self) -> float:
-        """The interval now: ``interval``, lengthened in proportion past ``THREADS_AT_FULL_RATE`` threads.
+    def effective_interval(self, threads: int | None = None) -> float:
+        """The interval now: ``interval``, lengthened in proportion past ``THREADS_AT_FULL_RATE`` threads
+        (``threads``, else ``threading.active_count()``, which takes a lock: not in a signal handler).
 
         Reading the stacks (``sys._current_frames()``) costs in proportion to the
         number of threads in the process, most of it outside the sampling thread:
@@ -467,7 +531,8 @@ class Sampler:
         nothing measurable at 50 ms.  So the cost per second stays that of a
         process with ``THREADS_AT_FULL_RATE`` threads.
         """
-        return self.interval * max(1.0, threading.active_count() / THREADS_AT_FULL_RATE)
+        count = threading.active_count() if threads is None else threads
+        return self.interval * max(1.0, count / THREADS_AT_FULL_RATE)
 
     def _run(self) -> None:
         deadline = time.perf_counter()
@@ -483,19 +548,44 @@ class Sampler:
                 deadline = now + interval / 4
             self._stop.wait(deadline - now)
 
+    def _on_alarm(self, frame: FrameType | None) -> float:
+        """The signal handler's work: a sample with the main thread's stack at ``frame``."""
+        if not self._stop.is_set():
+            try:
+                self.sample_once(interrupted=frame, blocking=False)
+            except Exception as exc:  # a bug must not end profiling silently: count it
+                self._note_error(exc, blocking=False)
+        return self.effective_interval(self._threads_seen)
+
     # -- sampling --
 
-    def sample_once(self, when: float | None = None) -> int:
-        """Take one sample now (filed at wall-clock time ``when``); return the stacks recorded."""
+    def sample_once(
+        self, when: float | None = None, *, interrupted: FrameType | None = None, blocking: bool = True
+    ) -> int:
+        """Take one sample now (filed at wall-clock time ``when``); return the stacks recorded.
+
+        From a signal handler: ``interrupted`` is the frame the signal interrupted
+        (this thread is then sampled at that frame rather than skipped), and
+        ``blocking=False`` skips the sample if the lock is taken (by the very code
+        the signal interrupted, perhaps).
+        """
         began = time.thread_time()
         try:
             labels = self._threads()
         except Exception as exc:
-            self._note_error(exc)
+            self._note_error(exc, blocking)
             return 0
-        stacks = _collect(labels, threading.get_ident())
+        me = threading.get_ident()
+        if interrupted is None:
+            stacks, seen = _collect(labels, me)
+        else:
+            stacks, seen = _collect(labels, -1, (me, interrupted))
+        self._threads_seen = seen or self._threads_seen
         when = time.time() if when is None else when
-        with self._lock:
+        if not self._lock.acquire(blocking):
+            self._skipped += 1
+            return 0
+        try:
             trees = self._bucket(when).trees
             for labelled, stack in stacks:
                 for label in (labelled,) if isinstance(labelled, str) else labelled:
@@ -506,6 +596,8 @@ class Sampler:
             self._samples += 1
             self._stacks += len(stacks)
             self._busy += time.thread_time() - began
+        finally:
+            self._lock.release()
         return len(stacks)
 
     def record(self, label: str, stack: Sequence[FrameId], when: float | None = None,
@@ -534,10 +626,14 @@ class Sampler:
         self._current = _Bucket(start)
         return self._current
 
-    def _note_error(self, exc: Exception) -> None:
-        with self._lock:
+    def _note_error(self, exc: Exception, blocking: bool = True) -> None:
+        if not self._lock.acquire(blocking):
+            return  # in a signal handler, over a locked section: the error is lost, not the process
+        try:
             self._errors += 1
             self._last_error = f"{type(exc).__name__}: {exc}"
+        finally:
+            self._lock.release()
 
     # -- reading --
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
+from typing import Any
 
 import anyio
 import pytest
 
+from dsched._sampler_alarm import DRIVER_ENV
 from dsched._shared_sampler import attach, attached, detach, thread_name
 
 
@@ -21,6 +24,13 @@ def spin(stop: threading.Event) -> None:
         sum(i * i for i in range(1000))
 
 
+@pytest.fixture
+def thread_driven(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Samplers on a thread of their own, even those started on the main thread (as these tests are)."""
+    monkeypatch.setenv(DRIVER_ENV, "thread")
+
+
+@pytest.mark.usefixtures("thread_driven")
 def test_two_sources_share_one_thread_and_a_thread_both_want_is_filed_under_both_labels() -> None:
     stop = threading.Event()
     busy = threading.Thread(target=spin, args=(stop,))
@@ -55,6 +65,7 @@ def test_two_sources_share_one_thread_and_a_thread_both_want_is_filed_under_both
     detach(interval, "one")  # detaching twice is harmless
 
 
+@pytest.mark.usefixtures("thread_driven")
 @pytest.mark.anyio
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
 async def test_a_scheduler_and_its_in_process_workers_share_one_sampler(anyio_backend: str) -> None:
@@ -80,3 +91,40 @@ async def test_a_scheduler_and_its_in_process_workers_share_one_sampler(anyio_ba
             assert f"{server.scheduler_id}/event-loop" in labels and "*/worker-event-loop" in labels
         assert server.diagnostics.sampler is shared and shared.running  # the workers left, the scheduler samples on
     assert len(sampler_threads(interval)) == before and not shared.running
+
+
+def test_started_on_the_main_thread_the_shared_sampler_is_driven_by_sigalrm() -> None:
+    stop = threading.Event()
+    busy = threading.Thread(target=spin, args=(stop,))
+    busy.start()
+    interval = 0.0027
+    before = len(sampler_threads(interval))
+    main = threading.get_ident()
+    sampler = attach(interval, "one", lambda: {busy.ident or 0: "one/busy", main: "one/main"})
+    try:
+        assert sampler.driver == "signal" and sampler.running
+        assert len(sampler_threads(interval)) == before  # no thread of its own
+        assert signal.getsignal(signal.SIGALRM) not in (signal.SIG_DFL, None)
+        deadline = time.monotonic() + 30
+        while sampler.tree(None, None, "one/busy").count < 20 or sampler.tree(None, None, "one/main").count < 20:
+            assert time.monotonic() < deadline, "no samples"
+            time.sleep(0.01)  # interrupted by the alarms, resumed each time
+        assert "spin" in names(sampler.tree(None, None, "one/busy").to_json())
+        # The main thread is sampled where the signal found it (this test), not in the handler.
+        on_main = names(sampler.tree(None, None, "one/main").to_json())
+        assert "test_started_on_the_main_thread_the_shared_sampler_is_driven_by_sigalrm" in on_main
+        assert "_on_alarm" not in on_main and "sample_once" not in on_main
+    finally:
+        stop.set()
+        busy.join()
+        detach(interval, "one")
+    assert not sampler.running
+    assert signal.getsignal(signal.SIGALRM) == signal.SIG_DFL  # given back
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+
+
+def names(node: dict[str, Any]) -> set[str]:
+    out = {node["name"]}
+    for child in node["children"]:
+        out |= names(child)
+    return out

@@ -7,8 +7,10 @@ import time
 from typing import Any
 
 import msgspec
+import pytest
 
 from dsched import _protocol as p
+from dsched._sampler_alarm import DRIVER_ENV
 from dsched._shared_sampler import thread_name
 from dsched._worker_profile import WorkerProfiler
 
@@ -35,7 +37,8 @@ def sampler_threads(interval: float) -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name == thread_name(interval)]
 
 
-def test_workers_of_one_process_share_a_sampler_and_keep_their_own_tasks() -> None:
+def test_workers_of_one_process_share_a_sampler_and_keep_their_own_tasks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(DRIVER_ENV, "thread")  # started on the main thread: SIGALRM would drive it
     stop = threading.Event()
     threads = [threading.Thread(target=f, args=(stop,)) for f in (spin_here, spin_there)]
     for t in threads:
