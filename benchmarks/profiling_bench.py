@@ -41,6 +41,7 @@ import argparse
 import json
 import os
 import platform
+import random
 import signal
 import statistics
 import subprocess
@@ -248,12 +249,26 @@ def _row(workload: str, config: str, results: list[dict[str, Any]]) -> dict[str,
     return {
         "workload": title if config == "on" else f"{title}: {config} only",
         "key": workload, "config": config, "figures": figures, "medians": medians, "overhead": overhead,
-        "paired": paired, "failed": failed,
+        "interval": _bootstrap_interval(figures["off"], figures[config]), "paired": paired, "failed": failed,
         "status": _status(overhead, figures, failed[config]) if config == "on" else "-",
         "start_s": {c: statistics.median(r["start_s"] for r in ok[c]) if ok[c] else None for c in pair},
         "cpu_us": {c: _cpu_us(ok[c]) for c in pair if ok[c]},
         "poll": _poll_costs(ok[config]), "sampler_share": _sampler_share(ok[config]),
     }
+
+
+def _bootstrap_interval(off: list[float], on: list[float], rounds: int = 2_000) -> tuple[float, float] | None:
+    """A 90% bootstrap interval of the overhead of the medians: how far the noise of the runs
+    alone could move it (each configuration's runs resampled with replacement; a fixed seed)."""
+    if len(off) < 3 or len(on) < 3:
+        return None
+    rng = random.Random(0)
+    overheads = []
+    for _ in range(rounds):
+        off_median = statistics.median(rng.choices(off, k=len(off)))
+        overheads.append((off_median - statistics.median(rng.choices(on, k=len(on)))) / off_median)
+    overheads.sort()
+    return overheads[int(0.05 * rounds)], overheads[int(0.95 * rounds) - 1]
 
 
 def _status(overhead: float | None, figures: dict[str, list[float]], failed: list[str]) -> str:
@@ -294,6 +309,7 @@ def print_report(rows: list[dict[str, Any]], info: dict[str, Any], errors: list[
           "MEDIAN of the runs; overhead = (off - on) / off")
     if info["quick"]:
         print("--quick: 1,000 tasks; the target is defined at full size (indicative only)")
+    print("overhead (a to b): the 90% bootstrap interval of the overhead, from the spread of the runs alone")
     print("\n| workload | off | on (or the config named) | overhead | target | status | "
           "paired overheads (median; min..max) | runs ok |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
@@ -303,7 +319,9 @@ def print_report(rows: list[dict[str, Any]], info: dict[str, Any], errors: list[
         cells = [row["workload"]] + [f"{m[c]:,.0f}/s" if m[c] else _failure(row["failed"][c]) for c in m]
         target = f"<= {MAX_OVERHEAD:.0%}" if row["config"] == "on" else "-"
         ok = ", ".join(f"{c} {len(row['figures'][c])}/{len(row['figures'][c]) + len(row['failed'][c])}" for c in m)
-        cells += [_pct(row["overhead"]), target, row["status"], pairs, ok]
+        interval = row["interval"]
+        noise = f" ({_pct(interval[0])}..{_pct(interval[1])})" if interval else ""
+        cells += [_pct(row["overhead"]) + noise, target, row["status"], pairs, ok]
         print("| " + " | ".join(cells) + " |")
     print("\n| workload | config | off runs (tasks/s): min..max (± half-range / median) | its runs | "
           "cluster start s off/it | CPU us/task off -> it | sampler CPU (s/s, all samplers) | "

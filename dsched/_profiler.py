@@ -358,7 +358,8 @@ def _collect(
     labels: Mapping[int, Label], skip: int, interrupted: tuple[int, FrameType | None] | None = None
 ) -> tuple[list[tuple[str | tuple[str, ...], list[FrameId]]], int]:
     """The labelled stacks of the threads in ``labels`` that are running Python code, and the
-    number of threads that are (0 if no thread is wanted: then they are not read).
+    number of threads that are (0 when that was not read: no thread is wanted, or only the
+    interrupted one).
 
     ``skip`` is left out (the sampling thread); ``interrupted`` is ``(ident, frame)`` of a thread
     sampling itself from a signal handler, whose stack is taken from ``frame`` (the code the
@@ -368,6 +369,11 @@ def _collect(
     wanted = [(i, label) for i, label in list(labels.items()) if label is not None and i != skip]
     if not wanted:
         return [], 0
+    if interrupted is not None and all(i == interrupted[0] for i, _ in wanted):
+        # Only the interrupted thread (a scheduler's loop; a worker's, between tasks):
+        # its frame is at hand, and reading every thread's would cost more than the walk.
+        frame = interrupted[1]
+        return ([(wanted[0][1], _stack_of(frame))] if frame is not None else []), 0
     frames = _current_frames()
     try:
         if interrupted is not None:
