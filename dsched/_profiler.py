@@ -34,20 +34,17 @@ one of those functions (``threading.Timer.run``) loses that frame too.
 
 from __future__ import annotations
 
-import gc
-import itertools
 import math
-import operator
-import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from types import CodeType, FrameType, TracebackType
-from typing import Any, Final, TypeAlias, cast
+from types import FrameType, TracebackType
+from typing import Any, Final, TypeAlias
 
 from dsched._sampler_alarm import AlarmDriver, choose_driver
+from dsched._stacks import FrameId, Label, StackReader
 
 __all__ = [
     "DEFAULT_MAX_NODES",
@@ -62,12 +59,6 @@ __all__ = [
     "loop_thread_sampler",
 ]
 
-FrameId: TypeAlias = tuple[str, int, str]
-"""A function: ``(co_filename, co_firstlineno, co_name)``."""
-
-Label: TypeAlias = str | tuple[str, ...] | None
-"""A thread's label; a tuple files its stack under each of several labels; None skips the thread."""
-
 ThreadLabels: TypeAlias = Callable[[], Mapping[int, Label]]
 """Returns ``{thread ident: label}`` for the threads to sample now (None: skip that thread)."""
 
@@ -76,11 +67,7 @@ DEFAULT_MAX_NODES: Final = 10_000
 THREADS_AT_FULL_RATE: Final = 32
 MAX_DEPTH: Final = 256
 MAX_JSON_NODES: Final = 200_000
-_WALK_LIMIT: Final = 4_096
 _MAX_COUNT: Final = 2**53 - 1  # the largest integer a JavaScript reader keeps exact
-
-_THREADING_FILE: Final = threading.Thread.run.__code__.co_filename
-_BOOTSTRAP: Final = frozenset({"_bootstrap", "_bootstrap_inner", "run"})
 
 
 class _Node:
@@ -270,130 +257,6 @@ def _checked(entry: object, depth: int) -> tuple[str, str, int, int, list[object
     return name, filename, line, count, children
 
 
-# --- reading other threads' stacks ----------------------------------------------------
-#
-# What deadlocked Dask (dask/distributed#8616, CPython gh-106883 and gh-116969):
-# on Python 3.11 ``sys._current_frames()`` holds the runtime's thread-list lock
-# (HEAD_LOCK) while it allocates a frame object per thread, and in 3.11 an
-# allocation can start a cyclic garbage collection right there.  The collection
-# runs finalizers (``__del__``, weakref callbacks, ``threading.local`` teardown),
-# which can release the GIL or need HEAD_LOCK themselves; meanwhile another
-# thread holding the GIL (one starting or exiting, e.g. the event loop's
-# executor threads) waits for HEAD_LOCK: each thread waits for the other's lock
-# forever.  Dask's profiler sampled the event loop thread that way every 10 ms,
-# and Dask ended up disabling it on 3.11 (dask/distributed#8916).  3.12 runs the
-# collector only between bytecodes, never inside an allocation, so it is safe.
-#
-# So on 3.11 the GC is paused around the call.  Pausing it from Python would
-# race with other threads (``GcPolicy`` and ``gc_paused`` read ``gc.isenabled()``
-# and could see the sampler's transient "off" and restore it later): the GIL can
-# switch threads after any bytecode.  The read, pause, call and conditional
-# restore therefore run as one chain of C calls driven by ``list()`` (map, tee
-# and chain iterators calling builtins), during which no bytecode runs, so no
-# other thread can run or observe the paused state.
-#
-# The rest of a sample only reads code attributes: no ``linecache`` (which can
-# import a module's loader to fetch its source and take the import lock, and
-# does file I/O), no ``threading.enumerate()``, no logging, no imports.
-_GC_IN_ALLOCATIONS: Final = sys.version_info < (3, 12)
-_RESTORE_GC: Final[dict[object, Callable[[], object]]] = {True: gc.enable, False: gc.isenabled}
-
-
-def _current_frames_gc_paused() -> dict[int, FrameType]:
-    """``sys._current_frames()`` with the cyclic GC paused, atomically with respect to the GIL."""
-    was_on, restore = itertools.tee(map(operator.call, (gc.isenabled,)))
-    calls: tuple[Callable[[], object], ...] = (gc.disable, sys._current_frames)
-    try:
-        results = list(itertools.chain(
-            was_on,
-            map(operator.call, calls),
-            map(operator.call, map(_RESTORE_GC.__getitem__, restore)),
-        ))
-    except BaseException:  # MemoryError inside: do not leave the GC off
-        if next(restore, False):
-            gc.enable()
-        raise
-    return cast("dict[int, FrameType]", results[2])
-
-
-def _current_frames() -> dict[int, FrameType]:
-    return _current_frames_gc_paused() if _GC_IN_ALLOCATIONS else sys._current_frames()
-
-
-# A sample holds the GIL while it walks the stacks, and every other thread of the
-# process waits for it (in a worker, its event loop and task threads): so a frame
-# costs one cached lookup, not a new tuple.  Code objects are few and long-lived;
-# the cache is dropped whole if code is generated without end (exec, lambdas).
-_FRAME_IDS: Final[dict[CodeType, FrameId]] = {}
-_MAX_FRAME_IDS: Final = 100_000
-
-
-def _frame_id(code: CodeType) -> FrameId:
-    if len(_FRAME_IDS) >= _MAX_FRAME_IDS:
-        _FRAME_IDS.clear()
-    ident = _FRAME_IDS[code] = (code.co_filename, code.co_firstlineno, code.co_name)
-    return ident
-
-
-def _stack_of(frame: FrameType | None) -> list[FrameId]:
-    """The identities of ``frame`` and its callers, root first, bootstrap frames trimmed."""
-    codes: list[CodeType] = []
-    append = codes.append
-    for _ in range(_WALK_LIMIT):
-        if frame is None:
-            break
-        append(frame.f_code)
-        frame = frame.f_back
-    known = _FRAME_IDS.get
-    stack = [known(code) or _frame_id(code) for code in reversed(codes)]
-    start = 0
-    while (
-        start < len(stack) and stack[start][0] == _THREADING_FILE and stack[start][2] in _BOOTSTRAP
-    ):
-        start += 1
-    return stack[start:] if start else stack
-
-
-def _collect(
-    labels: Mapping[int, Label], skip: int, interrupted: tuple[int, FrameType | None] | None = None
-) -> tuple[list[tuple[str | tuple[str, ...], list[FrameId]]], int]:
-    """The labelled stacks of the threads in ``labels`` that are running Python code, and the
-    number of threads that are (0 when that was not read: no thread is wanted, or only the
-    interrupted one).
-
-    ``skip`` is left out (the sampling thread); ``interrupted`` is ``(ident, frame)`` of a thread
-    sampling itself from a signal handler, whose stack is taken from ``frame`` (the code the
-    signal interrupted) rather than from the handler's own frames.
-    """
-    # Copied first (one C call for a dict), so that other threads may change it meanwhile.
-    wanted = [(i, label) for i, label in list(labels.items()) if label is not None and i != skip]
-    if not wanted:
-        return [], 0
-    if interrupted is not None and all(i == interrupted[0] for i, _ in wanted):
-        # Only the interrupted thread (a scheduler's loop; a worker's, between tasks):
-        # its frame is at hand, and reading every thread's would cost more than the walk.
-        frame = interrupted[1]
-        return ([(wanted[0][1], _stack_of(frame))] if frame is not None else []), 0
-    frames = _current_frames()
-    try:
-        if interrupted is not None:
-            ident, frame = interrupted
-            if frame is None:
-                frames.pop(ident, None)
-            else:
-                frames[ident] = frame
-        stacks: list[tuple[str | tuple[str, ...], list[FrameId]]] = []
-        for ident, label in wanted:
-            frame = frames.get(ident)
-            if frame is not None:  # None: the thread has exited (or runs no Python code yet)
-                stacks.append((label, _stack_of(frame)))
-            del frame
-        return stacks, len(frames)
-    finally:
-        # Frames pin every local variable of the sampled threads: let them go now.
-        del frames
-
-
 # --- the sampler ----------------------------------------------------------------------
 
 
@@ -478,6 +341,7 @@ class Sampler:
         self._alarm: AlarmDriver | None = None
         self._skipped = 0
         self._threads_seen = 1
+        self._reader = StackReader()
 
     # -- lifecycle --
 
@@ -504,6 +368,7 @@ class Sampler:
             thread.join(timeout)
         if self._started_at is not None and self._stopped_at is None:
             self._stopped_at = time.perf_counter()
+        self._reader.forget()
 
     @property
     def running(self) -> bool:
@@ -583,9 +448,9 @@ class Sampler:
             return 0
         me = threading.get_ident()
         if interrupted is None:
-            stacks, seen = _collect(labels, me)
+            stacks, seen = self._reader.collect(labels, me)
         else:
-            stacks, seen = _collect(labels, -1, (me, interrupted))
+            stacks, seen = self._reader.collect(labels, -1, (me, interrupted))
         self._threads_seen = seen or self._threads_seen
         when = time.time() if when is None else when
         if not self._lock.acquire(blocking):

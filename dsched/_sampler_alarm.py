@@ -2,20 +2,19 @@
 
 Why: a sampling thread must take the GIL to read stacks.  When it wakes while
 the event loop runs, it takes the GIL at the loop's next system call, and the
-loop, back from that call, finds the GIL taken and sleeps until the sampler is
-done and the OS runs it again.  On a busy machine that wait is what sampling
-costs: measured on the tree-reduction benchmark (2 cores, 4 busy processes),
-samplers in the workers cost +3.6% of throughput, of which a sampler that woke
-and read nothing cost +0.1-0.6%, and a sample four times longer cost about as
-much as a normal one: the price is the hand-off, not the work.
+loop, back from that call, waits for the sample and for the OS to run it again.
+A signal handler runs on the loop's thread itself: no thread is woken and the
+GIL changes no hands.  The sample itself costs the same either way (about
+100 us in a busy process: docs/profiling.md), so the gain is modest: on the
+tree-reduction benchmark, +2.0-4.6% against +3.4-4.7% for the thread.
 
-A signal handler runs on the main thread itself, between two bytecodes, so when
-the event loop *is* the main thread (``dsched scheduler``, ``dsched worker``, the
-processes of a LocalCluster) the loop samples itself and the other threads with
-no hand-off at all.  A blocking call of the main thread (the loop's ``select``)
-is interrupted, samples, and resumes (PEP 475 retries it).
+Python runs signal handlers on the main thread, between two bytecodes, so this
+applies where the event loop *is* the main thread (``dsched scheduler``,
+``dsched worker``, the processes of a LocalCluster).  A blocking call of the main
+thread (the loop's ``select``) is interrupted, samples, and resumes (PEP 475
+retries it).
 
-So this is used only where it is safe:
+It is used only where it is safe:
 
 * only from the main thread (``signal.signal`` can be called nowhere else), and
   only where SIGALRM has no handler and the real-time interval timer is unused;

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 import dsched._profiler as profiler
+import dsched._stacks as stacks
 from dsched._loop_thread import LoopThread
 from dsched._profiler import (
     MAX_DEPTH,
@@ -116,7 +117,7 @@ def test_busy_threads_land_under_their_labels_with_plausible_shares() -> None:
     everything = sampler.tree().to_json()
     assert everything["count"] == busy_tree["count"] + other_tree["count"]
     for node in walk(everything):
-        assert node["filename"] != PROFILER_FILE
+        assert node["filename"] not in (PROFILER_FILE, stacks.__file__)
         assert node["name"] not in ("_bootstrap", "_bootstrap_inner")
     stats = sampler.overhead()
     assert stats.samples >= busy_tree["count"] and stats.stacks == everything["count"]
@@ -244,10 +245,10 @@ def test_current_frames_runs_with_the_gc_paused_and_restores_its_state(
     was = gc.isenabled()
     try:
         gc.enable()
-        assert threading.get_ident() in profiler._current_frames_gc_paused()
+        assert threading.get_ident() in stacks._current_frames_gc_paused()
         assert gc.isenabled()
         gc.disable()
-        profiler._current_frames_gc_paused()
+        stacks._current_frames_gc_paused()
         assert not gc.isenabled()
     finally:
         (gc.enable if was else gc.disable)()
@@ -262,7 +263,7 @@ def test_current_frames_runs_with_the_gc_paused_and_restores_its_state(
 # ever (checked with gdb: local_clear waiting in _PyThread_CurrentFrames's collection).
 DEADLOCK_SCRIPT = """
 import gc, sys, threading
-from dsched._profiler import _current_frames
+from dsched._stacks import current_frames as _current_frames
 
 class Finalized:
     def __init__(self): self.me = self  # a cycle: only the collector frees it
