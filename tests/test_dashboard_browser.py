@@ -263,6 +263,21 @@ def frame_labels(dom: Node) -> list[str]:
     return [text.text() for frame in dom.by_id("flamegraph").all("g", "frame") for text in frame.all("text")]
 
 
+def folded_bars(dom: Node) -> list[Node]:
+    """Bars standing for a chain of frames that each have one callee (flamegraph.js: foldableChain)."""
+    bars = dom.by_id("flamegraph").all("g", "frame", "folded")
+    assert bars, f"no folded bar among {frame_labels(dom)}"
+    return bars
+
+
+def trunk_names(bar: Node) -> list[str]:
+    """The functions a folded bar stands for, from its title ("N frames: a › b › ...")."""
+    count, _, names = bar.all("title")[0].text().partition(" frames: ")
+    functions = names.split(" › ")
+    assert int(count) == len(functions), bar.all("title")[0].text()
+    return functions
+
+
 def worker_rows(dom: Node) -> dict[str, Node]:
     return {row.attrs["data-address"]: row for row in dom.by_id("workers-table").all("tr", data_address="*")}
 
@@ -327,6 +342,8 @@ def test_profile_page_shows_the_task_function(chromium: str, running: Running, t
         assert len(dom.by_id("flamegraph").all("rect", "frame")) >= 10
         labels = frame_labels(dom)
         assert "busy" in labels, f"no frame named busy among {labels}"
+        # The workers' event loops, under the worker command: a chain of single callees, folded.
+        assert any("worker" in trunk_names(bar) for bar in folded_bars(dom)), labels
         options = {option.attrs.get("value") for option in dom.by_id("worker").all("option")}
         assert options == {"", *running.workers}, options
         prefixes = {option.attrs.get("value") for option in dom.by_id("prefixes").all("option")}
@@ -350,10 +367,9 @@ def test_profile_server_page_shows_the_scheduler_loop(chromium: str, running: Ru
         for name in ("run_forever", "_run_once"):
             assert name in labels, f"no frame named {name} among {labels}"
         # ... and through the interpreter's and the scheduler command's frames above it, folded into one bar.
-        folded = dom.by_id("flamegraph").all("g", "frame", "folded")
-        assert len(folded) == 1, f"{len(folded)} folded bars; labels: {labels}"
-        count, _, names = folded[0].all("title")[0].text().partition(" frames: ")
-        assert "scheduler" in names.split(" › ") and int(count) == len(names.split(" › ")), names
+        trunk = folded_bars(dom)[0]
+        assert trunk.attrs["data-depth"] == "1", f"the first folded bar is not under the root: {labels}"
+        assert "scheduler" in trunk_names(trunk), trunk_names(trunk)
         assert "busy" not in labels  # the scheduler never runs tasks
         for fmt in ("speedscope", "collapsed"):
             href = dom.by_id(f"download-{fmt}").attrs.get("href", "")

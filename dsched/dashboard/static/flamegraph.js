@@ -9,8 +9,8 @@
   const CHAR_WIDTH = 6.7; // of the 11 px monospace labels
   const MIN_WIDTH = 0.5; // px: narrower frames (and their callees) are not drawn
   const MAX_FRAMES = 20000;
-  const TRUNK_KEPT = 2; // trunk frames drawn above the first branch (run_forever, _run_once)
-  const TRUNK_MIN_FOLD = 3; // fold no fewer frames than this
+  const CHAIN_KEPT = 2; // frames of a chain drawn above its first branch (run_forever, _run_once)
+  const CHAIN_MIN_FOLD = 3; // fold no fewer frames than this
 
   function frameId(node) {
     return node.filename + ":" + node.line + ":" + node.name;
@@ -24,13 +24,13 @@
 
   // A flame graph in `container`: show(tree) draws (keeping the zoom when the
   // zoomed frame is still there); clicking a frame zooms into it, clicking the
-  // root or a greyed caller zooms back out, clicking the folded trunk unfolds it.
+  // root or a greyed caller zooms back out, clicking a folded chain unfolds it.
   function FlameGraph(container, onZoom) {
     this.container = container;
     this.onZoom = onZoom || (() => {});
     this.tree = null;
     this.zoomIds = []; // frame ids from the root's child down to the zoomed frame
-    this.trunkOpen = false; // whether the frames every sample passes through are drawn one by one
+    this.chainsOpen = false; // whether chains of single callees are drawn frame by frame
     this.frames = [];
     this.svg = d.svg("svg", { class: "flame", role: "img", "aria-label": "Flame graph" });
     container.replaceChildren(this.svg);
@@ -59,53 +59,65 @@
     return path;
   };
 
-  // The trunk: the frames below the root that every sample passes through, one
-  // child each (the interpreter's, the command line's and the event loop's entry
-  // points: some twenty rows on a scheduler's profile).  All but the last
-  // TRUNK_KEPT of them are folded into one bar until that bar is clicked.
-  function foldableTrunk(tree) {
-    const trunk = [];
-    for (let node = tree; node.children && node.children.length === 1 && node.children[0].count === node.count;) {
-      node = node.children[0];
-      trunk.push(node);
+  // A chain: frames that each have one callee, with all their samples (the
+  // interpreter's, the command line's and the event loop's entry points: some
+  // twenty rows above a scheduler's or a worker's loop).  All but the last
+  // CHAIN_KEPT of a chain starting at `node` are folded into one bar, until a
+  // folded bar is clicked (which unfolds every chain; clicking one of their
+  // frames folds them again).
+  function foldableChain(node) {
+    const chain = [node];
+    for (let n = node; n.children && n.children.length === 1 && n.children[0].count === n.count;) {
+      n = n.children[0];
+      chain.push(n);
     }
-    return trunk.length >= TRUNK_KEPT + TRUNK_MIN_FOLD ? trunk.slice(0, trunk.length - TRUNK_KEPT) : [];
+    return chain.length >= CHAIN_KEPT + CHAIN_MIN_FOLD ? chain.slice(0, chain.length - CHAIN_KEPT) : [];
+  }
+
+  function foldedBar(chain) {
+    const names = chain.map((n) => n.name).join(" › ");
+    return { name: chain.length + " frames: " + names, filename: "", line: 0, count: chain[0].count };
   }
 
   FlameGraph.prototype.layout = function (width) {
     const frames = [];
     const path = this.zoomPath();
-    const folded = this.trunkOpen ? [] : foldableTrunk(this.tree);
+    const open = this.chainsOpen;
+    const trunk = this.tree.count && this.tree.children && this.tree.children.length === 1
+      && this.tree.children[0].count === this.tree.count ? foldableChain(this.tree.children[0]) : [];
+    const folded = open ? [] : trunk;
     // A zoom that ends inside the folded trunk shows what a zoom to its end would.
     if (folded.length && path.length <= folded.length) path.push(...folded.slice(path.length - 1));
     let depth = 0;
     path.forEach((node, index) => {
-      const ancestor = index < path.length - 1;
       const fold = folded.indexOf(node);
       if (fold > 0) return; // drawn as part of the bar
-      const frame = { node, depth, x: 0, w: width, parent: depth - 1, ancestor };
-      if (fold === 0) {
-        const names = folded.map((n) => n.name).join(" › ");
-        frame.node = { name: folded.length + " frames: " + names, filename: "", line: 0, count: node.count };
-        frame.folded = folded;
-      }
+      const frame = { node, depth, x: 0, w: width, parent: depth - 1, ancestor: index < path.length - 1 };
+      if (fold === 0) Object.assign(frame, { node: foldedBar(folded), folded });
+      else if (open && trunk.includes(node)) frame.foldable = true;
       frames.push(frame);
       depth += 1;
     });
     const focus = path[path.length - 1];
     const scale = focus.count > 0 ? width / focus.count : 0;
-    const walk = (node, parent, depth, x) => {
+    const walk = (node, parent, depth, x, foldable) => {
       let left = x;
       for (const child of node.children || []) {
         const w = child.count * scale;
         if (w >= MIN_WIDTH && frames.length < MAX_FRAMES) {
-          frames.push({ node: child, depth, x: left, w, parent, ancestor: false });
-          walk(child, frames.length - 1, depth + 1, left);
+          const chain = foldable.includes(child) ? [] : foldableChain(child);
+          if (chain.length && !open) {
+            frames.push({ node: foldedBar(chain), folded: chain, depth, x: left, w, parent, ancestor: false });
+            walk(chain[chain.length - 1], frames.length - 1, depth + 1, left, []);
+          } else {
+            frames.push({ node: child, depth, x: left, w, parent, ancestor: false, foldable: open && (chain.length > 0 || foldable.includes(child)) });
+            walk(child, frames.length - 1, depth + 1, left, chain.length ? chain.slice(1) : foldable);
+          }
         }
         left += w;
       }
     };
-    walk(focus, frames.length - 1, depth, 0);
+    walk(focus, frames.length - 1, depth, 0, []);
     return frames;
   };
 
@@ -153,7 +165,7 @@
     const total = this.tree.count;
     if (frame.folded) {
       const lines = frame.folded.map((n) => n.name + (n.filename ? "  " + n.filename + ":" + n.line : ""));
-      d.tooltip.show(event, frame.folded.length + " frames every sample passes through", [...lines, "click to unfold"]);
+      d.tooltip.show(event, frame.folded.length + " frames, each the only callee of the one above", [...lines, "click to unfold"]);
       return;
     }
     const lines = [];
@@ -161,7 +173,7 @@
     lines.push(d.fmtNumber(node.count) + " samples, " + d.fmtPercent(total ? node.count / total : 0, 2) + " of all");
     const zoomed = this.zoomIds.length > 0 ? this.zoomPath().slice(-1)[0] : null;
     if (zoomed && zoomed.count && !frame.ancestor) lines.push(d.fmtPercent(node.count / zoomed.count, 2) + " of the zoomed frame");
-    if (this.trunkOpen && foldableTrunk(this.tree).includes(node)) lines.push("click to fold the frames every sample passes through");
+    if (frame.foldable) lines.push("click to fold the chains of single callees again");
     else if (frame.ancestor) lines.push("click to zoom out to here");
     else if (frame.node !== zoomed && frame.parent !== -1) lines.push("click to zoom in");
     d.tooltip.show(event, node.name, lines);
@@ -171,10 +183,10 @@
     const frame = this.frameAt(event);
     if (!frame) return;
     d.tooltip.hide(); // it described the frame clicked, which has moved
-    if (frame.folded || (this.trunkOpen && foldableTrunk(this.tree).includes(frame.node))) {
-      // Every sample passes through the trunk: zooming into it would change
-      // nothing, so a click folds or unfolds it instead.
-      this.trunkOpen = !frame.folded;
+    if (frame.folded || frame.foldable) {
+      // A chain's frames all have the same samples: zooming into one would show
+      // little, so a click folds or unfolds the chains instead.
+      this.chainsOpen = !frame.folded;
       this.draw();
       return;
     }
