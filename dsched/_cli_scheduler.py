@@ -20,6 +20,7 @@ from dsched._dashboard_server import parse_dashboard_address
 from dsched._limits import parse_limits
 from dsched._sizes import parse_bytes
 from dsched._procs import adopt_parent_environment, remove_scheduler_file, write_scheduler_file
+from dsched._sampler_alarm import use_signal_by_default
 from dsched._scheduler_server import SchedulerServer
 from dsched._security import Security, SecurityError
 
@@ -186,6 +187,7 @@ def register(app: typer.Typer) -> None:
             parse_limits(limit or [])
         except ValueError as exc:
             raise typer.BadParameter(str(exc), param_hint="--limit") from None
+        use_signal_by_default()  # this process's main thread is the scheduler's loop: dsched owns it
         try:
             anyio.run(
                 functools.partial(

@@ -16,6 +16,7 @@ from dsched._cli_signals import cancel_on_signal, signal_name
 from dsched._comm import CommClosedError, ConnectError, format_address, parse_address
 from dsched._handshake import HandshakeRefused
 from dsched._procs import adopt_parent_environment, read_scheduler_file
+from dsched._sampler_alarm import use_signal_by_default
 from dsched._security import SecurityError
 from dsched._sizes import cpu_count, parse_memory_limit, parse_resources
 from dsched._worker_memory import DEFAULT_PAUSE, DEFAULT_SPILL, DEFAULT_TARGET, DEFAULT_TERMINATE, parse_fraction
@@ -221,6 +222,7 @@ def register(app: typer.Typer) -> None:
             profile_interval=profile_interval or None, security=security, insecure=insecure,
             local_directory=str(local_directory) if local_directory is not None else None, **fractions,
         )
+        use_signal_by_default()  # this process's main thread is the worker's loop: dsched owns it
         try:
             anyio.run(_main, address, scheduler_file, timeout, kwargs, backend="asyncio")
         except (WorkerStartError, SecurityError) as exc:

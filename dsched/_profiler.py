@@ -294,10 +294,10 @@ class _Bucket:
 class Sampler:
     """Samples the threads named by ``threads()`` every ``interval`` seconds.
 
-    What drives it (``driver``, see ``dsched._sampler_alarm``): started on the
-    main thread, SIGALRM, whose handler samples there (the main thread's own
-    stack is the code the signal interrupted); elsewhere, or with
-    ``driver="thread"``, a daemon thread of its own.
+    What drives it (``driver``, see ``dsched._sampler_alarm``): a daemon thread
+    of its own, or, with ``driver="auto"`` (the default of dsched's scheduler and
+    worker processes) on the main thread, SIGALRM, whose handler samples there
+    (the main thread's own stack is the code the signal interrupted).
 
     ``threads`` is called before every sample (on the sampling thread, or in the
     signal handler); it must be quick, must not block and must take no lock
@@ -316,7 +316,7 @@ class Sampler:
         max_nodes: int = DEFAULT_MAX_NODES,
         max_depth: int = MAX_DEPTH,
         name: str = "dsched-profiler",
-        driver: str = "auto",
+        driver: str | None = None,
     ) -> None:
         if not interval > 0 or not bucket_seconds > 0 or not history_seconds >= bucket_seconds:
             raise ValueError("need interval > 0 and history_seconds >= bucket_seconds > 0")

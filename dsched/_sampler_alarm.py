@@ -16,10 +16,14 @@ retries it).
 
 It is used only where it is safe:
 
+* only in processes whose main thread dsched owns: ``dsched scheduler`` and
+  ``dsched worker`` (so the processes of a LocalCluster) call
+  :func:`use_signal_by_default`; a program that runs a scheduler or a worker
+  itself keeps a sampling thread, and its SIGALRM;
 * only from the main thread (``signal.signal`` can be called nowhere else), and
   only where SIGALRM has no handler and the real-time interval timer is unused;
-* ``DSCHED_PROFILER_DRIVER=thread`` turns it off (``signal`` demands it, and
-  fails where it cannot be had).
+* ``DSCHED_PROFILER_DRIVER`` overrides: ``thread`` always, ``auto`` as the CLI
+  does, ``signal`` insists (and fails where it cannot be had).
 
 The handler runs in the middle of whatever the main thread was doing, possibly
 inside the sampler's own locked sections, so the sampler never blocks in it:
@@ -36,10 +40,21 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Final
 
-__all__ = ["DRIVER_ENV", "AlarmDriver", "choose_driver"]
+__all__ = ["DRIVER_ENV", "AlarmDriver", "choose_driver", "use_signal_by_default"]
 
 DRIVER_ENV: Final = "DSCHED_PROFILER_DRIVER"
 _DRIVERS: Final = ("auto", "thread", "signal")
+_process_default = "thread"
+
+
+def use_signal_by_default() -> None:
+    """Let samplers started on this process's main thread use SIGALRM ("auto").
+
+    For processes whose main thread dsched owns (its command line's scheduler
+    and worker); elsewhere samplers keep a thread of their own.
+    """
+    global _process_default
+    _process_default = "auto"
 
 
 def _alarm_is_free() -> bool:
@@ -50,12 +65,13 @@ def _alarm_is_free() -> bool:
     )
 
 
-def choose_driver(asked: str = "auto") -> str:
+def choose_driver(asked: str | None = None) -> str:
     """"signal" or "thread": what drives a sampler started now, on this thread.
 
-    ``asked`` ("auto", "thread" or "signal") is overridden by ``$DSCHED_PROFILER_DRIVER``.
+    ``asked`` ("auto": the signal where it can be had, "thread" or "signal"; None: the
+    process's default) is overridden by ``$DSCHED_PROFILER_DRIVER``.
     """
-    wanted = os.environ.get(DRIVER_ENV) or asked
+    wanted = os.environ.get(DRIVER_ENV) or asked or _process_default
     if wanted not in _DRIVERS:
         raise ValueError(f"{DRIVER_ENV} must be one of {', '.join(_DRIVERS)}, not {wanted!r}")
     if wanted == "thread":

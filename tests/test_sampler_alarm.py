@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from dsched import _sampler_alarm
 from dsched._profiler import Sampler
 from dsched._sampler_alarm import DRIVER_ENV, AlarmDriver, choose_driver
 
@@ -55,11 +60,44 @@ def busy_on_main(seconds: float) -> None:
 
 
 def test_the_main_thread_gets_the_signal_driver_other_threads_a_thread() -> None:
-    assert choose_driver() == "signal"
+    assert choose_driver("auto") == "signal"
     assert choose_driver("thread") == "thread"
-    assert in_thread(choose_driver) == "thread"
+    assert in_thread(lambda: choose_driver("auto")) == "thread"
     with pytest.raises(RuntimeError, match="not on the main thread"):
         in_thread(lambda: choose_driver("signal"))
+
+
+def test_a_thread_unless_the_process_is_dsched_s_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_sampler_alarm, "_process_default", "thread")
+    assert choose_driver() == "thread"  # a program running a scheduler itself keeps its SIGALRM
+    _sampler_alarm.use_signal_by_default()  # what dsched scheduler and dsched worker call
+    assert choose_driver() == "signal"
+    monkeypatch.setenv(DRIVER_ENV, "thread")
+    assert choose_driver() == "thread"
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc/PID/status (Linux)")
+def test_dsched_scheduler_samples_from_sigalrm(tmp_path: Path) -> None:
+    scheduler_file = tmp_path / "scheduler.json"
+    env = {k: v for k, v in os.environ.items() if k != DRIVER_ENV}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dsched", "scheduler", "--port", "0", "--no-dashboard",
+         "--scheduler-file", str(scheduler_file)],
+        env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not scheduler_file.exists():
+            assert process.poll() is None and time.monotonic() < deadline, "the scheduler did not start"
+            time.sleep(0.05)
+        status = Path(f"/proc/{process.pid}/status").read_text()
+        caught = int(next(line for line in status.splitlines() if line.startswith("SigCgt:")).split()[1], 16)
+        assert caught >> (signal.SIGALRM - 1) & 1, "SIGALRM has no handler in dsched scheduler"
+        threads = {path.read_text().strip() for path in Path(f"/proc/{process.pid}/task").glob("*/comm")}
+        assert not any(name.startswith("dsched-profiler") for name in threads), threads
+    finally:
+        process.terminate()
+        process.wait(60)
 
 
 def test_the_environment_overrides_and_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -82,7 +120,7 @@ def test_sigalrm_in_use_means_a_thread() -> None:
 
 def test_a_signal_driven_sampler_samples_the_main_thread_where_it_was_interrupted() -> None:
     main = threading.get_ident()
-    with Sampler(lambda: {main: "main"}, interval=0.002) as sampler:
+    with Sampler(lambda: {main: "main"}, interval=0.002, driver="auto") as sampler:
         assert sampler.driver == "signal"
         busy_on_main(0.3)
     tree = sampler.tree().to_json()
@@ -95,7 +133,7 @@ def test_a_signal_driven_sampler_samples_the_main_thread_where_it_was_interrupte
 
 def test_an_alarm_over_the_samplers_own_locked_section_skips_the_sample() -> None:
     main = threading.get_ident()
-    with Sampler(lambda: {main: "main"}, interval=0.001) as sampler:
+    with Sampler(lambda: {main: "main"}, interval=0.001, driver="auto") as sampler:
         with sampler._lock:  # what tree() or record() on the main thread would hold
             busy_on_main(0.1)  # alarms arrive here: a blocking handler would deadlock
         assert sampler._skipped > 0
@@ -104,7 +142,7 @@ def test_an_alarm_over_the_samplers_own_locked_section_skips_the_sample() -> Non
 
 
 def test_stopping_from_another_thread_disarms_and_leaves_a_handler_that_ignores_alarms() -> None:
-    sampler = Sampler(lambda: {}, interval=0.001)
+    sampler = Sampler(lambda: {}, interval=0.001, driver="auto")
     sampler.start()
     assert sampler.driver == "signal"
     in_thread(sampler.stop)

@@ -10,6 +10,7 @@ from typing import Any
 import anyio
 import pytest
 
+from dsched import _sampler_alarm
 from dsched._sampler_alarm import DRIVER_ENV
 from dsched._shared_sampler import attach, attached, detach, thread_name
 
@@ -93,7 +94,8 @@ async def test_a_scheduler_and_its_in_process_workers_share_one_sampler(anyio_ba
     assert len(sampler_threads(interval)) == before and not shared.running
 
 
-def test_started_on_the_main_thread_the_shared_sampler_is_driven_by_sigalrm() -> None:
+def test_started_on_the_main_thread_the_shared_sampler_is_driven_by_sigalrm(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_sampler_alarm, "_process_default", "auto")  # as in dsched scheduler and worker
     stop = threading.Event()
     busy = threading.Thread(target=spin, args=(stop,))
     busy.start()
