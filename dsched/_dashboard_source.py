@@ -18,6 +18,7 @@ from dsched._version import __version__
 from dsched.dashboard._source import JSON, Metric, ProfileQuery
 
 if TYPE_CHECKING:
+    from dsched._profiler import Sampler
     from dsched._scheduler_server import SchedulerServer
     from sched_core._model import StateCounts
 
@@ -195,6 +196,7 @@ class SchedulerSource:
                    [({"limit": limit}, float(n)) for limit, n in sorted(server.refused.items())]),
             Metric("dsched_uptime_seconds", "gauge", "Seconds since the scheduler started.",
                    [({}, time.time() - diagnostics.started)]),
+            *_profiler_metrics(diagnostics.sampler),
         ]
 
     async def profile(self, query: ProfileQuery) -> JSON:
@@ -213,3 +215,24 @@ class SchedulerSource:
                 "record directory (dsched scheduler --record-dir), and the reply says where"
             )
         return self.server.diagnostics.record(action, max_bytes)
+
+
+def _profiler_metrics(sampler: Sampler | None) -> list[Metric]:
+    """What the scheduler process's sampler has done (shared with its in-process workers, if any)."""
+    stats = sampler.overhead() if sampler is not None else None
+    labels = {"driver": stats.driver or ""} if stats is not None else {}
+
+    def sample(value: float) -> list[tuple[dict[str, str], float]]:
+        return [(labels, value)] if stats is not None else []
+
+    return [
+        Metric("dsched_profiler_samples_total", "counter", "Samples taken by the scheduler process's profiler.",
+               sample(float(stats.samples) if stats else 0.0)),
+        Metric("dsched_profiler_skipped_total", "counter",
+               "Samples a signal handler skipped because the profiler's lock was taken.",
+               sample(float(stats.skipped) if stats else 0.0)),
+        Metric("dsched_profiler_busy_seconds_total", "counter", "CPU seconds spent taking samples.",
+               sample(stats.busy_seconds if stats else 0.0)),
+        Metric("dsched_profiler_interval_seconds", "gauge", "The profiler's sampling interval now.",
+               sample(stats.interval if stats else 0.0)),
+    ]

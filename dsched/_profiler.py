@@ -276,6 +276,8 @@ class SamplerStats:
     running_seconds: float
     last_error: str | None = None
     interval: float = 0.0  # the effective interval when these were read
+    skipped: int = 0  # samples a signal handler skipped: the sampler's lock was taken
+    driver: str | None = None  # "signal" or "thread" once started
 
     @property
     def fraction(self) -> float:
@@ -563,7 +565,8 @@ class Sampler:
             return SamplerStats(
                 samples=self._samples, stacks=self._stacks, errors=self._errors,
                 busy_seconds=self._busy, running_seconds=running, last_error=self._last_error,
-                interval=self.effective_interval(),
+                interval=self.effective_interval(self._threads_seen if self.driver == "signal" else None),
+                skipped=self._skipped, driver=self.driver,
             )
 
 

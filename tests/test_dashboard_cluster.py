@@ -132,6 +132,10 @@ def test_metrics(http: httpx.Client) -> None:
     assert "dsched_workers 2" in text
     finished = next(line for line in text.splitlines() if line.startswith("dsched_tasks_finished_total "))
     assert float(finished.split()[1]) >= 40
+    # The scheduler's process is a `dsched scheduler`: its profiler is driven by SIGALRM.
+    samples = next(line for line in text.splitlines() if line.startswith("dsched_profiler_samples_total"))
+    assert samples.startswith('dsched_profiler_samples_total{driver="signal"} ') and float(samples.split()[1]) > 0
+    assert 'dsched_profiler_interval_seconds{driver="signal"} 0.01' in text
 
 
 def test_pages(http: httpx.Client) -> None:
