@@ -353,6 +353,7 @@ class Sampler:
         driver = choose_driver(self._asked_driver)
         self._stop.clear()
         self._started_at, self._stopped_at = time.perf_counter(), None
+        self._alarm = self._thread = None  # a restart may choose the other driver
         if driver == "signal":
             self._alarm = AlarmDriver(self._on_alarm)
             self._alarm.start(self.effective_interval())

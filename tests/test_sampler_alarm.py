@@ -172,3 +172,17 @@ def test_the_driver_follows_the_interval_it_is_asked_for() -> None:
         driver.stop()
     assert asked[0] == pytest.approx(0.001) and asked[1] == pytest.approx(0.002)
     assert asked[2] == pytest.approx(0.004) and asked[3] == pytest.approx(0.004)
+
+
+def test_a_sampler_restarted_elsewhere_takes_the_driver_of_its_new_start() -> None:
+    sampler = Sampler(lambda: {}, interval=0.001, driver="auto")
+    sampler.start()
+    assert sampler.driver == "signal" and sampler.running
+    sampler.stop()
+    assert not sampler.running
+    in_thread(sampler.start)  # not the main thread: a sampling thread this time
+    try:
+        assert sampler.driver == "thread" and sampler.running
+    finally:
+        sampler.stop()
+    assert not sampler.running
