@@ -11,14 +11,15 @@ from __future__ import annotations
 import platform
 import time
 from itertools import islice
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Final
 
 import sched_core as sc
 from dsched._version import __version__
 from dsched.dashboard._source import JSON, Metric, ProfileQuery
 
 if TYPE_CHECKING:
-    from dsched._profiler import Sampler
+    from dsched._profiler import Sampler, SamplerStats
     from dsched._scheduler_server import SchedulerServer
     from sched_core._model import StateCounts
 
@@ -217,22 +218,23 @@ class SchedulerSource:
         return self.server.diagnostics.record(action, max_bytes)
 
 
+# name, type, help, value of the sampler's statistics
+_PROFILER_METRICS: Final[tuple[tuple[str, str, str, Callable[[SamplerStats], float]], ...]] = (
+    ("dsched_profiler_samples_total", "counter", "Samples taken by the scheduler process's profiler.",
+     lambda stats: float(stats.samples)),
+    ("dsched_profiler_skipped_total", "counter",
+     "Samples a signal handler skipped because the profiler's lock was taken.", lambda stats: float(stats.skipped)),
+    ("dsched_profiler_busy_seconds_total", "counter", "CPU seconds spent taking samples.",
+     lambda stats: stats.busy_seconds),
+    ("dsched_profiler_interval_seconds", "gauge", "The profiler's sampling interval now.",
+     lambda stats: stats.interval),
+)
+
+
 def _profiler_metrics(sampler: Sampler | None) -> list[Metric]:
     """What the scheduler process's sampler has done (shared with its in-process workers, if any)."""
     stats = sampler.overhead() if sampler is not None else None
-    labels = {"driver": stats.driver or ""} if stats is not None else {}
-
-    def sample(value: float) -> list[tuple[dict[str, str], float]]:
-        return [(labels, value)] if stats is not None else []
-
     return [
-        Metric("dsched_profiler_samples_total", "counter", "Samples taken by the scheduler process's profiler.",
-               sample(float(stats.samples) if stats else 0.0)),
-        Metric("dsched_profiler_skipped_total", "counter",
-               "Samples a signal handler skipped because the profiler's lock was taken.",
-               sample(float(stats.skipped) if stats else 0.0)),
-        Metric("dsched_profiler_busy_seconds_total", "counter", "CPU seconds spent taking samples.",
-               sample(stats.busy_seconds if stats else 0.0)),
-        Metric("dsched_profiler_interval_seconds", "gauge", "The profiler's sampling interval now.",
-               sample(stats.interval if stats else 0.0)),
+        Metric(name, kind, help_text, [] if stats is None else [({"driver": stats.driver or ""}, value(stats))])
+        for name, kind, help_text, value in _PROFILER_METRICS
     ]
